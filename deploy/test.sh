@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh machine: venv + install, lint, types, a real Kafka broker, pytest.
+# Extra arguments go to pytest (e.g. deploy/test.sh tests/unit -q).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$ROOT"
+echo "== ruff"; ruff check processor state timers schemas tests benchmarks examples
+echo "== mypy --strict"; mypy
+# Tests get their own broker port so a running demo broker is never touched.
+export KAFKA_PORT="${KAFKA_PORT:-19192}"
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  if ! deploy/kafka/broker.sh status >/dev/null 2>&1; then
+    trap 'deploy/kafka/broker.sh stop' EXIT
+  fi
+  deploy/kafka/broker.sh start >/dev/null
+fi
+echo "== pytest"
+python -m pytest "$@"

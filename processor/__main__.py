@@ -1,0 +1,3 @@
+from processor._cli import main
+
+raise SystemExit(main())
