@@ -1,13 +1,74 @@
-"""The ``processor`` command line."""
+"""The ``processor`` command line: ``processor run MODULE:APP --bootstrap-servers ... --state-dir ...``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
 from collections.abc import Sequence
+
+from processor._app import App
+from processor._errors import ConfigurationError, ProcessorError
+
+log = logging.getLogger("processor.cli")
+
+
+def load_app(spec: str) -> App:
+    """Import ``module.path:attribute`` and return the App it names."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigurationError(f"expected MODULE:APP (e.g. shop:app), got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ConfigurationError(f"cannot import module {module_name!r}: {e}") from None
+    app = getattr(module, attr, None)
+    if app is None:
+        raise ConfigurationError(f"module {module_name!r} has no attribute {attr!r}")
+    if not isinstance(app, App):
+        raise ConfigurationError(f"{spec} is a {type(app).__name__}, not a processor.App")
+    return app
+
+
+async def _run(args: argparse.Namespace) -> None:
+    from processor._engine.engine import Engine
+
+    app = load_app(args.app)
+    engine = Engine(app, bootstrap_servers=args.bootstrap_servers, state_dir=args.state_dir,
+                    instance_id=args.instance_id)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, engine.request_stop)
+    await engine.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="processor", description=__doc__)
-    parser.add_subparsers(dest="command", required=True)
-    parser.parse_args(argv)
+    parser = argparse.ArgumentParser(prog="processor", description="Durable handlers on Kafka.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an app as one instance of its consumer group")
+    run.add_argument("app", help="MODULE:APP, e.g. shop:app")
+    run.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"))
+    run.add_argument("--state-dir", default="./state-dir")
+    run.add_argument("--instance-id", default=None,
+                     help="stable id of this instance (default: generated once, kept in the state dir)")
+    run.add_argument("--log-level", default=os.environ.get("PROCESSOR_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(_run(args))
+    except ConfigurationError as e:
+        print(f"processor: {e}", file=sys.stderr)
+        return 2
+    except ProcessorError as e:
+        print(f"processor: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return 0

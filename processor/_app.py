@@ -1,0 +1,193 @@
+"""The app registry: services, virtual objects, their handlers and topic bindings."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+from processor._errors import ConfigurationError
+from processor._retry import RetryPolicy
+from processor._serde import JsonSerde, Serde
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+C = TypeVar("C")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class HandlerKind(enum.Enum):
+    SERVICE = "service"        # stateless, any number concurrently
+    EXCLUSIVE = "exclusive"    # object handler: one per key at a time, in arrival order
+    SHARED = "shared"          # object handler with read-only state, concurrent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandlerDef:
+    service: str
+    name: str
+    kind: HandlerKind
+    fn: Callable[..., Awaitable[Any]]
+    input_serde: Serde[Any] | None  # None: the app's default serde
+
+    @property
+    def target(self) -> str:
+        return f"{self.service}/{self.name}"
+
+    @property
+    def keyed(self) -> bool:
+        return self.kind is not HandlerKind.SERVICE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Binding:
+    """A Kafka topic bound to a handler: each record starts one invocation."""
+
+    topic: str
+    handler: HandlerDef
+    serde: Serde[Any]
+
+
+class _Definition(Generic[C]):
+    _kind_default: HandlerKind
+
+    def __init__(self, app: App, name: str) -> None:
+        self._app = app
+        self.name = name
+
+    def _register(self, kind: HandlerKind, name: str | None,
+                  serde: Serde[Any] | None) -> Callable[[F], F]:
+        def decorate(fn: F) -> F:
+            if not inspect.iscoroutinefunction(fn):
+                raise ConfigurationError(f"handler {fn.__qualname__} must be an `async def` function")
+            self._app._add_handler(HandlerDef(service=self.name, name=name or fn.__name__, kind=kind,
+                                              fn=fn, input_serde=serde))
+            return fn  # type: ignore[return-value]  # mypy narrows F through iscoroutinefunction
+        return decorate
+
+
+class ServiceDefinition(_Definition[Any]):
+    """A stateless service; its handlers take a ``Context``."""
+
+    def handler(self, *, name: str | None = None, serde: Serde[Any] | None = None) -> Callable[[F], F]:
+        """Register an async ``(ctx: Context, value) -> result`` handler."""
+        return self._register(HandlerKind.SERVICE, name, serde)
+
+
+class ObjectDefinition(_Definition[Any]):
+    """A virtual object: state per key; exclusive handlers of one key run one at a time."""
+
+    def handler(self, *, shared: bool = False, name: str | None = None,
+                serde: Serde[Any] | None = None) -> Callable[[F], F]:
+        """Register an exclusive ``(ctx: ObjectContext, value)`` handler, or with ``shared=True`` a
+        concurrent read-only ``(ctx: ObjectSharedContext, value)`` handler."""
+        return self._register(HandlerKind.SHARED if shared else HandlerKind.EXCLUSIVE, name, serde)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppConfig:
+    """Tunables of an app; every field can be passed to ``App(name, ...)`` as a keyword."""
+
+    serde: Serde[Any] = field(default_factory=JsonSerde)
+    retention: timedelta = timedelta(days=1)
+    invocation_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(
+        initial_interval=timedelta(milliseconds=500), max_interval=timedelta(seconds=60)))
+    step_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    partitions: int | None = None            # internal topics' partition count when no input exists
+    max_in_flight: int = 20_000              # in-memory invocations before input is paused
+    step_threads: int = 64                   # threads for synchronous ctx.run bodies
+    transaction_timeout_ms: int = 30_000
+
+
+class App:
+    """An application: a registry of handlers plus their topic bindings.
+
+    ``name`` is the consumer group id and the prefix of the internal topics ``<name>.inbox``,
+    ``<name>.changelog`` and ``<name>.dlq``.
+    """
+
+    def __init__(self, name: str, **config: Any) -> None:
+        if not _NAME.match(name):
+            raise ConfigurationError(f"app name {name!r} must match {_NAME.pattern} (it names Kafka topics)")
+        self.name = name
+        try:
+            self.config = AppConfig(**config)
+        except TypeError as e:
+            raise ConfigurationError(f"App({name!r}): {e}") from e
+        self._definitions: dict[str, _Definition[Any]] = {}
+        self._handlers: dict[str, HandlerDef] = {}
+        self._by_fn: dict[Callable[..., Any], HandlerDef] = {}
+        self._bindings: dict[str, Binding] = {}
+
+    @property
+    def inbox_topic(self) -> str:
+        return f"{self.name}.inbox"
+
+    @property
+    def changelog_topic(self) -> str:
+        return f"{self.name}.changelog"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.name}.dlq"
+
+    def service(self, name: str = "service") -> ServiceDefinition:
+        """Define a stateless service named `name`."""
+        d = ServiceDefinition(self, name)
+        self._define(d)
+        return d
+
+    def virtual_object(self, name: str) -> ObjectDefinition:
+        """Define a virtual object named `name`, keyed by the Kafka record key."""
+        d = ObjectDefinition(self, name)
+        self._define(d)
+        return d
+
+    def subscribe(self, topic: str, handler: Callable[..., Awaitable[Any]], *,
+                  serde: Serde[Any] | None = None) -> None:
+        """Bind `topic`: each record starts an invocation of `handler` (key = record key for objects).
+        The value is decoded by `serde`, else the handler's serde, else the app's default (JSON)."""
+        h = self.handler_for(handler)
+        if topic in self._bindings:
+            raise ConfigurationError(f"topic {topic!r} is already bound to {self._bindings[topic].handler.target}")
+        if topic.startswith(self.name + ".") and topic in (self.inbox_topic, self.changelog_topic,
+                                                           self.dlq_topic):
+            raise ConfigurationError(f"{topic!r} is an internal topic of app {self.name!r}")
+        self._bindings[topic] = Binding(topic=topic, handler=h,
+                                        serde=serde or h.input_serde or self.config.serde)
+
+    def handler_for(self, fn: Callable[..., Any]) -> HandlerDef:
+        """The registered definition of a handler function."""
+        try:
+            return self._by_fn[fn]
+        except (KeyError, TypeError):
+            raise ConfigurationError(f"{fn!r} is not a handler registered on app {self.name!r}") from None
+
+    def handler(self, target: str) -> HandlerDef | None:
+        """The handler registered as ``service/handler``, if any."""
+        return self._handlers.get(target)
+
+    @property
+    def bindings(self) -> dict[str, Binding]:
+        return dict(self._bindings)
+
+    @property
+    def handlers(self) -> dict[str, HandlerDef]:
+        return dict(self._handlers)
+
+    def _define(self, d: _Definition[Any]) -> None:
+        if not _NAME.match(d.name):
+            raise ConfigurationError(f"name {d.name!r} must match {_NAME.pattern}")
+        if d.name in self._definitions:
+            raise ConfigurationError(f"{d.name!r} is already defined on app {self.name!r}")
+        self._definitions[d.name] = d
+
+    def _add_handler(self, h: HandlerDef) -> None:
+        if h.target in self._handlers:
+            raise ConfigurationError(f"handler {h.target} is registered twice")
+        self._handlers[h.target] = h
+        self._by_fn[h.fn] = h

@@ -1,0 +1,151 @@
+"""Handler contexts, scoped by capability: ``Context`` (any handler) → ``ObjectSharedContext``
+(+ read-only state of the key) → ``ObjectContext`` (+ state writes). The engine creates them;
+they have no public constructor."""
+
+from __future__ import annotations
+
+import contextvars
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, overload
+
+from processor._retry import RetryPolicy
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepInfo:
+    """The step whose body is running: read it with ``current_step()`` inside a ``ctx.run`` body.
+    ``idempotency_key`` is stable across attempts, crashes and replays: pass it to external APIs so
+    they can dedupe a body that runs more than once (bodies are at-least-once)."""
+
+    invocation_id: str
+    seq: int
+    name: str
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.invocation_id}:{self.seq}"
+
+
+_CURRENT_STEP: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar("step", default=None)
+
+
+def current_step() -> StepInfo:
+    """The running ``ctx.run`` step; raises RuntimeError outside a step body."""
+    info = _CURRENT_STEP.get()
+    if info is None:
+        raise RuntimeError("current_step() is only available inside a ctx.run body")
+    return info
+
+
+class _Driver(Protocol):
+    """What a context needs from the engine's invocation runtime."""
+
+    invocation_id: str
+    key: str | None
+
+    def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+            retry: RetryPolicy | None) -> Awaitable[Any]: ...
+    def emit(self, topic: str, value: Any, key: str | bytes | None,
+             headers: Mapping[str, str | bytes] | None) -> None: ...
+    def time(self) -> Awaitable[float]: ...
+    def get(self, name: str) -> Awaitable[Any]: ...
+    def state_keys(self) -> Awaitable[list[str]]: ...
+    def set(self, name: str, value: Any) -> None: ...
+    def clear(self, name: str) -> None: ...
+    def clear_all(self) -> None: ...
+    def random_seed(self) -> int: ...
+
+
+class Context:
+    """What every handler can do: durable steps, emitted records, deterministic randomness and time."""
+
+    __slots__ = ("_driver", "_random")
+
+    def __init__(self, driver: _Driver) -> None:
+        self._driver = driver
+        self._random: random.Random | None = None
+
+    @property
+    def invocation_id(self) -> str:
+        """This invocation's id: stable across retries, crashes and replays."""
+        return self._driver.invocation_id
+
+    @overload
+    def run(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any,
+            retry: RetryPolicy | None = None) -> Awaitable[T]: ...
+    @overload
+    def run(self, name: str, fn: Callable[..., T], *args: Any,
+            retry: RetryPolicy | None = None) -> Awaitable[T]: ...
+    def run(self, name: str, fn: Callable[..., Any], *args: Any,
+            retry: RetryPolicy | None = None) -> Awaitable[Any]:
+        """Run ``fn(*args)`` as a durable step: its result is journaled and, once committed, returned;
+        on replay the journaled result comes back without running ``fn``. Sync functions run on a
+        worker thread. Failures retry with `retry` (the app's step policy by default); a
+        ``TerminalError`` fails the step at once. The result must be serializable (JSON by default)."""
+        return self._driver.run(name, fn, args, retry)
+
+    def emit(self, topic: str, value: Any, *, key: str | bytes | None = None,
+             headers: Mapping[str, str | bytes] | None = None) -> None:
+        """Produce a record to `topic`, exactly once, committed with this step of the invocation.
+        `value` goes through the app's serde unless it is ``bytes``."""
+        self._driver.emit(topic, value, key, headers)
+
+    def random(self) -> random.Random:
+        """A random generator seeded by the invocation id: the same sequence on every replay."""
+        if self._random is None:
+            self._random = random.Random(self._driver.random_seed())
+        return self._random
+
+    def uuid(self) -> uuid.UUID:
+        """A version-4 UUID from ``random()``: the same on every replay."""
+        return uuid.UUID(int=self.random().getrandbits(128), version=4)
+
+    def time(self) -> Awaitable[float]:
+        """Wall-clock time (seconds since the epoch), journaled: a replay sees the original time."""
+        return self._driver.time()
+
+
+class ObjectSharedContext(Context):
+    """A virtual object's shared handler: the key and read-only access to its state."""
+
+    __slots__ = ()
+
+    @property
+    def key(self) -> str:
+        """The object key (the Kafka record key)."""
+        key = self._driver.key
+        assert key is not None  # the engine never builds an object context without a key
+        return key
+
+    def get(self, name: str) -> Awaitable[Any]:
+        """The value of state entry `name` (None when unset), journaled for replay."""
+        return self._driver.get(name)
+
+    def state_keys(self) -> Awaitable[list[str]]:
+        """The names of this key's state entries, sorted."""
+        return self._driver.state_keys()
+
+
+class ObjectContext(ObjectSharedContext):
+    """A virtual object's exclusive handler: state writes too. Writes commit with the invocation's
+    journal in the same Kafka transaction."""
+
+    __slots__ = ()
+
+    def set(self, name: str, value: Any) -> None:
+        """Set state entry `name` (serialized with the app's serde)."""
+        self._driver.set(name, value)
+
+    def clear(self, name: str) -> None:
+        """Remove state entry `name`."""
+        self._driver.clear(name)
+
+    def clear_all(self) -> None:
+        """Remove every state entry of this key."""
+        self._driver.clear_all()

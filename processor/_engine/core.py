@@ -1,0 +1,145 @@
+"""The sans-IO heart of durable execution: an invocation's journal and its replay cursor.
+
+Events in (the handler calls an action; a new entry is recorded), decisions out (replay this entry,
+or execute for real). No Kafka, no LMDB, no awaits — tests drive it with plain lists.
+Positions are assigned when an action is *called*, so concurrent actions replay identically
+whatever order they finished in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+import schemas
+from processor._errors import NondeterminismError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failure:
+    type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """One journaled action. ``retry_at_ms`` set means a step still being retried, not completed."""
+
+    seq: int
+    kind: str
+    name: str
+    value: bytes | None = None
+    failure: Failure | None = None
+    attempts: int = 1
+    retry_at_ms: int | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.retry_at_ms is None
+
+    def describe(self) -> str:
+        return f"#{self.seq} {self.kind}({self.name!r})"
+
+    def encode(self) -> bytes:
+        return schemas.encode("JournalEntry", {
+            "seq": self.seq, "kind": self.kind, "name": self.name, "value": self.value,
+            "failure": None if self.failure is None else {"type": self.failure.type,
+                                                         "message": self.failure.message},
+            "attempts": self.attempts, "retry_at_ms": self.retry_at_ms})
+
+    @staticmethod
+    def decode(data: bytes) -> Entry:
+        r = schemas.decode("JournalEntry", data)
+        f = r["failure"]
+        return Entry(seq=r["seq"], kind=r["kind"], name=r["name"], value=r["value"],
+                     failure=None if f is None else Failure(type=f["type"], message=f["message"]),
+                     attempts=r["attempts"], retry_at_ms=r["retry_at_ms"])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Replay:
+    """The action at `seq` already happened: return its recorded outcome without running it."""
+
+    seq: int
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Execute:
+    """The action at `seq` is past the journal (or was still retrying): run it for real."""
+
+    seq: int
+    retrying: Entry | None = None  # the pending-retry entry when a step was mid-backoff
+
+
+Decision = Replay | Execute
+
+
+class InvocationCore:
+    """Journal + replay cursor of one invocation attempt (a fresh core per replay from the top)."""
+
+    def __init__(self, invocation_id: str, entries: Iterable[Entry] = ()) -> None:
+        self.invocation_id = invocation_id
+        self._journal: dict[int, Entry] = {e.seq: e for e in entries}
+        self._next_seq = 0
+        self._issued: dict[int, tuple[str, str]] = {}
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def replaying(self) -> bool:
+        """True while the handler has not yet called past the last journaled action."""
+        return any(seq >= self._next_seq for seq in self._journal)
+
+    def journal(self) -> list[Entry]:
+        return [self._journal[s] for s in sorted(self._journal)]
+
+    def call(self, kind: str, name: str) -> Decision:
+        """The handler called an action: assign its position and decide replay or execute.
+        Raises NondeterminismError when the journal holds a different action at that position."""
+        seq = self._next_seq
+        self._next_seq += 1
+        self._issued[seq] = (kind, name)
+        entry = self._journal.get(seq)
+        if entry is None:
+            return Execute(seq=seq)
+        if (entry.kind, entry.name) != (kind, name):
+            raise NondeterminismError(invocation_id=self.invocation_id, seq=seq,
+                                      journaled=entry.describe(),
+                                      replayed=f"#{seq} {kind}({name!r})")
+        if not entry.completed:
+            return Execute(seq=seq, retrying=entry)
+        return Replay(seq=seq, entry=entry)
+
+    def record(self, entry: Entry) -> Entry:
+        """Journal the outcome of an executed action; returns the entry to persist."""
+        issued = self._issued.get(entry.seq)
+        if issued != (entry.kind, entry.name):
+            raise ValueError(f"recording {entry.describe()} that was never called as such "
+                             f"(called: {issued})")
+        old = self._journal.get(entry.seq)
+        if old is not None and old.completed:
+            raise ValueError(f"{entry.describe()} is already journaled as completed")
+        self._journal[entry.seq] = entry
+        return entry
+
+    def random_seed(self) -> int:
+        """A seed derived from the invocation id: the same on every replay."""
+        return int.from_bytes(hashlib.blake2b(self.invocation_id.encode(), digest_size=8).digest(), "big")
+
+
+def retry_entry(entry: Entry, *, attempts: int, retry_at_ms: int, failure: Failure) -> Entry:
+    """A step entry that records a failed attempt and when to try again."""
+    return replace(entry, attempts=attempts, retry_at_ms=retry_at_ms, failure=failure, value=None)
+
+
+def invocation_id_for_record(topic: str, partition: int, offset: int) -> str:
+    """Deterministic invocation id of the record at (topic, partition, offset): redelivery of the
+    same record can never start a second invocation."""
+    digest = hashlib.blake2b(f"{topic}\0{partition}\0{offset}".encode(), digest_size=12).hexdigest()
+    return f"inv-{partition}-{digest}"
+
+

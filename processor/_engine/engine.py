@@ -1,0 +1,406 @@
+"""The engine: one consumer, one transactional producer, the group-commit cycle and rebalances.
+
+Threads: the consumer is only called from ``_consumer_thread`` (rebalance callbacks run there and
+hop onto the event loop); blocking transaction calls run on ``_commit_thread``; synchronous step
+bodies run on a pool. Everything that touches partition workers runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+from processor._app import App
+from processor._engine import faults
+from processor._engine import kafka as kio
+from processor._engine.partition import CycleSlice, InRecord, PartitionWorker
+from processor._errors import ConfigurationError, ProcessorError
+from state.changelog import restore
+from state.store import PartitionStore
+
+log = logging.getLogger("processor.engine")
+
+
+class TxnPhase(enum.Enum):
+    IDLE = "idle"
+    COMMITTING = "committing"
+    ABORTING = "aborting"
+
+
+class _CommitFailed(Exception):
+    def __init__(self, error: KafkaError | str, *, fatal: bool = False) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.fatal = fatal
+
+
+class Engine:
+    """Runs an app as one processor instance of its consumer group."""
+
+    def __init__(self, app: App, *, bootstrap_servers: str, state_dir: str | Path,
+                 instance_id: str | None = None, consumer_config: dict[str, Any] | None = None,
+                 producer_config: dict[str, Any] | None = None) -> None:
+        self.app = app
+        self.bootstrap = bootstrap_servers
+        self.root = Path(state_dir) / app.name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.instance_id = instance_id or self._persisted_instance_id()
+        self._consumer_extra = consumer_config or {}
+        self._producer_extra = producer_config or {}
+        self.workers: dict[int, PartitionWorker] = {}
+        self._stores: dict[int, PartitionStore] = {}
+        self._stop = asyncio.Event()
+        self._work = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._epoch = 0
+        self._needs_rewind = False
+        self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="consumer")
+        self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="commit")
+        self.step_executor = ThreadPoolExecutor(app.config.step_threads, thread_name_prefix="step")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._error: BaseException | None = None
+        self.phase = TxnPhase.IDLE
+        self.partitions_total = 0
+        self.commits = 0
+        self.ready = asyncio.Event()
+
+    def _persisted_instance_id(self) -> str:
+        path = self.root / "instance-id"
+        if not path.exists():
+            path.write_text(uuid.uuid4().hex[:12])
+        return path.read_text().strip()
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.app.name}-{self.instance_id}"
+
+    @property
+    def input_topics(self) -> list[str]:
+        return [*self.app.bindings, self.app.inbox_topic]
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def in_memory_invocations(self) -> int:
+        return sum(w.in_memory() for w in self.workers.values())
+
+    # -- run -------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until ``request_stop()`` (or a fatal error, which is raised)."""
+        self._loop = asyncio.get_running_loop()
+        admin = AdminClient(kio.base_config(self.bootstrap))
+        await asyncio.to_thread(kio.check_reachable, admin, self.bootstrap)
+        self.partitions_total = await asyncio.to_thread(kio.ensure_topics, admin, self.app)
+        self._producer = await asyncio.to_thread(self._new_producer)
+        self._consumer = Consumer(kio.consumer_config(self.bootstrap, self.app, self._consumer_extra))
+        self._consumer.subscribe(self.input_topics, on_assign=self._cb_assign,
+                                 on_revoke=self._cb_revoke, on_lost=self._cb_lost)
+        log.info("instance %s of app %s started (transactional.id %s, %d partitions per topic)",
+                 self.instance_id, self.app.name, self.transactional_id, self.partitions_total)
+        tasks = [asyncio.create_task(self._poll_loop(), name="poll"),
+                 asyncio.create_task(self._commit_loop(), name="commit")]
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for t in tasks:
+            if t.done() and t.exception() is not None:
+                self._error = self._error or t.exception()
+        self._stop.set()
+        self._work.set()
+        await self._shutdown(tasks)
+        if self._error is not None:
+            raise self._error
+
+    def _new_producer(self) -> Producer:
+        p = Producer(kio.producer_config(self.bootstrap, self.app, self.transactional_id, self._producer_extra))
+        p.init_transactions(60)  # fences our predecessor and aborts its open transaction
+        return p
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        for t in tasks:
+            if not t.done():
+                try:
+                    await asyncio.wait_for(t, timeout=30)
+                except (TimeoutError, asyncio.CancelledError):
+                    t.cancel()
+                except Exception as e:
+                    self._error = self._error or e
+        consumer = self._consumer
+        if consumer is not None:
+            loop = asyncio.get_running_loop()
+            try:  # close() revokes: the revoke callback commits or aborts what is pending
+                await asyncio.wait_for(loop.run_in_executor(self._consumer_thread, consumer.close), 60)
+            except Exception as e:
+                log.warning("consumer close: %s", e)
+        await self._drop_partitions(set(self.workers), commit=False)
+        if self._producer is not None:
+            await asyncio.to_thread(self._producer.flush, 10)
+        self._consumer_thread.shutdown(wait=False)
+        self._commit_thread.shutdown(wait=False)
+        self.step_executor.shutdown(wait=False, cancel_futures=True)
+        log.info("instance %s stopped", self.instance_id)
+
+    # -- polling ---------------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._consumer is not None
+        consumer = self._consumer
+        while not self._stop.is_set():
+            if self._needs_rewind:
+                self._needs_rewind = False
+                await loop.run_in_executor(self._consumer_thread, self._rewind)
+                for w in self.workers.values():
+                    w.load()
+            epoch = self._epoch
+            msgs = await loop.run_in_executor(self._consumer_thread, consumer.consume, 1000, 0.05)
+            if epoch == self._epoch:  # else a transaction failed meanwhile: these get re-read
+                for m in msgs:
+                    self._route(m)
+            now = int(time.time() * 1000)
+            for w in list(self.workers.values()):
+                w.fire_timers(now)
+            if self._error is not None:
+                raise self._error
+
+    def _route(self, m: Message) -> None:
+        err = m.error()
+        if err is not None:
+            if err.fatal():
+                raise KafkaException(err)
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer: %s", err)
+            return
+        rec = InRecord.of(m)
+        w = self.workers.get(rec.partition)
+        if w is None:
+            return  # revoked while the batch was in flight; the next owner reads it
+        if rec.topic == self.app.inbox_topic:
+            w.on_inbox(rec)
+        else:
+            w.on_input(rec, self.app.bindings[rec.topic])
+
+    # -- the commit cycle ------------------------------------------------------------------------
+
+    def _on_work(self) -> None:
+        self._work.set()
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            if self._stop.is_set() and not self._has_work():
+                return
+            await self.commit_cycle()
+            if self._stop.is_set():
+                return
+
+    def _has_work(self) -> bool:
+        return any(w.has_work() for w in self.workers.values())
+
+    async def commit_cycle(self, partitions: set[int] | None = None) -> bool:
+        """Commit everything pending (of `partitions`, default all) in one transaction. False when the
+        transaction failed and the partitions were rebuilt from their last committed state."""
+        async with self._commit_lock:
+            slices = [w.seal() for p, w in self.workers.items()
+                      if (partitions is None or p in partitions) and w.has_work()]
+            if not slices:
+                return True
+            loop = asyncio.get_running_loop()
+            self.phase = TxnPhase.COMMITTING
+            try:
+                ends = await loop.run_in_executor(self._commit_thread, self._commit_blocking, slices)
+            except _CommitFailed as e:
+                self.phase = TxnPhase.ABORTING
+                await self._recover(e)
+                self.phase = TxnPhase.IDLE
+                return False
+            self.phase = TxnPhase.IDLE
+            self.commits += 1
+            for s in slices:
+                w = self.workers.get(s.partition)
+                if w is not None:
+                    w.committed(s, ends.get(s.partition, w.state.store.changelog_offset()))
+            return True
+
+    def _commit_blocking(self, slices: list[CycleSlice]) -> dict[int, int]:
+        """On the commit thread: one Kafka transaction for every slice. Returns, per partition, the
+        changelog offset after its last record."""
+        p, consumer = self._producer, self._consumer
+        assert p is not None and consumer is not None
+        ends: dict[int, int] = {}
+        errors: list[KafkaError] = []
+
+        def on_changelog(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                errors.append(err)
+            else:
+                part, off = msg.partition() or 0, msg.offset() or 0
+                ends[part] = max(ends.get(part, 0), off + 1)
+
+        def on_output(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                errors.append(err)
+
+        try:
+            p.begin_transaction()
+            changelog = self.app.changelog_topic
+            for s in slices:
+                for k, v in s.overlay.items():
+                    _produce(p, changelog, s.partition, k, v, None, on_changelog)
+                for r in s.outputs:
+                    _produce(p, r.topic, r.partition, r.key, r.value, r.headers, on_output)
+            left = p.flush(30)
+            if left or errors:
+                raise _CommitFailed(errors[0] if errors else f"{left} records undelivered after 30s")
+            offsets = [TopicPartition(t, s.partition, o) for s in slices for t, o in s.offsets.items()]
+            if offsets:
+                p.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+            faults.point("before_kafka_commit")
+            p.commit_transaction(30)
+            faults.point("after_kafka_commit")
+            return ends
+        except KafkaException as e:
+            err: KafkaError = e.args[0]
+            fatal = err.fatal() or (not err.txn_requires_abort() and not err.retriable())
+            raise _CommitFailed(err, fatal=fatal) from None
+
+    async def _recover(self, failure: _CommitFailed) -> None:
+        """Abort, drop the uncommitted overlays and in-memory invocations, rewind and rebuild."""
+        log.warning("transaction failed (%s); aborting and rebuilding partitions %s from their last commit",
+                    failure, sorted(self.workers))
+        assert self._producer is not None
+        producer = self._producer
+        if failure.fatal:
+            err = failure.error
+            if isinstance(err, KafkaError) and err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
+                self._error = ProcessorError(
+                    f"transactional.id {self.transactional_id} was fenced: another instance runs with "
+                    f"instance id {self.instance_id!r}; every instance needs its own")
+                self._stop.set()
+                return
+            self._producer = await asyncio.to_thread(self._new_producer)
+        else:
+            try:
+                await asyncio.to_thread(producer.abort_transaction, 30)
+            except KafkaException as e:
+                log.warning("abort failed (%s); starting a new producer", e.args[0])
+                self._producer = await asyncio.to_thread(self._new_producer)
+        for w in self.workers.values():
+            w.discard()
+        # The poll loop rewinds to the committed offsets and reloads before it routes anything else;
+        # doing it here could deadlock with a rebalance callback waiting for the commit lock.
+        self._epoch += 1
+        self._needs_rewind = True
+
+    def _rewind(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        tps = [TopicPartition(t, p) for p in self.workers for t in self.input_topics]
+        for tp in consumer.committed(tps, timeout=30):
+            consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+
+    # -- rebalances (callbacks run on the consumer thread) ---------------------------------------
+
+    def _hop(self, coro_fn: Callable[[], Any]) -> None:
+        assert self._loop is not None
+        try:
+            asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result()
+        except BaseException as e:
+            self._error = self._error or e
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    def _cb_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._hop(lambda: self._assign(partitions))
+
+    def _cb_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._hop(lambda: self._drop_partitions({tp.partition for tp in partitions}, commit=True))
+
+    def _cb_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._hop(lambda: self._drop_partitions({tp.partition for tp in partitions}, commit=False))
+
+    async def _assign(self, tps: list[TopicPartition]) -> None:
+        numbers = kio.check_copartitioned([(tp.topic, tp.partition) for tp in tps], self.input_topics)
+        for p in sorted(numbers - set(self.workers)):
+            await self._open_partition(p)
+        log.info("assigned partitions %s", sorted(numbers))
+        self.ready.set()
+
+    async def _open_partition(self, p: int) -> None:
+        store = self._stores.get(p)
+        if store is None:
+            store = await asyncio.to_thread(PartitionStore.open, self.root / str(p))
+            self._stores[p] = store
+        t0 = time.monotonic()
+
+        def progress(done: int, left: int, rate: float) -> None:
+            if done or left:
+                    log.info("partition %d: restoring changelog, %d records applied, %d left, %.0f records/s",
+                         p, done, left, rate)
+
+        stats = await asyncio.to_thread(
+            restore, store, consumer_config=kio.base_config(self.bootstrap),
+            topic=self.app.changelog_topic, partition=p, progress=progress)
+        if stats.records:
+            log.info("partition %d: restored %d changelog records in %.2fs", p, stats.records,
+                     time.monotonic() - t0)
+        w = PartitionWorker(app=self.app, partition=p, store=store, step_executor=self.step_executor,
+                            on_work=self._on_work)
+        self.workers[p] = w
+        w.load()
+
+    async def _drop_partitions(self, numbers: set[int], *, commit: bool) -> None:
+        numbers &= set(self.workers)
+        if not numbers:
+            return
+        if commit:
+            try:
+                await asyncio.wait_for(self.commit_cycle(numbers), 30)
+            except TimeoutError:
+                log.warning("commit on revoke timed out; the next owner resumes from the last commit")
+        async with self._commit_lock:
+            for p in numbers:
+                w = self.workers.pop(p)
+                w.discard()
+                store = self._stores.pop(p, None)
+                if store is not None:
+                    store.close()
+        log.info("released partitions %s", sorted(numbers))
+
+
+def _produce(p: Producer, topic: str, partition: int | None, key: bytes | None, value: bytes | None,
+             headers: list[tuple[str, bytes]] | None, cb: Callable[[KafkaError | None, Message], None]) -> None:
+    kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": cb}
+    if partition is not None:
+        kwargs["partition"] = partition
+    if headers:
+        kwargs["headers"] = headers
+    while True:
+        try:
+            p.produce(topic, **kwargs)
+            return
+        except BufferError:
+            p.poll(0.05)  # local queue full: let deliveries drain
+
+
+__all__ = ["ConfigurationError", "Engine"]

@@ -1,0 +1,353 @@
+"""One invocation attempt in memory: runs the user's handler against its journal.
+
+Every context action goes through the sans-IO core (replay or execute); executed actions write
+journal rows into the partition's open overlay, and results that handler code may act on are
+released only after the cycle holding them commits (DESIGN §4.4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import Executor
+from typing import Any, Protocol
+
+import orjson
+
+from processor._app import App, HandlerDef, HandlerKind
+from processor._context import (
+    _CURRENT_STEP,
+    Context,
+    ObjectContext,
+    ObjectSharedContext,
+    StepInfo,
+)
+from processor._engine.core import Entry, Execute, Failure, InvocationCore, Replay, retry_entry
+from processor._engine.records import InvocationRow, TimerKind
+from processor._errors import NondeterminismError, SerdeError, StepFailedError, TerminalError, _Abandon
+from processor._retry import RetryPolicy
+from processor._serde import Serde
+from state import keys
+
+log = logging.getLogger("processor.invocation")
+
+
+class Host(Protocol):
+    """What an invocation needs from its partition worker."""
+
+    app: App
+    step_executor: Executor
+
+    def now_ms(self) -> int: ...
+    def read(self, key: bytes) -> bytes | None: ...
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+    def write(self, key: bytes, value: bytes | None) -> None: ...
+    def produce(self, topic: str, key: bytes | None, value: bytes | None,
+                headers: list[tuple[str, bytes]]) -> None: ...
+    def after_commit(self, fn: Callable[[], None]) -> None: ...
+    def schedule_timer(self, due_ms: int, invocation_id: str, seq: int, kind: TimerKind,
+                       attempt: int = 0) -> None: ...
+    def finished(self, rt: InvocationRuntime, *, result: bytes | None, failure: Failure | None) -> None: ...
+    def backing_off(self, rt: InvocationRuntime, error: BaseException) -> None: ...
+    def paused(self, rt: InvocationRuntime, reason: str) -> None: ...
+
+
+def _resolve(fut: asyncio.Future[Any], value: Any) -> Callable[[], None]:
+    def release() -> None:
+        if not fut.done():
+            fut.set_result(value)
+    return release
+
+
+def _reject(fut: asyncio.Future[Any], error: BaseException) -> Callable[[], None]:
+    def release() -> None:
+        if not fut.done():
+            fut.set_exception(error)
+    return release
+
+
+def _terminal(f: Failure) -> TerminalError:
+    if f.type == StepFailedError.__name__:
+        return StepFailedError(f.message)
+    return TerminalError(f.message, error_type=f.type)
+
+
+class InvocationRuntime:
+    """Drives one attempt of an invocation; dropped (``drop()``) on abort, revoke or pause."""
+
+    def __init__(self, host: Host, row: InvocationRow, handler: HandlerDef, input_serde: Serde[Any]) -> None:
+        self.host = host
+        self.row = row
+        self.handler = handler
+        self.invocation_id = row.id
+        self.key = row.key
+        self._input_serde = input_serde
+        self._serde: Serde[Any] = host.app.config.serde
+        entries = [Entry.decode(v) for _, v in host.scan(keys.journal_prefix(row.id))]
+        self.core = InvocationCore(row.id, entries)
+        self.alive = True
+        self._divergence: NondeterminismError | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._steps: set[asyncio.Task[None]] = set()
+        self._retry_waits: dict[int, asyncio.Future[None]] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._main(), name=f"invocation {self.invocation_id}")
+
+    def drop(self) -> None:
+        """Stop driving this attempt: nothing it does from now on reaches the store."""
+        self.alive = False
+        for t in (self._task, *self._steps):
+            if t is not None and not t.done():
+                t.cancel()
+
+    def wake_retry(self, seq: int) -> None:
+        """A step_retry timer of this invocation fired."""
+        fut = self._retry_waits.pop(seq, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def _main(self) -> None:
+        ctx = {HandlerKind.SERVICE: Context, HandlerKind.SHARED: ObjectSharedContext,
+               HandlerKind.EXCLUSIVE: ObjectContext}[self.handler.kind](self)
+        try:
+            value = self._input_serde.deserialize(self.row.input)
+        except Exception as e:  # checked when the record arrived; a serde change can still break it
+            self.host.finished(self, result=None, failure=Failure(type="SerdeError", message=str(e)))
+            return
+        try:
+            result = await self.handler.fn(ctx, value)
+        except _Abandon:
+            if self.alive and self._divergence is not None:
+                self.alive = False
+                self.host.paused(self, str(self._divergence))
+            return
+        except asyncio.CancelledError:
+            if not self.alive:
+                return
+            raise
+        except TerminalError as e:
+            if self.alive:
+                self._finish(None, Failure(type=e.error_type, message=e.message))
+            return
+        except Exception as e:
+            if self.alive:
+                self.alive = False
+                self.host.backing_off(self, e)
+            return
+        if not self.alive:
+            return
+        try:
+            out = None if result is None else self._serde.serialize(result)
+        except Exception as e:
+            self._finish(None, Failure(type="SerdeError", message=f"handler result: {e}"))
+            return
+        self._finish(out, None)
+
+    def _finish(self, result: bytes | None, failure: Failure | None) -> None:
+        self.alive = False
+        for t in self._steps:  # a step the handler never awaited cannot outlive its invocation
+            t.cancel()
+        self.host.finished(self, result=result, failure=failure)
+
+    # -- journal plumbing ------------------------------------------------------------------------
+
+    def _call(self, kind: str, name: str) -> Replay | Execute:
+        if not self.alive:
+            raise _Abandon()
+        try:
+            return self.core.call(kind, name)
+        except NondeterminismError as e:
+            self._divergence = e
+            raise _Abandon() from None
+
+    def _record(self, entry: Entry) -> None:
+        if not self.alive:
+            return
+        self.core.record(entry)
+        self.host.write(keys.journal_key(self.invocation_id, entry.seq), entry.encode())
+
+    def _decode(self, data: bytes | None) -> Any:
+        return None if data is None else self._serde.deserialize(data)
+
+    def _done(self, value: Any) -> asyncio.Future[Any]:
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(value)
+        return fut
+
+    def _replayed(self, entry: Entry) -> asyncio.Future[Any]:
+        fut = asyncio.get_running_loop().create_future()
+        if entry.failure is not None:
+            fut.set_exception(_terminal(entry.failure))
+        else:
+            try:
+                fut.set_result(self._decode(entry.value))
+            except SerdeError as e:
+                fut.set_exception(e)
+        return fut
+
+    def _state_key(self, name: str) -> bytes:
+        assert self.key is not None
+        return keys.state_key(self.handler.service, self.key, name)
+
+    # -- the driver protocol used by contexts ---------------------------------------------------
+
+    def random_seed(self) -> int:
+        return self.core.random_seed()
+
+    def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+            retry: RetryPolicy | None) -> Awaitable[Any]:
+        d = self._call("run", name)
+        if isinstance(d, Replay):
+            return self._replayed(d.entry)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        task = asyncio.get_running_loop().create_task(
+            self._run_step(d.seq, name, fn, args, retry or self.host.app.config.step_retry, d.retrying, fut),
+            name=f"step {self.invocation_id}#{d.seq} {name}")
+        self._steps.add(task)
+        task.add_done_callback(self._steps.discard)
+        return fut
+
+    async def _run_step(self, seq: int, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                        policy: RetryPolicy, pending: Entry | None, fut: asyncio.Future[Any]) -> None:
+        attempts = 0
+        if pending is not None:
+            attempts = pending.attempts
+            assert pending.retry_at_ms is not None
+            await self._wait_retry(seq, pending.retry_at_ms, attempts)
+        elapsed_ms = 0
+        while True:
+            attempts += 1
+            started = time.monotonic()
+            token = _CURRENT_STEP.set(StepInfo(invocation_id=self.invocation_id, seq=seq, name=name,
+                                               attempt=attempts))
+            try:
+                if inspect.iscoroutinefunction(fn):
+                    result = await fn(*args)
+                else:
+                    call = contextvars.copy_context().run
+                    result = await asyncio.get_running_loop().run_in_executor(
+                        self.host.step_executor, call, fn, *args)
+                    if inspect.isawaitable(result):
+                        result = await result
+                data = None if result is None else self._serde.serialize(result)
+                value = self._decode(data)  # the handler sees exactly what a replay will see
+            except asyncio.CancelledError:
+                raise
+            except (TerminalError, SerdeError) as e:
+                failure = Failure(type=getattr(e, "error_type", type(e).__name__), message=str(e))
+                self._record(Entry(seq=seq, kind="run", name=name, failure=failure, attempts=attempts))
+                self.host.after_commit(_reject(fut, _terminal(failure)))
+                return
+            except Exception as e:
+                elapsed_ms += int((time.monotonic() - started) * 1000)
+                delay = policy.next_delay_ms(attempts, elapsed_ms)
+                failure = Failure(type=type(e).__name__, message=str(e))
+                if delay is None:
+                    gave_up = Failure(type=StepFailedError.__name__,
+                                      message=f"step {name!r} failed after {attempts} attempt(s): "
+                                              f"{failure.type}: {failure.message}")
+                    log.warning("invocation %s: %s", self.invocation_id, gave_up.message)
+                    self._record(Entry(seq=seq, kind="run", name=name, failure=gave_up, attempts=attempts))
+                    self.host.after_commit(_reject(fut, _terminal(gave_up)))
+                    return
+                elapsed_ms += delay
+                retry_at = self.host.now_ms() + delay
+                log.info("invocation %s: step %r attempt %d failed (%s: %s); retrying in %d ms",
+                         self.invocation_id, name, attempts, failure.type, failure.message, delay)
+                self._record(retry_entry(Entry(seq=seq, kind="run", name=name), attempts=attempts,
+                                         retry_at_ms=retry_at, failure=failure))
+                await self._wait_retry(seq, retry_at, attempts)
+                continue
+            finally:
+                _CURRENT_STEP.reset(token)
+            self._record(Entry(seq=seq, kind="run", name=name, value=data, attempts=attempts))
+            self.host.after_commit(_resolve(fut, value))
+            return
+
+    async def _wait_retry(self, seq: int, retry_at_ms: int, attempt: int) -> None:
+        if retry_at_ms <= self.host.now_ms():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._retry_waits[seq] = waiter
+        if self.alive:
+            self.host.schedule_timer(retry_at_ms, self.invocation_id, seq, TimerKind.STEP_RETRY, attempt)
+        await waiter
+
+    def emit(self, topic: str, value: Any, key: str | bytes | None,
+             headers: Mapping[str, str | bytes] | None) -> None:
+        d = self._call("emit", topic)
+        if isinstance(d, Replay):
+            return
+        data = bytes(value) if isinstance(value, bytes | bytearray) else self._serde.serialize(value)
+        kb = key.encode() if isinstance(key, str) else key
+        hs = [(k, v.encode() if isinstance(v, str) else v) for k, v in (headers or {}).items()]
+        self._record(Entry(seq=d.seq, kind="emit", name=topic))
+        if self.alive:
+            self.host.produce(topic, kb, data, hs)
+
+    def time(self) -> Awaitable[float]:
+        d = self._call("time", "time")
+        if isinstance(d, Replay):
+            return self._replayed(d.entry)
+        now = time.time()
+        self._record(Entry(seq=d.seq, kind="time", name="time", value=orjson.dumps(now)))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.host.after_commit(_resolve(fut, now))
+        return fut
+
+    def _read_journaled(self, kind: str, name: str, read: Callable[[], bytes | None]) -> Awaitable[Any]:
+        d = self._call(kind, name)
+        if isinstance(d, Replay):
+            return self._replayed(d.entry)
+        raw = read()
+        self._record(Entry(seq=d.seq, kind=kind, name=name, value=raw))
+        value = self._decode(raw)
+        if self.handler.kind is HandlerKind.EXCLUSIVE:
+            # No other writer of this key runs concurrently, and the entry commits before any later
+            # write of this invocation, so a replay reads the same value: no need to wait.
+            return self._done(value)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.host.after_commit(_resolve(fut, value))
+        return fut
+
+    def get(self, name: str) -> Awaitable[Any]:
+        return self._read_journaled("get", name, lambda: self.host.read(self._state_key(name)))
+
+    def state_keys(self) -> Awaitable[list[str]]:
+        def read() -> bytes:
+            assert self.key is not None
+            names = [keys.parse_state_key(k)[2]
+                     for k, _ in self.host.scan(keys.state_prefix(self.handler.service, self.key))]
+            return self._serde.serialize(sorted(names))
+        return self._read_journaled("state_keys", "", read)
+
+    def set(self, name: str, value: Any) -> None:
+        d = self._call("set", name)
+        if isinstance(d, Execute):
+            data = self._serde.serialize(value)
+            self._record(Entry(seq=d.seq, kind="set", name=name))
+            if self.alive:
+                self.host.write(self._state_key(name), data)
+
+    def clear(self, name: str) -> None:
+        d = self._call("clear", name)
+        if isinstance(d, Execute):
+            self._record(Entry(seq=d.seq, kind="clear", name=name))
+            if self.alive:
+                self.host.write(self._state_key(name), None)
+
+    def clear_all(self) -> None:
+        d = self._call("clear_all", "")
+        if isinstance(d, Execute):
+            assert self.key is not None
+            self._record(Entry(seq=d.seq, kind="clear_all", name=""))
+            if self.alive:
+                for k, _ in list(self.host.scan(keys.state_prefix(self.handler.service, self.key))):
+                    self.host.write(k, None)

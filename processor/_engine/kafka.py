@@ -1,0 +1,109 @@
+"""The Kafka edge: client configs, topic checks/creation and co-partitioning checks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from processor._app import App
+from processor._errors import ConfigurationError
+
+log = logging.getLogger("processor.kafka")
+
+
+def base_config(bootstrap: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, **(extra or {})}
+
+
+def producer_config(bootstrap: str, app: App, transactional_id: str,
+                    extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return base_config(bootstrap, {
+        "transactional.id": transactional_id,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 1,
+        "partitioner": "murmur2_random",  # Java-compatible: a key's records share a partition number
+        "transaction.timeout.ms": app.config.transaction_timeout_ms,
+        **(extra or {})})
+
+
+def consumer_config(bootstrap: str, app: App, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return base_config(bootstrap, {
+        "group.id": app.name,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "range",  # co-partitioning: partition p of every topic together
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000,
+        "max.poll.interval.ms": 600_000,
+        **(extra or {})})
+
+
+def check_reachable(admin: AdminClient, bootstrap: str, timeout: float = 15.0) -> None:
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as e:
+        raise ConfigurationError(f"cannot reach Kafka at {bootstrap} within {timeout:.0f}s: {e.args[0]}") from None
+
+
+def ensure_topics(admin: AdminClient, app: App, *, timeout: float = 30.0) -> int:
+    """Check the input topics exist with one partition count P, create missing internal topics with P
+    partitions, and refuse (ConfigurationError) when any count differs. Returns P."""
+    md = admin.list_topics(timeout=timeout)
+    counts: dict[str, int] = {}
+    for t in app.bindings:
+        tm = md.topics.get(t)
+        if tm is None or tm.error is not None:
+            raise ConfigurationError(f"input topic {t!r} does not exist; create it (all inputs of app "
+                                     f"{app.name!r} need the same partition count)")
+        counts[t] = len(tm.partitions)
+    if counts:
+        p = next(iter(counts.values()))
+    elif app.config.partitions is not None:
+        p = app.config.partitions
+    else:
+        raise ConfigurationError(f"app {app.name!r} has no input topic; pass App(..., partitions=N)")
+    internal = {app.inbox_topic: {}, app.dlq_topic: {},
+                app.changelog_topic: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
+                                      "segment.ms": "3600000"}}
+    missing = []
+    for t, cfg in internal.items():
+        tm = md.topics.get(t)
+        if tm is None or tm.error is not None:
+            missing.append(NewTopic(t, num_partitions=p, replication_factor=-1, config=cfg))
+        else:
+            counts[t] = len(tm.partitions)
+    bad = {t: n for t, n in counts.items() if n != p}
+    if bad:
+        raise ConfigurationError(
+            f"app {app.name!r} needs every input and internal topic to have the same partition count "
+            f"(co-partitioning); found {dict(sorted(counts.items()))}")
+    if missing:
+        for t, f in admin.create_topics(missing, operation_timeout=timeout, request_timeout=timeout).items():
+            try:
+                f.result(timeout=timeout)
+                log.info("created topic %s with %d partitions", t, p)
+            except KafkaException as e:
+                if e.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another instance won the race
+                    raise ConfigurationError(f"cannot create topic {t}: {e.args[0]}") from None
+    return p
+
+
+def check_copartitioned(assigned: Iterable[tuple[str, int]], topics: Iterable[str]) -> set[int]:
+    """The partition numbers assigned, after checking each comes with every topic's same partition."""
+    by_partition: dict[int, set[str]] = {}
+    for t, p in assigned:
+        by_partition.setdefault(p, set()).add(t)
+    want = set(topics)
+    broken = {p: sorted(want - got) for p, got in by_partition.items() if got != want}
+    if broken:
+        raise ConfigurationError(f"assignment breaks co-partitioning: partitions missing topics {broken}; "
+                                 "every instance must use the range assignor and the same topics")
+    return set(by_partition)

@@ -1,0 +1,386 @@
+"""One owned partition: its store and overlay, timers, key queues and in-memory invocations.
+
+The worker turns consumed records into invocations, drives them, and hands the commit cycle a
+``CycleSlice`` (overlay + outputs + offsets + releases) to commit. It never talks to Kafka itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from confluent_kafka import Message
+
+from processor._app import App, Binding, HandlerDef, HandlerKind
+from processor._engine.core import Failure, invocation_id_for_record
+from processor._engine.invocation import InvocationRuntime
+from processor._engine.records import InvocationRow, Status, TimerKind, decode_timer, encode_timer
+from processor._serde import Serde
+from schemas import SchemaError, decode
+from state import keys
+from state.overlay import Overlay, PartitionState
+from state.store import Store
+from timers import Timer, TimerIndex
+
+log = logging.getLogger("processor.partition")
+
+INVOCATION_SEQ = 0xFFFFFFFF  # timer seq of invocation-level timers (retry, purge)
+_ACTIVE = b"A"  # non-exclusive invocations that are not finished: (id) -> b""
+_U64 = struct.Struct(">Q")
+
+
+def _active_key(invocation_id: str) -> bytes:
+    return _ACTIVE + keys.invocation_key(invocation_id)[1:]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InRecord:
+    """A consumed record, as the worker sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @staticmethod
+    def of(m: Message) -> InRecord:
+        raw: Any = m.headers() or []
+        headers = [(str(k), v if isinstance(v, bytes) else str(v or "").encode()) for k, v in raw]
+        key, value = m.key(), m.value()
+        return InRecord(topic=m.topic() or "", partition=m.partition() or 0, offset=m.offset() or 0,
+                        key=key.encode() if isinstance(key, str) else key,
+                        value=value.encode() if isinstance(value, str) else value, headers=headers)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutRecord:
+    topic: str
+    partition: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass(slots=True, kw_only=True)
+class CycleSlice:
+    """What one partition contributes to one commit cycle."""
+
+    partition: int
+    overlay: Overlay
+    outputs: list[OutRecord]
+    offsets: dict[str, int]
+    releases: list[Callable[[], None]]
+
+
+class PartitionWorker:
+    def __init__(self, *, app: App, partition: int, store: Store, step_executor: Executor,
+                 on_work: Callable[[], None]) -> None:
+        self.app = app
+        self.partition = partition
+        self.step_executor = step_executor
+        self.state = PartitionState(store)
+        self.timers = TimerIndex(self.state)
+        self._on_work = on_work
+        self._positions: dict[str, int] = {}
+        self._committed_positions: dict[str, int] = {}
+        self._outputs: list[OutRecord] = []
+        self._releases: list[Callable[[], None]] = []
+        self.runtimes: dict[str, InvocationRuntime] = {}
+        self._queues: dict[tuple[str, str], deque[str]] = {}
+        self._inbox_seq = 0
+
+    # -- host protocol for invocations ----------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+    def read(self, key: bytes) -> bytes | None:
+        return self.state.get(key)
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self.state.scan(prefix)
+
+    def write(self, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self.state.delete(key)
+        else:
+            self.state.put(key, value)
+        self._on_work()
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None,
+                headers: list[tuple[str, bytes]]) -> None:
+        self._outputs.append(OutRecord(topic=topic, partition=None, key=key, value=value, headers=headers))
+        self._on_work()
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self._releases.append(fn)
+        self._on_work()
+
+    def schedule_timer(self, due_ms: int, invocation_id: str, seq: int, kind: TimerKind,
+                       attempt: int = 0) -> None:
+        self.timers.schedule(Timer(due_ms=due_ms, invocation_id=invocation_id, seq=seq,
+                                   payload=encode_timer(kind, attempt)))
+        self._on_work()
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Rebuild in-memory state from the store (after restore, or after an abort) and resume."""
+        raw = self.state.get(keys.meta_key("inbox-seq"))
+        self._inbox_seq = _U64.unpack(raw)[0] if raw else 0
+        self.timers.load(self.now_ms())
+        for k, v in self.state.scan(keys.INBOX):
+            obj, key, _seq = keys.parse_inbox_key(k)
+            self._queues.setdefault((obj, key), deque()).append(v.decode())
+        resumed = 0
+        for q in self._queues.values():
+            resumed += self._resume(q[0])
+        for k, _ in list(self.state.scan(_ACTIVE)):
+            resumed += self._resume(k[3:].decode())
+        if resumed:
+            log.info("partition %d: resumed %d in-flight invocation(s)", self.partition, resumed)
+
+    def _resume(self, invocation_id: str) -> int:
+        data = self.state.get(keys.invocation_key(invocation_id))
+        if data is None:
+            log.error("partition %d: active invocation %s has no row", self.partition, invocation_id)
+            return 0
+        row = InvocationRow.decode(data)
+        if row.status is Status.BACKING_OFF:
+            return 0  # its invocation_retry timer restarts it
+        if row.status is Status.PAUSED:
+            log.warning("invocation %s was paused (%s); replaying it again with this deploy",
+                        row.id, row.paused_reason)
+        self._start(row)
+        return 1
+
+    # -- records in ------------------------------------------------------------------------------
+
+    def on_input(self, msg: InRecord, binding: Binding) -> None:
+        topic, offset = msg.topic, msg.offset
+        self._positions[topic] = offset + 1
+        self._on_work()
+        h = binding.handler
+        key = msg.key
+        try:
+            key_str = key.decode() if key is not None else None
+        except UnicodeDecodeError:
+            self.dead_letter(msg, "the record key is not UTF-8", "InvalidKey")
+            return
+        if h.keyed and key_str is None:
+            self.dead_letter(msg, f"{h.target} is a virtual-object handler and the record has no key", "MissingKey")
+            return
+        value = msg.value
+        if value is None:
+            self.dead_letter(msg, "the record has no value (a tombstone)", "MissingValue")
+            return
+        try:
+            binding.serde.deserialize(value)
+        except Exception as e:
+            self.dead_letter(msg, f"value rejected by {type(binding.serde).__name__}: {e}", type(e).__name__)
+            return
+        inv_id = invocation_id_for_record(topic, self.partition, offset)
+        if self.state.get(keys.invocation_key(inv_id)) is not None:
+            return  # this record already started its invocation
+        self._create(InvocationRow(
+            id=inv_id, service=h.service, handler=h.name, key=key_str if h.keyed else None,
+            status=Status.QUEUED, input=value, created_ms=self.now_ms(),
+            input_headers=dict(msg.headers),
+            source_topic=topic, source_partition=self.partition, source_offset=offset), h)
+
+    def on_inbox(self, msg: InRecord) -> None:
+        self._positions[msg.topic] = msg.offset + 1
+        self._on_work()
+        try:
+            cmd = decode("InboxCommand", msg.value or b"")
+        except SchemaError as e:
+            self.dead_letter(msg, f"undecodable inbox command: {e}", "SchemaError")
+            return
+        if cmd["kind"] != "invoke":
+            self.dead_letter(msg, f"unknown inbox command {cmd['kind']!r}", "UnknownCommand")
+            return
+        target = f"{cmd['service']}/{cmd['handler']}"
+        h = self.app.handler(target)
+        if h is None:
+            self.dead_letter(msg, f"no handler {target} in app {self.app.name}", "UnknownHandler")
+            return
+        if h.keyed and cmd["key"] is None:
+            self.dead_letter(msg, f"{target} needs a key", "MissingKey")
+            return
+        inv_id = cmd["invocation_id"] or invocation_id_for_record(msg.topic, self.partition, msg.offset)
+        if self.state.get(keys.invocation_key(inv_id)) is not None:
+            return
+        self._create(InvocationRow(
+            id=inv_id, service=h.service, handler=h.name, key=cmd["key"] if h.keyed else None,
+            status=Status.QUEUED, input=cmd["payload"] or b"", created_ms=self.now_ms()), h)
+
+    def dead_letter(self, msg: InRecord, reason: str, error_class: str) -> None:
+        """Send `msg` to the app's DLQ, committed with its offset; the partition keeps flowing."""
+        log.warning("partition %d: %s@%d to %s: %s", self.partition, msg.topic, msg.offset,
+                    self.app.dlq_topic, reason)
+        headers = [*msg.headers,
+                   ("processor.error", reason.encode()), ("processor.error.class", error_class.encode()),
+                   ("processor.source.topic", msg.topic.encode()),
+                   ("processor.source.partition", str(msg.partition).encode()),
+                   ("processor.source.offset", str(msg.offset).encode())]
+        self._outputs.append(OutRecord(topic=self.app.dlq_topic, partition=self.partition, key=msg.key,
+                                       value=msg.value, headers=headers))
+        self._on_work()
+
+    # -- invocation lifecycle --------------------------------------------------------------------
+
+    def _create(self, row: InvocationRow, h: HandlerDef) -> None:
+        if h.kind is HandlerKind.EXCLUSIVE:
+            key = row.key
+            assert key is not None
+            self._inbox_seq += 1
+            self.write(keys.meta_key("inbox-seq"), _U64.pack(self._inbox_seq))
+            self.write(keys.inbox_key(h.service, key, self._inbox_seq), row.id.encode())
+            row = replace(row, inbox_seq=self._inbox_seq)
+            q = self._queues.setdefault((h.service, key), deque())
+            q.append(row.id)
+            if len(q) > 1:
+                self.write(keys.invocation_key(row.id), row.encode())
+                return
+        else:
+            self.write(_active_key(row.id), b"")
+        self._start(row)
+
+    def _start(self, row: InvocationRow) -> None:
+        h = self.app.handler(row.target)
+        if h is None:
+            self._finish_row(row, None, Failure(type="UnknownHandler",
+                                                message=f"no handler {row.target} in this deploy"))
+            return
+        row = row.moved(Status.RUNNING)
+        self.write(keys.invocation_key(row.id), row.encode())
+        rt = InvocationRuntime(self, row, h, self._input_serde(row, h))
+        self.runtimes[row.id] = rt
+        rt.start()
+
+    def _input_serde(self, row: InvocationRow, h: HandlerDef) -> Serde[Any]:
+        binding = self.app.bindings.get(row.source_topic or "")
+        if binding is not None:
+            return binding.serde
+        return h.input_serde or self.app.config.serde
+
+    def finished(self, rt: InvocationRuntime, *, result: bytes | None, failure: Failure | None) -> None:
+        self.runtimes.pop(rt.invocation_id, None)
+        self._finish_row(rt.row, result, failure)
+
+    def _finish_row(self, row: InvocationRow, result: bytes | None, failure: Failure | None) -> None:
+        now = self.now_ms()
+        status = Status.COMPLETED if failure is None else Status.FAILED
+        if row.status is Status.QUEUED:
+            row = row.moved(Status.RUNNING)
+        row = row.moved(status, result=result, failure=failure, finished_ms=now, retry_at_ms=None)
+        self.write(keys.invocation_key(row.id), row.encode())
+        retention = int(self.app.config.retention.total_seconds() * 1000)
+        self.schedule_timer(now + retention, row.id, INVOCATION_SEQ, TimerKind.PURGE)
+        if failure is not None:
+            log.warning("invocation %s (%s) failed: %s: %s", row.id, row.target, failure.type, failure.message)
+        self._release_slot(row)
+
+    def _release_slot(self, row: InvocationRow) -> None:
+        if row.inbox_seq is None:
+            self.write(_active_key(row.id), None)
+            return
+        assert row.key is not None
+        self.write(keys.inbox_key(row.service, row.key, row.inbox_seq), None)
+        q = self._queues.get((row.service, row.key))
+        if q and q[0] == row.id:
+            q.popleft()
+            if q:
+                data = self.state.get(keys.invocation_key(q[0]))
+                if data is not None:
+                    self._start(InvocationRow.decode(data))
+            else:
+                del self._queues[(row.service, row.key)]
+
+    def backing_off(self, rt: InvocationRuntime, error: BaseException) -> None:
+        self.runtimes.pop(rt.invocation_id, None)
+        row = rt.row
+        now = self.now_ms()
+        attempt = row.attempt + 1
+        delay = self.app.config.invocation_retry.next_delay_ms(attempt, now - row.created_ms)
+        if delay is None:
+            self._finish_row(row, None, Failure(
+                type=type(error).__name__,
+                message=f"invocation failed after {attempt} attempt(s): {error}"))
+            return
+        log.warning("invocation %s (%s) attempt %d raised %s: %s; retrying in %d ms", row.id, row.target,
+                    attempt, type(error).__name__, error, delay, exc_info=error)
+        row = row.moved(Status.BACKING_OFF, attempt=attempt, retry_at_ms=now + delay)
+        self.write(keys.invocation_key(row.id), row.encode())
+        self.schedule_timer(now + delay, row.id, INVOCATION_SEQ, TimerKind.INVOCATION_RETRY, attempt)
+
+    def paused(self, rt: InvocationRuntime, reason: str) -> None:
+        self.runtimes.pop(rt.invocation_id, None)
+        log.error("invocation %s (%s) paused: %s", rt.row.id, rt.row.target, reason)
+        row = rt.row.moved(Status.PAUSED, paused_reason=reason)
+        self.write(keys.invocation_key(row.id), row.encode())
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def fire_timers(self, now_ms: int) -> None:
+        for t in self.timers.pop_due(now_ms):
+            self._on_work()
+            kind, _attempt = decode_timer(t.payload)
+            if kind is TimerKind.STEP_RETRY:
+                rt = self.runtimes.get(t.invocation_id)
+                if rt is not None:
+                    rt.wake_retry(t.seq)
+            elif kind is TimerKind.INVOCATION_RETRY:
+                data = self.state.get(keys.invocation_key(t.invocation_id))
+                if data is not None and InvocationRow.decode(data).status is Status.BACKING_OFF:
+                    self._start(InvocationRow.decode(data))
+            elif kind is TimerKind.PURGE:
+                self._purge(t.invocation_id)
+
+    def _purge(self, invocation_id: str) -> None:
+        for k, _ in list(self.state.scan(keys.journal_prefix(invocation_id))):
+            self.write(k, None)
+        self.write(keys.invocation_key(invocation_id), None)
+
+    # -- the commit cycle ------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        return bool(self.state.dirty() or self._outputs or self._releases
+                    or self._positions != self._committed_positions)
+
+    def seal(self) -> CycleSlice:
+        s = CycleSlice(partition=self.partition, overlay=self.state.seal(), outputs=self._outputs,
+                       offsets={t: o for t, o in self._positions.items()
+                                if self._committed_positions.get(t) != o},
+                       releases=self._releases)
+        self._outputs, self._releases = [], []
+        return s
+
+    def committed(self, s: CycleSlice, changelog_offset: int) -> None:
+        """The cycle holding `s` committed in Kafka: apply it to LMDB, then release its results."""
+        self.state.applied(s.overlay, changelog_offset)
+        self._committed_positions.update(s.offsets)
+        for release in s.releases:
+            release()
+
+    def discard(self) -> None:
+        """Drop everything uncommitted and every in-memory invocation (abort, revoke)."""
+        for rt in self.runtimes.values():
+            rt.drop()
+        self.runtimes.clear()
+        self._queues.clear()
+        self.state.discard()
+        self._outputs, self._releases = [], []
+        self._positions = dict(self._committed_positions)
+
+    def in_memory(self) -> int:
+        return len(self.runtimes)
+

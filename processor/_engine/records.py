@@ -1,0 +1,110 @@
+"""Engine rows as values: the invocation status row and timer payloads, with their wire encoding."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import schemas
+from processor._engine.core import Failure
+
+
+class Status(enum.Enum):
+    QUEUED = "queued"            # waiting behind another exclusive invocation of its key
+    RUNNING = "running"          # has (or will get) a runtime in memory
+    BACKING_OFF = "backing_off"  # failed with a retryable error; an invocation_retry timer restarts it
+    PAUSED = "paused"            # diverged from its journal; waits for a fixed deploy or an operator
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.COMPLETED, Status.FAILED)
+
+
+_MOVES: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset({Status.RUNNING}),
+    Status.RUNNING: frozenset({Status.RUNNING, Status.BACKING_OFF, Status.PAUSED, Status.COMPLETED,
+                               Status.FAILED}),
+    Status.BACKING_OFF: frozenset({Status.RUNNING, Status.FAILED}),
+    Status.PAUSED: frozenset({Status.RUNNING, Status.FAILED}),
+    Status.COMPLETED: frozenset(),
+    Status.FAILED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InvocationRow:
+    id: str
+    service: str
+    handler: str
+    key: str | None
+    status: Status
+    input: bytes
+    created_ms: int
+    input_headers: dict[str, bytes] = field(default_factory=dict)
+    source_topic: str | None = None
+    source_partition: int = -1
+    source_offset: int = -1
+    attempt: int = 0
+    retry_at_ms: int | None = None
+    finished_ms: int | None = None
+    inbox_seq: int | None = None
+    result: bytes | None = None
+    failure: Failure | None = None
+    paused_reason: str | None = None
+
+    @property
+    def target(self) -> str:
+        return f"{self.service}/{self.handler}"
+
+    def moved(self, status: Status, **changes: Any) -> InvocationRow:
+        """This row in `status`; raises IllegalTransition on a move the state machine forbids."""
+        if status not in _MOVES[self.status]:
+            raise IllegalTransition(f"invocation {self.id}: {self.status.value} -> {status.value}")
+        return replace(self, status=status, **changes)
+
+    def encode(self) -> bytes:
+        return schemas.encode("Invocation", {
+            "id": self.id, "service": self.service, "handler": self.handler, "key": self.key,
+            "status": self.status.value, "input": self.input, "input_headers": self.input_headers,
+            "source_topic": self.source_topic, "source_partition": self.source_partition,
+            "source_offset": self.source_offset, "attempt": self.attempt,
+            "retry_at_ms": self.retry_at_ms, "created_ms": self.created_ms,
+            "finished_ms": self.finished_ms, "inbox_seq": self.inbox_seq, "result": self.result,
+            "failure": None if self.failure is None else {"type": self.failure.type,
+                                                         "message": self.failure.message},
+            "paused_reason": self.paused_reason})
+
+    @staticmethod
+    def decode(data: bytes) -> InvocationRow:
+        r = schemas.decode("Invocation", data)
+        f = r["failure"]
+        return InvocationRow(
+            id=r["id"], service=r["service"], handler=r["handler"], key=r["key"],
+            status=Status(r["status"]), input=r["input"], input_headers=r["input_headers"],
+            source_topic=r["source_topic"], source_partition=r["source_partition"],
+            source_offset=r["source_offset"], attempt=r["attempt"], retry_at_ms=r["retry_at_ms"],
+            created_ms=r["created_ms"], finished_ms=r["finished_ms"], inbox_seq=r["inbox_seq"],
+            result=r["result"], failure=None if f is None else Failure(type=f["type"], message=f["message"]),
+            paused_reason=r["paused_reason"])
+
+
+class TimerKind(enum.Enum):
+    STEP_RETRY = "step_retry"
+    INVOCATION_RETRY = "invocation_retry"
+    PURGE = "purge"
+
+
+def encode_timer(kind: TimerKind, attempt: int = 0) -> bytes:
+    return schemas.encode("Timer", {"kind": kind.value, "attempt": attempt})
+
+
+def decode_timer(data: bytes) -> tuple[TimerKind, int]:
+    r = schemas.decode("Timer", data)
+    return TimerKind(r["kind"]), r["attempt"]
