@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from state.memory import MemoryStore
+from state.overlay import MISSING, Overlay, OverlayError, PartitionState
+from state.store import PartitionStore, Store
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s: Store = MemoryStore() if request.param == "memory" else PartitionStore.open(tmp_path)
+    yield s
+    s.close()
+
+
+def test_overlay_keeps_the_last_write_per_key_in_first_write_order() -> None:
+    o = Overlay()
+    o.put(b"Sb", b"1")
+    o.put(b"Sa", b"2")
+    o.delete(b"Sb")
+    o.put(b"Sa", b"3")
+    assert list(o.items()) == [(b"Sb", None), (b"Sa", b"3")]
+    assert len(o) == 2
+    assert o.lookup(b"Sa") == b"3"
+    assert o.lookup(b"Sb") is None
+    assert o.lookup(b"Sc") is MISSING
+
+
+def test_overlay_refuses_bad_keys_at_write_time_not_at_apply_time() -> None:
+    with pytest.raises(ValueError):
+        Overlay().put(b"S" + b"x" * 600, b"v")
+    with pytest.raises(ValueError):
+        Overlay().delete(b"")
+
+
+def test_reads_see_open_then_sealed_newest_first_then_the_store(store: Store) -> None:
+    store.apply([(b"Sa", b"store"), (b"Sb", b"store"), (b"Sc", b"store"), (b"Sd", b"store")], 1)
+    ps = PartitionState(store)
+    ps.put(b"Sa", b"old-sealed")
+    ps.put(b"Sb", b"old-sealed")
+    ps.seal()
+    ps.put(b"Sa", b"new-sealed")
+    ps.delete(b"Sc")
+    ps.seal()
+    ps.put(b"Sa", b"open")
+    assert ps.get(b"Sa") == b"open"
+    assert ps.get(b"Sb") == b"old-sealed"
+    assert ps.get(b"Sc") is None
+    assert ps.get(b"Sd") == b"store"
+    assert ps.get(b"Se") is None
+
+
+def test_a_delete_in_a_newer_layer_hides_the_key_and_a_newer_put_revives_it(store: Store) -> None:
+    store.apply([(b"Sa", b"store")], 1)
+    ps = PartitionState(store)
+    ps.delete(b"Sa")
+    ps.seal()
+    assert ps.get(b"Sa") is None
+    assert list(ps.scan(b"S")) == []
+    ps.put(b"Sa", b"again")
+    assert ps.get(b"Sa") == b"again"
+    assert list(ps.scan(b"S")) == [(b"Sa", b"again")]
+
+
+def test_scan_merges_every_layer_in_key_order_hiding_deletes(store: Store) -> None:
+    store.apply([(b"S1", b"st"), (b"S3", b"st"), (b"S5", b"st"), (b"S7", b"st"), (b"T0", b"other")], 1)
+    ps = PartitionState(store)
+    ps.put(b"S2", b"old")
+    ps.delete(b"S3")
+    ps.put(b"S5", b"old")
+    ps.seal()
+    ps.put(b"S3", b"mid")  # revives S3 over the older delete
+    ps.delete(b"S5")
+    ps.put(b"S6", b"mid")
+    ps.seal()
+    ps.put(b"S6", b"open")
+    ps.delete(b"S7")
+    ps.put(b"S8", b"open")
+    ps.delete(b"S9")  # delete of a key that exists nowhere
+    assert list(ps.scan(b"S")) == [
+        (b"S1", b"st"), (b"S2", b"old"), (b"S3", b"mid"), (b"S6", b"open"), (b"S8", b"open")]
+    assert list(ps.scan(b"S", start=b"S4")) == [(b"S6", b"open"), (b"S8", b"open")]
+    assert list(ps.scan(b"T")) == [(b"T0", b"other")]
+
+
+def test_scan_tolerates_writes_while_iterating(store: Store) -> None:
+    store.apply([(b"S1", b"a"), (b"S2", b"b")], 1)
+    ps = PartitionState(store)
+    ps.put(b"S3", b"c")
+    seen = []
+    for key, _ in ps.scan(b"S"):
+        seen.append(key)
+        ps.delete(key)
+        ps.put(b"S0", b"new")
+    assert seen == [b"S1", b"S2", b"S3"]
+    assert list(ps.scan(b"S")) == [(b"S0", b"new")]
+
+
+def test_applied_writes_the_oldest_sealed_layer_with_its_offset(store: Store) -> None:
+    ps = PartitionState(store)
+    ps.put(b"Sa", b"1")
+    first = ps.seal()
+    ps.put(b"Sb", b"2")
+    second = ps.seal()
+    ps.put(b"Sc", b"3")
+    assert ps.dirty()
+    assert ps.sealed() == 2
+    with pytest.raises(OverlayError):
+        ps.applied(second, 10)
+    ps.applied(first, 10)
+    assert store.get(b"Sa") == b"1"
+    assert store.get(b"Sb") is None
+    assert store.changelog_offset() == 10
+    assert ps.get(b"Sb") == b"2"
+    ps.applied(second, 20)
+    assert ps.sealed() == 0
+    assert store.changelog_offset() == 20
+    assert list(store.scan(b"S")) == [(b"Sa", b"1"), (b"Sb", b"2")]
+    assert ps.get(b"Sc") == b"3"
+    assert store.get(b"Sc") is None
+
+
+def test_a_sealed_overlay_refuses_writes(store: Store) -> None:
+    ps = PartitionState(store)
+    ps.put(b"Sa", b"1")
+    sealed = ps.seal()
+    assert sealed.sealed
+    with pytest.raises(OverlayError):
+        sealed.put(b"Sb", b"2")
+    assert not ps.dirty()
+
+
+def test_discard_drops_open_and_sealed_layers(store: Store) -> None:
+    store.apply([(b"Sa", b"store")], 1)
+    ps = PartitionState(store)
+    ps.put(b"Sa", b"sealed")
+    sealed = ps.seal()
+    ps.delete(b"Sa")
+    ps.put(b"Sb", b"open")
+    ps.discard()
+    assert not ps.dirty()
+    assert ps.get(b"Sa") == b"store"
+    assert list(ps.scan(b"S")) == [(b"Sa", b"store")]
+    with pytest.raises(OverlayError):
+        ps.applied(sealed, 2)
+    assert store.changelog_offset() == 1
+
+
+def test_overlay_scan_sees_keys_added_after_a_previous_scan(store: Store) -> None:
+    ps = PartitionState(store)
+    for i in range(0, 100, 2):
+        ps.put(b"S%03d" % i, b"x")
+    assert len(list(ps.scan(b"S"))) == 50
+    for i in range(1, 100, 2):
+        ps.put(b"S%03d" % i, b"y")
+    assert [key for key, _ in ps.scan(b"S")] == [b"S%03d" % i for i in range(100)]
