@@ -139,7 +139,8 @@ class PartitionStore:
     @classmethod
     def open(cls, path: Path, *, map_size: int = 1 << 34) -> PartitionStore:
         """Open or create the store in directory `path` (created with its parents). `map_size` is
-        address space reserved, not disk used."""
+        address space reserved, not disk used. Open a path at most once per process: LMDB does not
+        allow two environments on the same files in one process."""
         path.mkdir(parents=True, exist_ok=True)
         # sync/metasync stay on: a committed batch must survive power loss, or the changelog offset
         # could claim data the files do not hold.
