@@ -1,1 +1,34 @@
-"""state layer."""
+"""The state layer: per-partition LMDB store, its in-memory twin, uncommitted overlays and restore
+from the changelog. Key layouts live in :mod:`state.keys`."""
+
+from __future__ import annotations
+
+from state.changelog import RestoreError, RestoreStats, restore
+from state.memory import MemoryStore
+from state.overlay import MISSING, Missing, Overlay, OverlayError, PartitionState
+from state.store import (
+    FORMAT_VERSION,
+    PartitionStore,
+    Store,
+    StoreClosedError,
+    StoreError,
+    StoreFormatError,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MISSING",
+    "MemoryStore",
+    "Missing",
+    "Overlay",
+    "OverlayError",
+    "PartitionState",
+    "PartitionStore",
+    "RestoreError",
+    "RestoreStats",
+    "Store",
+    "StoreClosedError",
+    "StoreError",
+    "StoreFormatError",
+    "restore",
+]
