@@ -113,7 +113,9 @@ class Engine:
         await asyncio.to_thread(kio.check_reachable, admin, self.bootstrap)
         self.partitions_total = await asyncio.to_thread(kio.ensure_topics, admin, self.app)
         self._producer = await asyncio.to_thread(self._new_producer)
-        self._consumer = Consumer(kio.consumer_config(self.bootstrap, self.app, self._consumer_extra))
+        # Static membership: a restarted instance takes its partitions straight back, no rebalance.
+        self._consumer = Consumer(kio.consumer_config(
+            self.bootstrap, self.app, {"group.instance.id": self.instance_id, **self._consumer_extra}))
         self._consumer.subscribe(self.input_topics, on_assign=self._cb_assign,
                                  on_revoke=self._cb_revoke, on_lost=self._cb_lost)
         log.info("instance %s of app %s started (transactional.id %s, %d partitions per topic)",
