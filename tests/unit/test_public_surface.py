@@ -1,0 +1,51 @@
+"""The import surface users get (`import processor as p`) is exactly this list (STYLE habit 1)."""
+
+from __future__ import annotations
+
+import pkgutil
+
+import processor
+
+PUBLIC = [
+    "App",
+    "AvroSerde",
+    "BytesSerde",
+    "ConfigurationError",
+    "Context",
+    "JsonSerde",
+    "NondeterminismError",
+    "ObjectContext",
+    "ObjectDefinition",
+    "ObjectSharedContext",
+    "ProcessorError",
+    "RetryPolicy",
+    "Serde",
+    "SerdeError",
+    "ServiceDefinition",
+    "StepFailedError",
+    "StepInfo",
+    "TerminalError",
+    "current_step",
+]
+
+
+def test_all_is_exactly_the_public_surface() -> None:
+    assert sorted(processor.__all__) == PUBLIC
+    assert len(processor.__all__) == len(set(processor.__all__))
+
+
+def test_every_public_name_resolves() -> None:
+    missing = [n for n in PUBLIC if not hasattr(processor, n)]
+    assert not missing
+
+
+def test_every_submodule_of_processor_is_private() -> None:
+    public = [m.name for m in pkgutil.iter_modules(processor.__path__)
+              if not m.name.startswith("_")]
+    assert public == [], f"public modules besides the package itself: {public}"
+
+
+def test_the_error_tree_has_one_root() -> None:
+    errors = [getattr(processor, n) for n in PUBLIC if n.endswith("Error")]
+    assert all(issubclass(e, processor.ProcessorError) for e in errors)
+    assert issubclass(processor.StepFailedError, processor.TerminalError)
