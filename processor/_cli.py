@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from processor._app import App
@@ -61,14 +62,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    code = 0
     try:
         asyncio.run(_run(args))
     except ConfigurationError as e:
         print(f"processor: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except ProcessorError as e:
         print(f"processor: {e}", file=sys.stderr)
-        return 1
+        code = 1
     except KeyboardInterrupt:
-        return 130
-    return 0
+        code = 130
+    return _exit_leaving_stuck_threads(code)
+
+
+def _exit_leaving_stuck_threads(code: int) -> int:
+    """Return `code`, or exit with it at once when threads are still running after the engine
+    stopped: a step body blocked in user code would otherwise keep the interpreter (which joins
+    executor threads at exit) alive forever. Step bodies are at-least-once: the next owner reruns them."""
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if not stuck:
+        return code
+    log.warning("exiting with %d thread(s) still running, abandoned: %s", len(stuck), ", ".join(sorted(stuck)))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
