@@ -67,6 +67,8 @@ class InvocationRow:
         """This row in `status`; raises IllegalTransition on a move the state machine forbids."""
         if status not in _MOVES[self.status]:
             raise IllegalTransition(f"invocation {self.id}: {self.status.value} -> {status.value}")
+        if self.status is Status.PAUSED and status is not Status.PAUSED:
+            changes.setdefault("paused_reason", None)  # the reason describes the pause, not the row's life
         return replace(self, status=status, **changes)
 
     def encode(self) -> bytes:

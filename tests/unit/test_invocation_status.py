@@ -62,3 +62,10 @@ def test_rows_round_trip_through_their_wire_encoding() -> None:
                            "input_headers": {"trace": b"abc"}, "source_topic": "orders",
                            "source_partition": 3, "source_offset": 42})
     assert InvocationRow.decode(row.encode()) == row
+
+
+def test_leaving_paused_forgets_the_pause_reason() -> None:
+    paused = _row(R).moved(P, paused_reason="diverged at #0")
+    assert paused.paused_reason == "diverged at #0"
+    assert paused.moved(R).paused_reason is None
+    assert paused.moved(F, failure=Failure(type="Killed", message="by operator")).paused_reason is None
