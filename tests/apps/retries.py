@@ -45,6 +45,13 @@ def flaky(case: str) -> str:
     return f"ok on attempt {attempt}"
 
 
+def fails_twice(case: str) -> str:
+    attempt = _attempt(case)
+    if attempt < 3:
+        raise ConnectionError(f"attempt {attempt} failed")
+    return f"ok on attempt {attempt}"
+
+
 def always_fails(case: str) -> str:
     raise ConnectionError(f"attempt {_attempt(case)} failed")
 
@@ -60,6 +67,10 @@ async def run_case(ctx: p.Context, event: dict[str, str]) -> str | None:
     entries = _append(DIR / f"{case}.entries", "entered")
     if case == "flaky_step":
         result = await ctx.run("flaky", flaky, case, retry=_policy(STEP_ATTEMPTS))
+        ctx.emit(OUTPUT, {"case": case, "result": result})
+    elif case == "durable_backoff":  # a test SIGKILLs the processor during the 1 s backoff
+        slow = p.RetryPolicy(initial_interval=timedelta(seconds=1), multiplier=2, max_attempts=3)
+        result = await ctx.run("slow", fails_twice, case, retry=slow)
         ctx.emit(OUTPUT, {"case": case, "result": result})
     elif case == "failing_step":
         try:
