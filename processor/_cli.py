@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from processor._app import App
@@ -80,8 +81,11 @@ def _exit_leaving_stuck_threads(code: int) -> int:
     """Return `code`, or exit with it at once when threads are still running after the engine
     stopped: a step body blocked in user code would otherwise keep the interpreter (which joins
     executor threads at exit) alive forever. Step bodies are at-least-once: the next owner reruns them."""
-    stuck = [t.name for t in threading.enumerate()
-             if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    deadline = time.monotonic() + 2.0  # idle pool threads told to shut down exit within moments
+    for t in others:
+        t.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in others if t.is_alive()]
     if not stuck:
         return code
     log.warning("exiting with %d thread(s) still running, abandoned: %s", len(stuck), ", ".join(sorted(stuck)))
