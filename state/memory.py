@@ -74,6 +74,10 @@ class MemoryStore:
         self._live()
         return decode_offset(self._data.get(OFFSET_KEY))
 
+    def sync(self) -> None:
+        """Nothing to flush."""
+        self._live()
+
     def apply(self, writes: Iterable[tuple[bytes, bytes | None]], changelog_offset: int) -> None:
         """Put/delete each in order and record `changelog_offset`; nothing changes on error."""
         self._live()

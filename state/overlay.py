@@ -158,6 +158,13 @@ class PartitionState:
         self.store.apply(sealed.items(), changelog_offset)
         self._sealed.pop(0)
 
+    def forget(self, sealed: Overlay) -> None:
+        """Drop the oldest sealed layer after the caller applied its writes to the store itself
+        (e.g. from the commit thread, so the event loop never waits on LMDB)."""
+        if not self._sealed or self._sealed[0] is not sealed:
+            raise OverlayError("forget() must be given the oldest sealed overlay of this partition")
+        self._sealed.pop(0)
+
     def discard(self) -> None:
         """Abort: forget every overlay, open and sealed; reads fall back to the store."""
         self._open = Overlay()

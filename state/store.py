@@ -72,6 +72,10 @@ class Store(Protocol):
         """The next changelog offset this store has not applied yet; 0 for a fresh store."""
         ...
 
+    def sync(self) -> None:
+        """Force applied writes to disk (a no-op where there is no disk)."""
+        ...
+
     def apply(self, writes: Iterable[tuple[bytes, bytes | None]], changelog_offset: int) -> None:
         """Put (value) or delete (None) each key in order and record `changelog_offset`, all or
         nothing."""
@@ -137,15 +141,17 @@ class PartitionStore:
         self._closed = False
 
     @classmethod
-    def open(cls, path: Path, *, map_size: int = 1 << 34) -> PartitionStore:
+    def open(cls, path: Path, *, map_size: int = 1 << 34, durable: bool = False) -> PartitionStore:
         """Open or create the store in directory `path` (created with its parents). `map_size` is
         address space reserved, not disk used. Open a path at most once per process: LMDB does not
-        allow two environments on the same files in one process."""
+        allow two environments on the same files in one process.
+
+        `durable=False` (the default) skips the fsync of each apply: the changelog, not this file, is
+        the durable copy, and a store that lost its newest applies simply replays the changelog
+        tail. Call `sync()` to flush. See docs/decisions/001-lmdb-without-fsync.md."""
         path.mkdir(parents=True, exist_ok=True)
-        # sync/metasync stay on: a committed batch must survive power loss, or the changelog offset
-        # could claim data the files do not hold.
-        env = lmdb.open(str(path), map_size=map_size, subdir=True, max_dbs=0, sync=True,
-                        metasync=True, meminit=False, readahead=False)
+        env = lmdb.open(str(path), map_size=map_size, subdir=True, max_dbs=0, sync=durable,
+                        metasync=durable, meminit=False, readahead=False)
         try:
             with env.begin(write=True) as txn:
                 raw = txn.get(FORMAT_KEY)
@@ -201,6 +207,10 @@ class PartitionStore:
     def changelog_offset(self) -> int:
         """The next changelog offset this store has not applied; 0 for a fresh store."""
         return decode_offset(self.get(OFFSET_KEY))
+
+    def sync(self) -> None:
+        """fsync what was applied so far."""
+        self._live().sync(True)
 
     def apply(self, writes: Iterable[tuple[bytes, bytes | None]], changelog_offset: int) -> None:
         """One write transaction: put/delete each in order, then record `changelog_offset`."""

@@ -34,7 +34,7 @@ from processor._engine import kafka as kio
 from processor._engine.partition import CycleSlice, InRecord, PartitionWorker
 from processor._errors import ConfigurationError, ProcessorError
 from state.changelog import restore
-from state.store import PartitionStore
+from state.store import PartitionStore, Store
 
 log = logging.getLogger("processor.engine")
 
@@ -77,7 +77,10 @@ class Engine:
         self.step_executor = ThreadPoolExecutor(app.config.step_threads, thread_name_prefix="step")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
+        # Two transactional producers take turns: the next transaction starts while the coordinator
+        # still completes the previous one (docs/decisions/002-alternating-transactional-producers.md).
+        self._producers: list[Producer | None] = [None, None]
+        self._turn = 0
         self._error: BaseException | None = None
         self.phase = TxnPhase.IDLE
         self.partitions_total = 0
@@ -90,9 +93,8 @@ class Engine:
             path.write_text(uuid.uuid4().hex[:12])
         return path.read_text().strip()
 
-    @property
-    def transactional_id(self) -> str:
-        return f"{self.app.name}-{self.instance_id}"
+    def transactional_id(self, slot: int) -> str:
+        return f"{self.app.name}-{self.instance_id}-{slot}"
 
     @property
     def input_topics(self) -> list[str]:
@@ -112,14 +114,15 @@ class Engine:
         admin = AdminClient(kio.base_config(self.bootstrap))
         await asyncio.to_thread(kio.check_reachable, admin, self.bootstrap)
         self.partitions_total = await asyncio.to_thread(kio.ensure_topics, admin, self.app)
-        self._producer = await asyncio.to_thread(self._new_producer)
+        self._producers = list(await asyncio.gather(*(asyncio.to_thread(self._new_producer, i) for i in (0, 1))))
         # Static membership: a restarted instance takes its partitions straight back, no rebalance.
         self._consumer = Consumer(kio.consumer_config(
             self.bootstrap, self.app, {"group.instance.id": self.instance_id, **self._consumer_extra}))
         self._consumer.subscribe(self.input_topics, on_assign=self._cb_assign,
                                  on_revoke=self._cb_revoke, on_lost=self._cb_lost)
-        log.info("instance %s of app %s started (transactional.id %s, %d partitions per topic)",
-                 self.instance_id, self.app.name, self.transactional_id, self.partitions_total)
+        log.info("instance %s of app %s started (transactional.ids %s, %s; %d partitions per topic)",
+                 self.instance_id, self.app.name, self.transactional_id(0), self.transactional_id(1),
+                 self.partitions_total)
         tasks = [asyncio.create_task(self._poll_loop(), name="poll"),
                  asyncio.create_task(self._commit_loop(), name="commit")]
         stop = asyncio.create_task(self._stop.wait())
@@ -133,8 +136,8 @@ class Engine:
         if self._error is not None:
             raise self._error
 
-    def _new_producer(self) -> Producer:
-        p = Producer(kio.producer_config(self.bootstrap, self.app, self.transactional_id, self._producer_extra))
+    def _new_producer(self, slot: int) -> Producer:
+        p = Producer(kio.producer_config(self.bootstrap, self.app, self.transactional_id(slot), self._producer_extra))
         p.init_transactions(60)  # fences our predecessor and aborts its open transaction
         return p
 
@@ -155,8 +158,9 @@ class Engine:
             except Exception as e:
                 log.warning("consumer close: %s", e)
         await self._drop_partitions(set(self.workers), commit=False)
-        if self._producer is not None:
-            await asyncio.to_thread(self._producer.flush, 10)
+        for producer in self._producers:
+            if producer is not None:
+                await asyncio.to_thread(producer.flush, 10)
         self._consumer_thread.shutdown(wait=False)
         self._commit_thread.shutdown(wait=False)
         self.step_executor.shutdown(wait=False, cancel_futures=True)
@@ -230,25 +234,28 @@ class Engine:
                 return True
             loop = asyncio.get_running_loop()
             self.phase = TxnPhase.COMMITTING
+            slot = self._turn
+            stores = {s.partition: self.workers[s.partition].state.store for s in slices}
             try:
-                ends = await loop.run_in_executor(self._commit_thread, self._commit_blocking, slices)
+                await loop.run_in_executor(self._commit_thread, self._commit_blocking, slot, slices, stores)
             except _CommitFailed as e:
                 self.phase = TxnPhase.ABORTING
-                await self._recover(e)
+                await self._recover(e, slot)
                 self.phase = TxnPhase.IDLE
                 return False
             self.phase = TxnPhase.IDLE
+            self._turn = 1 - slot
             self.commits += 1
             for s in slices:
                 w = self.workers.get(s.partition)
                 if w is not None:
-                    w.committed(s, ends.get(s.partition, w.state.store.changelog_offset()))
+                    w.committed(s)
             return True
 
-    def _commit_blocking(self, slices: list[CycleSlice]) -> dict[int, int]:
-        """On the commit thread: one Kafka transaction for every slice. Returns, per partition, the
-        changelog offset after its last record."""
-        p, consumer = self._producer, self._consumer
+    def _commit_blocking(self, slot: int, slices: list[CycleSlice], stores: dict[int, Store]) -> None:
+        """On the commit thread: one Kafka transaction for every slice, then (only once it committed)
+        each overlay applied to its LMDB store with the changelog offset after its last record."""
+        p, consumer = self._producers[slot], self._consumer
         assert p is not None and consumer is not None
         ends: dict[int, int] = {}
         errors: list[KafkaError] = []
@@ -280,34 +287,37 @@ class Engine:
                 p.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
             faults.point("before_kafka_commit")
             p.commit_transaction(30)
-            faults.point("after_kafka_commit")
-            return ends
         except KafkaException as e:
             err: KafkaError = e.args[0]
             fatal = err.fatal() or (not err.txn_requires_abort() and not err.retriable())
             raise _CommitFailed(err, fatal=fatal) from None
+        faults.point("after_kafka_commit")
+        for s in slices:
+            if len(s.overlay):
+                store = stores[s.partition]
+                store.apply(s.overlay.items(), ends.get(s.partition, store.changelog_offset()))
 
-    async def _recover(self, failure: _CommitFailed) -> None:
+    async def _recover(self, failure: _CommitFailed, slot: int) -> None:
         """Abort, drop the uncommitted overlays and in-memory invocations, rewind and rebuild."""
         log.warning("transaction failed (%s); aborting and rebuilding partitions %s from their last commit",
                     failure, sorted(self.workers))
-        assert self._producer is not None
-        producer = self._producer
+        producer = self._producers[slot]
+        assert producer is not None
         if failure.fatal:
             err = failure.error
             if isinstance(err, KafkaError) and err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
                 self._error = ProcessorError(
-                    f"transactional.id {self.transactional_id} was fenced: another instance runs with "
+                    f"transactional.id {self.transactional_id(slot)} was fenced: another instance runs with "
                     f"instance id {self.instance_id!r}; every instance needs its own")
                 self._stop.set()
                 return
-            self._producer = await asyncio.to_thread(self._new_producer)
+            self._producers[slot] = await asyncio.to_thread(self._new_producer, slot)
         else:
             try:
                 await asyncio.to_thread(producer.abort_transaction, 30)
             except KafkaException as e:
                 log.warning("abort failed (%s); starting a new producer", e.args[0])
-                self._producer = await asyncio.to_thread(self._new_producer)
+                self._producers[slot] = await asyncio.to_thread(self._new_producer, slot)
         for w in self.workers.values():
             w.discard()
         # The poll loop rewinds to the committed offsets and reloads before it routes anything else;
@@ -386,6 +396,7 @@ class Engine:
                 w.discard()
                 store = self._stores.pop(p, None)
                 if store is not None:
+                    store.sync()
                     store.close()
         log.info("released partitions %s", sorted(numbers))
 

@@ -364,9 +364,10 @@ class PartitionWorker:
         self._outputs, self._releases = [], []
         return s
 
-    def committed(self, s: CycleSlice, changelog_offset: int) -> None:
-        """The cycle holding `s` committed in Kafka: apply it to LMDB, then release its results."""
-        self.state.applied(s.overlay, changelog_offset)
+    def committed(self, s: CycleSlice) -> None:
+        """The cycle holding `s` committed in Kafka and its overlay is in LMDB: drop the layer, then
+        release its results."""
+        self.state.forget(s.overlay)
         self._committed_positions.update(s.offsets)
         for release in s.releases:
             release()
