@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -30,8 +31,14 @@ class RetryPolicy:
         """Delay before the attempt after `attempts` failed ones, or None when the policy gives up."""
         if self.max_attempts is not None and attempts >= self.max_attempts:
             return None
-        delay = self.initial_interval.total_seconds() * self.multiplier ** (attempts - 1)
-        delay_ms = int(min(delay, self.max_interval.total_seconds()) * 1000)
+        cap = self.max_interval.total_seconds()
+        initial = self.initial_interval.total_seconds()
+        # Grow in log space so a policy retrying for days never overflows a float.
+        if self.multiplier == 1.0 or (attempts - 1) * math.log(self.multiplier) < math.log(max(cap / initial, 1.0)):
+            delay = min(initial * self.multiplier ** (attempts - 1), cap)
+        else:
+            delay = cap
+        delay_ms = int(delay * 1000)
         if self.max_duration is not None and elapsed_ms + delay_ms > self.max_duration.total_seconds() * 1000:
             return None
         return delay_ms

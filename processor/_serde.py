@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 import fastavro
+import fastavro.validation
 import orjson
 
 from processor._errors import SerdeError
@@ -55,11 +56,19 @@ class AvroSerde:
 
     def __init__(self, schema: Mapping[str, Any]) -> None:
         self._schema = fastavro.parse_schema(dict(schema))
+        self._record = schema.get("name") if schema.get("type") == "record" else None
 
     def serialize(self, value: Any) -> bytes:
         out = io.BytesIO()
         try:
+            if self._record is not None and not isinstance(value, Mapping):
+                raise SerdeError(f"value does not match the Avro schema: expected a {self._record} "
+                                 f"record (a mapping), got {type(value).__name__}")
+            fastavro.validation.validate(value, self._schema, raise_errors=True)
             fastavro.schemaless_writer(out, self._schema, value)
+        except fastavro.validation.ValidationError as e:
+            why = "; ".join(str(x)[:200] for x in e.errors)
+            raise SerdeError(f"value does not match the Avro schema: {why}") from e
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise SerdeError(f"value does not match the Avro schema: {e}") from e
         return out.getvalue()
@@ -68,8 +77,10 @@ class AvroSerde:
         buf = io.BytesIO(data)
         try:
             value = fastavro.schemaless_reader(buf, self._schema, None)
-        except (ValueError, TypeError, EOFError, IndexError, KeyError, StopIteration) as e:
-            raise SerdeError(f"not a record of the Avro schema: {e}") from e
+        except EOFError:
+            raise SerdeError(f"not a record of the Avro schema: truncated ({len(data)} bytes)") from None
+        except (ValueError, TypeError, IndexError, KeyError, StopIteration) as e:
+            raise SerdeError(f"not a record of the Avro schema: {type(e).__name__}: {e}") from e
         if buf.tell() != len(data):
             raise SerdeError(f"{len(data) - buf.tell()} trailing bytes after the Avro record")
         return value

@@ -53,10 +53,6 @@ def test_the_default_policy_retries_with_a_capped_delay() -> None:
     assert policy.next_delay_ms(100, 10**9) == 30_000
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="bug in processor/_retry.py: multiplier ** (attempts - 1) overflows a float "
-                          "after ~1024 attempts, so an unlimited policy (the default for steps and "
-                          "invocations) crashes after ~8.5 h of retries instead of waiting max_interval")
 def test_an_unlimited_policy_keeps_retrying_after_thousands_of_attempts() -> None:
     assert p.RetryPolicy().next_delay_ms(10_000, 10**12) == 30_000
 

@@ -58,7 +58,7 @@ def test_avro_round_trips_a_record_of_its_schema() -> None:
     ({"id": "o-1"}, "qty"),
     ({"id": "o-1", "qty": "three"}, "qty"),
     ({"id": 1, "qty": 1}, "id"),
-    ("o-1", "id"),
+    ("o-1", "got str"),
     (None, "NoneType"),
 ])
 def test_avro_refuses_values_that_do_not_match_the_schema(value: Any, why: str) -> None:
@@ -66,8 +66,6 @@ def test_avro_refuses_values_that_do_not_match_the_schema(value: Any, why: str) 
         p.AvroSerde(ORDER).serialize(value)
 
 
-@pytest.mark.xfail(strict=True, reason="bug in processor/_serde.py: AvroSerde writes without "
-                   "validation, so 1.5 for an int field is silently truncated to 1 (data loss)")
 def test_avro_refuses_a_float_for_an_int_field() -> None:
     with pytest.raises(p.SerdeError):
         p.AvroSerde(ORDER).serialize({"id": "o-1", "qty": 1.5})
@@ -85,8 +83,6 @@ def test_avro_rejects_bytes_that_are_not_a_record(data: bytes) -> None:
         p.AvroSerde(ORDER).deserialize(data)
 
 
-@pytest.mark.xfail(strict=True, reason="bug in processor/_serde.py: a truncated Avro record gives "
-                   "the empty EOFError text, so the DLQ's processor.error header carries no reason")
 def test_avro_says_why_a_truncated_record_is_rejected() -> None:
     with pytest.raises(p.SerdeError, match=r"not a record of the Avro schema: \S"):
         p.AvroSerde(ORDER).deserialize(b"\x06o-1")
