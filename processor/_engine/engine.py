@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import fcntl
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -62,6 +64,7 @@ class Engine:
         self.bootstrap = bootstrap_servers
         self.root = Path(state_dir) / app.name
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_state_dir(self.root)
         self.instance_id = instance_id or self._persisted_instance_id()
         self._consumer_extra = consumer_config or {}
         self._producer_extra = producer_config or {}
@@ -192,8 +195,9 @@ class Engine:
     def _route(self, m: Message) -> None:
         err = m.error()
         if err is not None:
-            if err.fatal():
-                raise KafkaException(err)
+            if err.fatal() or err.code() == KafkaError._FATAL:
+                # e.g. another consumer took our group.instance.id: this instance must not go on
+                raise ProcessorError(f"the Kafka consumer hit a fatal error: {err.str()}")
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", err)
             return
@@ -353,8 +357,7 @@ class Engine:
 
     async def _assign(self, tps: list[TopicPartition]) -> None:
         numbers = kio.check_copartitioned([(tp.topic, tp.partition) for tp in tps], self.input_topics)
-        for p in sorted(numbers - set(self.workers)):
-            await self._open_partition(p)
+        await asyncio.gather(*(self._open_partition(p) for p in sorted(numbers - set(self.workers))))
         log.info("assigned partitions %s", sorted(numbers))
         self.ready.set()
 
@@ -399,6 +402,25 @@ class Engine:
                     store.sync()
                     store.close()
         log.info("released partitions %s", sorted(numbers))
+
+
+def _lock_state_dir(root: Path) -> TextIO:
+    """Hold an exclusive lock on the app's state dir for the life of the process: two instances on
+    one state dir would share an instance id and fence each other."""
+    f = (root / "LOCK").open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigurationError(f"state dir {root} is in use by {holder}; every instance needs its own "
+                                 "--state-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def _produce(p: Producer, topic: str, partition: int | None, key: bytes | None, value: bytes | None,

@@ -93,3 +93,18 @@ def test_sigterm_stops_a_processor_whose_step_body_is_blocked(
     assert proc.stop(timeout=30) == 0  # the blocked body reruns (at least once) on the next owner
     assert "instance i1 stopped" in proc.log()
     assert "still running, abandoned: step" in proc.log()
+
+
+def test_a_second_processor_on_the_same_state_dir_exits_2_naming_the_holder(
+        kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
+    name = kafka.unique("lock")
+    inp, out = kafka.create_topic(f"{name}-in", 2), kafka.create_topic(f"{name}-out", 2)
+    env = {"COUNTER_APP": name, "COUNTER_INPUT": inp, "COUNTER_OUTPUT": out,
+           "COUNTER_EFFECTS": str(tmp_path / "effects")}
+    first = spawn("tests.apps.counter:app", env).start().wait_ready()
+    second = spawn("tests.apps.counter:app", env, instance_id="i2", state_dir=first.state_dir)
+    code, log = _fails(second)
+    assert code == USAGE
+    assert f"is in use by pid {first.proc.pid if first.proc else '?'}" in log
+    assert first.proc is not None and first.proc.poll() is None, "the first processor must keep running"
+    assert first.stop() == 0
