@@ -221,9 +221,19 @@ class Engine:
             self._work.clear()
             if self._stop.is_set() and not self._has_work():
                 return
+            await self._linger()
             await self.commit_cycle()
             if self._stop.is_set():
                 return
+
+    async def _linger(self) -> None:
+        """Before sealing a cycle, let just-released handlers run and wait (briefly) for step bodies
+        already executing: their results then ride this cycle instead of the next one."""
+        for _ in range(6):  # released handler -> finish -> next invocation -> its first step: a few hops
+            await asyncio.sleep(0)
+        deadline = time.monotonic() + self.app.config.commit_linger_ms / 1000
+        while any(w.bodies_running for w in self.workers.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.0002)
 
     def _has_work(self) -> bool:
         return any(w.has_work() for w in self.workers.values())

@@ -41,6 +41,7 @@ class Host(Protocol):
 
     app: App
     step_executor: Executor
+    bodies_running: int  # step bodies executing right now (the commit cycle lingers for them)
 
     def now_ms(self) -> int: ...
     def read(self, key: bytes) -> bytes | None: ...
@@ -227,6 +228,7 @@ class InvocationRuntime:
             started = time.monotonic()
             token = _CURRENT_STEP.set(StepInfo(invocation_id=self.invocation_id, seq=seq, name=name,
                                                attempt=attempts))
+            self.host.bodies_running += 1
             try:
                 if inspect.iscoroutinefunction(fn):
                     result = await fn(*args)
@@ -266,6 +268,7 @@ class InvocationRuntime:
                 await self._wait_retry(seq, retry_at, attempts)
                 continue
             finally:
+                self.host.bodies_running -= 1
                 _CURRENT_STEP.reset(token)
             self._record(Entry(seq=seq, kind="run", name=name, value=data, attempts=attempts))
             self.host.after_commit(_resolve(fut, value))

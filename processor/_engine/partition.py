@@ -96,6 +96,7 @@ class PartitionWorker:
         self.runtimes: dict[str, InvocationRuntime] = {}
         self._queues: dict[tuple[str, str], deque[str]] = {}
         self._inbox_seq = 0
+        self.bodies_running = 0
 
     # -- host protocol for invocations ----------------------------------------------------------
 
