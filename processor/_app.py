@@ -101,6 +101,7 @@ class AppConfig:
     max_in_flight: int = 20_000              # in-memory invocations before input is paused
     step_threads: int = 64                   # threads for synchronous ctx.run bodies
     transaction_timeout_ms: int = 30_000
+    transactional_producers: int = 2         # taking turns per commit cycle (docs/decisions/002)
     commit_linger_ms: float = 5.0            # max wait for running step bodies before sealing a cycle
 
 

@@ -33,6 +33,7 @@ from confluent_kafka.admin import AdminClient
 from processor._app import App
 from processor._engine import faults
 from processor._engine import kafka as kio
+from processor._engine.metrics import CommitTimings, Stopwatch
 from processor._engine.partition import CycleSlice, InRecord, PartitionWorker
 from processor._errors import ConfigurationError, ProcessorError
 from state.changelog import restore
@@ -82,12 +83,14 @@ class Engine:
         self._consumer: Consumer | None = None
         # Two transactional producers take turns: the next transaction starts while the coordinator
         # still completes the previous one (docs/decisions/002-alternating-transactional-producers.md).
-        self._producers: list[Producer | None] = [None, None]
+        self._producers: list[Producer | None] = [None] * app.config.transactional_producers
         self._turn = 0
         self._error: BaseException | None = None
         self.phase = TxnPhase.IDLE
         self.partitions_total = 0
         self.commits = 0
+        self._group_metadata: object | None = None
+        self.timings = CommitTimings()
         self.ready = asyncio.Event()
 
     def _persisted_instance_id(self) -> str:
@@ -117,15 +120,16 @@ class Engine:
         admin = AdminClient(kio.base_config(self.bootstrap))
         await asyncio.to_thread(kio.check_reachable, admin, self.bootstrap)
         self.partitions_total = await asyncio.to_thread(kio.ensure_topics, admin, self.app)
-        self._producers = list(await asyncio.gather(*(asyncio.to_thread(self._new_producer, i) for i in (0, 1))))
+        self._producers = list(await asyncio.gather(
+            *(asyncio.to_thread(self._new_producer, i) for i in range(len(self._producers)))))
         # Static membership: a restarted instance takes its partitions straight back, no rebalance.
         self._consumer = Consumer(kio.consumer_config(
             self.bootstrap, self.app, {"group.instance.id": self.instance_id, **self._consumer_extra}))
         self._consumer.subscribe(self.input_topics, on_assign=self._cb_assign,
                                  on_revoke=self._cb_revoke, on_lost=self._cb_lost)
-        log.info("instance %s of app %s started (transactional.ids %s, %s; %d partitions per topic)",
-                 self.instance_id, self.app.name, self.transactional_id(0), self.transactional_id(1),
-                 self.partitions_total)
+        log.info("instance %s of app %s started (transactional.ids %s; %d partitions per topic)",
+                 self.instance_id, self.app.name,
+                 ", ".join(self.transactional_id(i) for i in range(len(self._producers))), self.partitions_total)
         tasks = [asyncio.create_task(self._poll_loop(), name="poll"),
                  asyncio.create_task(self._commit_loop(), name="commit")]
         stop = asyncio.create_task(self._stop.wait())
@@ -167,6 +171,7 @@ class Engine:
         self._consumer_thread.shutdown(wait=False)
         self._commit_thread.shutdown(wait=False)
         self.step_executor.shutdown(wait=False, cancel_futures=True)
+        log.info("commit cycles: %s", self.timings.summary())
         log.info("instance %s stopped", self.instance_id)
 
     # -- polling ---------------------------------------------------------------------------------
@@ -182,7 +187,7 @@ class Engine:
                 for w in self.workers.values():
                     w.load()
             epoch = self._epoch
-            msgs = await loop.run_in_executor(self._consumer_thread, consumer.consume, 1000, 0.05)
+            msgs = await loop.run_in_executor(self._consumer_thread, _fetch, consumer)
             if epoch == self._epoch:  # else a transaction failed meanwhile: these get re-read
                 for m in msgs:
                     self._route(m)
@@ -249,6 +254,7 @@ class Engine:
             loop = asyncio.get_running_loop()
             self.phase = TxnPhase.COMMITTING
             slot = self._turn
+            started = time.perf_counter()
             stores = {s.partition: self.workers[s.partition].state.store for s in slices}
             try:
                 await loop.run_in_executor(self._commit_thread, self._commit_blocking, slot, slices, stores)
@@ -258,7 +264,8 @@ class Engine:
                 self.phase = TxnPhase.IDLE
                 return False
             self.phase = TxnPhase.IDLE
-            self._turn = 1 - slot
+            self._turn = (slot + 1) % len(self._producers)
+            self.timings.add("cycle", time.perf_counter() - started)
             self.commits += 1
             for s in slices:
                 w = self.workers.get(s.partition)
@@ -285,22 +292,34 @@ class Engine:
             if err is not None:
                 errors.append(err)
 
+        watch = Stopwatch(self.timings)
         try:
             p.begin_transaction()
             changelog = self.app.changelog_topic
+            n = 0
             for s in slices:
                 for k, v in s.overlay.items():
                     _produce(p, changelog, s.partition, k, v, None, on_changelog)
+                    n += 1
                 for r in s.outputs:
                     _produce(p, r.topic, r.partition, r.key, r.value, r.headers, on_output)
+                n += len(s.outputs)
+            self.timings.records.append(n)
+            watch.lap("produce")
             left = p.flush(30)
             if left or errors:
                 raise _CommitFailed(errors[0] if errors else f"{left} records undelivered after 30s")
+            watch.lap("flush")
             offsets = [TopicPartition(t, s.partition, o) for s in slices for t, o in s.offsets.items()]
             if offsets:
-                p.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+                # Cached at assignment: asking the consumer here blocks behind its consume() call
+                # (~100 ms). A stale generation is rejected by the broker (KIP-447), which aborts.
+                group = self._group_metadata or consumer.consumer_group_metadata()
+                p.send_offsets_to_transaction(offsets, group, 30)
+                watch.lap("send_offsets")
             faults.point("before_kafka_commit")
             p.commit_transaction(30)
+            watch.lap("commit")
         except KafkaException as e:
             err: KafkaError = e.args[0]
             fatal = err.fatal() or (not err.txn_requires_abort() and not err.retriable())
@@ -310,6 +329,7 @@ class Engine:
             if len(s.overlay):
                 store = stores[s.partition]
                 store.apply(s.overlay.items(), ends.get(s.partition, store.changelog_offset()))
+        watch.lap("apply")
 
     async def _recover(self, failure: _CommitFailed, slot: int) -> None:
         """Abort, drop the uncommitted overlays and in-memory invocations, rewind and rebuild."""
@@ -356,7 +376,8 @@ class Engine:
             self._error = self._error or e
             self._loop.call_soon_threadsafe(self._stop.set)
 
-    def _cb_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _cb_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._group_metadata = consumer.consumer_group_metadata()
         self._hop(lambda: self._assign(partitions))
 
     def _cb_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -431,6 +452,15 @@ def _lock_state_dir(root: Path) -> TextIO:
     f.write(f"pid {os.getpid()}\n")
     f.flush()
     return f
+
+
+def _fetch(consumer: Consumer) -> list[Message]:
+    """Block for the first record (or 50 ms), then take whatever else is already there. A plain
+    ``consume(n, timeout)`` waits for all n records or the whole timeout: +50 ms per idle pickup."""
+    first = consumer.poll(0.05)
+    if first is None:
+        return []
+    return [first, *consumer.consume(999, 0)]
 
 
 def _produce(p: Producer, topic: str, partition: int | None, key: bytes | None, value: bytes | None,
