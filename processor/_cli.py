@@ -12,8 +12,10 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from processor._app import App
+from processor._engine.records import Status
 from processor._errors import ConfigurationError, ProcessorError
 
 log = logging.getLogger("processor.cli")
@@ -60,7 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--instance-id", default=None,
                      help="stable id of this instance (default: generated once, kept in the state dir)")
     run.add_argument("--log-level", default=os.environ.get("PROCESSOR_LOG_LEVEL", "INFO"))
+    inv = sub.add_parser("invocations", help="list invocations from a state dir (works next to a running processor)")
+    inv.add_argument("--state-dir", default="./state-dir")
+    inv.add_argument("--app", required=True, help="the app name (its directory under --state-dir)")
+    inv.add_argument("--status", choices=[s.value for s in Status], default=None)
+    inv.add_argument("--json", action="store_true", help="one JSON object per line")
+    jr = sub.add_parser("journal", help="show one invocation's journal")
+    jr.add_argument("invocation_id")
+    jr.add_argument("--state-dir", default="./state-dir")
+    jr.add_argument("--app", required=True)
     args = parser.parse_args(argv)
+    if args.command in ("invocations", "journal"):
+        return _inspect_command(args)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code = 0
@@ -75,6 +88,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         code = 130
     return _exit_leaving_stuck_threads(code)
+
+
+def _inspect_command(args: argparse.Namespace) -> int:
+    from processor import _inspect
+
+    try:
+        if args.command == "invocations":
+            rows = _inspect.invocations(Path(args.state_dir), args.app)
+            print(_inspect.format_invocations(rows, status=args.status, as_json=args.json))
+        else:
+            print(_inspect.format_journal(_inspect.journal(Path(args.state_dir), args.app, args.invocation_id)))
+    except FileNotFoundError as e:
+        print(f"processor: {e}", file=sys.stderr)
+        return 2
+    except KeyError as e:
+        print(f"processor: no invocation {e.args[0]} in app {args.app!r}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _exit_leaving_stuck_threads(code: int) -> int:

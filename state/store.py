@@ -141,14 +141,22 @@ class PartitionStore:
         self._closed = False
 
     @classmethod
-    def open(cls, path: Path, *, map_size: int = 1 << 34, durable: bool = False) -> PartitionStore:
+    def open(cls, path: Path, *, map_size: int = 1 << 34, durable: bool = False,
+             readonly: bool = False) -> PartitionStore:
         """Open or create the store in directory `path` (created with its parents). `map_size` is
         address space reserved, not disk used. Open a path at most once per process: LMDB does not
         allow two environments on the same files in one process.
 
         `durable=False` (the default) skips the fsync of each apply: the changelog, not this file, is
         the durable copy, and a store that lost its newest applies simply replays the changelog
-        tail. Call `sync()` to flush. See docs/decisions/001-lmdb-without-fsync.md."""
+        tail. Call `sync()` to flush. See docs/decisions/001-lmdb-without-fsync.md.
+
+        `readonly=True` opens an existing store for reading, safe next to a live writer in another
+        process (introspection)."""
+        if readonly:
+            env = lmdb.open(str(path), readonly=True, lock=True, subdir=True, max_dbs=0)
+            check_format(env.begin().get(FORMAT_KEY), f"store {path}")
+            return cls(env, path)
         path.mkdir(parents=True, exist_ok=True)
         env = lmdb.open(str(path), map_size=map_size, subdir=True, max_dbs=0, sync=durable,
                         metasync=durable, meminit=False, readahead=False)

@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Executor
@@ -34,6 +35,7 @@ from processor._serde import Serde
 from state import keys
 
 log = logging.getLogger("processor.invocation")
+_U32 = struct.Struct(">I")  # journal key = journal_prefix(id) + seq, as state.keys.journal_key builds it
 
 
 class Host(Protocol):
@@ -80,7 +82,8 @@ def _terminal(f: Failure) -> TerminalError:
 class InvocationRuntime:
     """Drives one attempt of an invocation; dropped (``drop()``) on abort, revoke or pause."""
 
-    def __init__(self, host: Host, row: InvocationRow, handler: HandlerDef, input_serde: Serde[Any]) -> None:
+    def __init__(self, host: Host, row: InvocationRow, handler: HandlerDef, input_serde: Serde[Any], *,
+                 fresh: bool = False) -> None:
         self.host = host
         self.row = row
         self.handler = handler
@@ -88,7 +91,9 @@ class InvocationRuntime:
         self.key = row.key
         self._input_serde = input_serde
         self._serde: Serde[Any] = host.app.config.serde
-        entries = [Entry.decode(v) for _, v in host.scan(keys.journal_prefix(row.id))]
+        self._journal_prefix = keys.journal_prefix(row.id)
+        # A fresh invocation (created by this process, never run) has no journal to read.
+        entries = [] if fresh else [Entry.decode(v) for _, v in host.scan(self._journal_prefix)]
         self.core = InvocationCore(row.id, entries)
         self.alive = True
         self._divergence: NondeterminismError | None = None
@@ -172,7 +177,7 @@ class InvocationRuntime:
         if not self.alive:
             return
         self.core.record(entry)
-        self.host.write(keys.journal_key(self.invocation_id, entry.seq), entry.encode())
+        self.host.write(self._journal_prefix + _U32.pack(entry.seq), entry.encode())
 
     def _decode(self, data: bytes | None) -> Any:
         return None if data is None else self._serde.deserialize(data)

@@ -261,9 +261,10 @@ class PartitionWorker:
             self._finish_row(row, None, Failure(type="UnknownHandler",
                                                 message=f"no handler {row.target} in this deploy"))
             return
+        fresh = row.status is Status.QUEUED  # never ran, so it has no journal to read
         row = row.moved(Status.RUNNING)
         self.write(keys.invocation_key(row.id), row.encode())
-        rt = InvocationRuntime(self, row, h, self._input_serde(row, h))
+        rt = InvocationRuntime(self, row, h, self._input_serde(row, h), fresh=fresh)
         self.runtimes[row.id] = rt
         rt.start()
 

@@ -3,6 +3,8 @@ actions side by side, and pauses that invocation only: its key waits, the partit
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,13 @@ def test_a_replay_that_diverges_from_the_journal_pauses_the_invocation_and_says_
     assert by_event["k2", 1].status is Status.COMPLETED
     journal = [(e.seq, e.kind, e.name) for e in rows.journal(tmp_path / "state", name, paused.id)]
     assert journal == [(0, "run", "a"), (1, "emit", out)], "the journal keeps what really happened"
+
+    # The CLI shows it too, next to the running processor.
+    cli = subprocess.run([sys.executable, "-m", "processor", "invocations", "--state-dir", str(tmp_path / "state"),
+                          "--app", name, "--status", "paused"], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert paused.id in cli.stdout and "diverged from its journal at position 0" in cli.stdout
+    assert "journaled: #0 run('a')" in cli.stdout and "1 invocation(s)" in cli.stdout
 
 
 def test_a_paused_invocation_resumes_from_its_journal_on_a_fixed_deploy_and_its_key_flows_again(

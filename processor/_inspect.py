@@ -1,0 +1,73 @@
+"""Introspection from the command line: invocations and journals, read from the partition stores
+(LMDB read-only, so it works next to a running processor)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+from processor._engine.core import Entry
+from processor._engine.records import InvocationRow
+from state import keys
+from state.store import PartitionStore
+
+
+def _stores(state_dir: Path, app: str) -> Iterator[tuple[int, PartitionStore]]:
+    root = state_dir / app
+    if not root.is_dir():
+        raise FileNotFoundError(f"no state for app {app!r} under {state_dir}")
+    for part in sorted((d for d in root.iterdir() if d.is_dir() and (d / "data.mdb").exists()),
+                       key=lambda d: int(d.name) if d.name.isdigit() else -1):
+        store = PartitionStore.open(part, readonly=True)
+        try:
+            yield int(part.name), store
+        finally:
+            store.close()
+
+
+def invocations(state_dir: Path, app: str) -> list[tuple[int, InvocationRow]]:
+    """(partition, row) of every invocation the stores hold."""
+    return [(p, InvocationRow.decode(v)) for p, s in _stores(state_dir, app) for _, v in s.scan(keys.INVOCATION)]
+
+
+def journal(state_dir: Path, app: str, invocation_id: str) -> list[Entry]:
+    for _, s in _stores(state_dir, app):
+        if s.get(keys.invocation_key(invocation_id)) is not None:
+            return [Entry.decode(v) for _, v in s.scan(keys.journal_prefix(invocation_id))]
+    raise KeyError(invocation_id)
+
+
+def _ms(ms: int | None) -> str:
+    return "-" if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_invocations(rows: list[tuple[int, InvocationRow]], *, status: str | None, as_json: bool) -> str:
+    picked = [(p, r) for p, r in rows if status is None or r.status.value == status]
+    if as_json:
+        return "\n".join(orjson.dumps({
+            "partition": p, "id": r.id, "target": r.target, "key": r.key, "status": r.status.value,
+            "attempt": r.attempt, "created": _ms(r.created_ms), "finished": _ms(r.finished_ms),
+            "paused_reason": r.paused_reason,
+            "failure": None if r.failure is None else f"{r.failure.type}: {r.failure.message}"}).decode()
+            for p, r in picked)
+    lines = [f"{'partition':>9}  {'status':<11} {'invocation':<34} {'target':<24} {'key':<16} {'created':<19}  why"]
+    for p, r in picked:
+        why = r.paused_reason or ("" if r.failure is None else f"{r.failure.type}: {r.failure.message}")
+        lines.append(f"{p:>9}  {r.status.value:<11} {r.id:<34} {r.target:<24} {(r.key or '-'):<16} "
+                     f"{_ms(r.created_ms):<19}  {why.splitlines()[0] if why else ''}")
+        lines.extend(f"{'':>48}{extra}" for extra in (why.splitlines()[1:] if why else []))
+    lines.append(f"{len(picked)} invocation(s)")
+    return "\n".join(lines)
+
+
+def format_journal(entries: list[Entry]) -> str:
+    lines = []
+    for e in entries:
+        state = "retrying" if not e.completed else ("failed" if e.failure else "done")
+        detail = f"{e.failure.type}: {e.failure.message}" if e.failure else (
+            "" if e.value is None else e.value[:80].decode(errors="replace"))
+        lines.append(f"#{e.seq:<4} {e.kind:<10} {e.name:<20} {state:<8} attempts={e.attempts}  {detail}")
+    return "\n".join(lines)
