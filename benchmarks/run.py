@@ -196,6 +196,10 @@ def fmt(v: float) -> str:
     return f"{v:.1f}" if a >= 10 else f"{v:.2f}"
 
 
+def _ratio(x: float) -> str:
+    return f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.2g}"  # two significant digits for small ratios
+
+
 def table(rows: list[Row], failures: dict[str, str]) -> list[list[str]]:
     by_key = {r.key: r for r in rows}
     out = []
@@ -204,7 +208,7 @@ def table(rows: list[Row], failures: dict[str, str]) -> list[list[str]]:
         if (bk := r.baseline_key) is not None:
             b = by_key.get(bk)
             shown = bk.split("/", 1)[1] if bk.startswith(f"{r.bench}/") else bk
-            ratio = f"{r.value / b.value:.2f}× {shown}" if b and b.value else f"n/a ({shown} not measured)"
+            ratio = f"{_ratio(r.value / b.value)}× {shown}" if b and b.value else f"n/a ({shown} not measured)"
         out.append([r.bench, r.metric, fmt(r.value), r.unit, ratio, r.notes])
     out += [[name, "FAILED", "", "", "", err] for name, err in failures.items()]
     return out
