@@ -24,6 +24,13 @@ class HandlerKind(enum.Enum):
     SERVICE = "service"        # stateless, any number concurrently
     EXCLUSIVE = "exclusive"    # object handler: one per key at a time, in arrival order
     SHARED = "shared"          # object handler with read-only state, concurrent
+    WORKFLOW_RUN = "workflow_run"        # a workflow's run: exactly once per workflow key
+    WORKFLOW_SHARED = "workflow_shared"  # a workflow's other handlers: read state, complete promises
+
+    @property
+    def exclusive(self) -> bool:
+        """Runs one at a time per key, in arrival order."""
+        return self in (HandlerKind.EXCLUSIVE, HandlerKind.WORKFLOW_RUN)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +85,19 @@ class ServiceDefinition(_Definition[Any]):
         return self._register(HandlerKind.SERVICE, name, serde)
 
 
+class WorkflowDefinition(_Definition[Any]):
+    """A workflow: its ``run`` handler executes exactly once per workflow key (submitting it again
+    returns the first run's result); its other handlers are shared and may complete its promises."""
+
+    def run(self, *, serde: Serde[Any] | None = None) -> Callable[[F], F]:
+        """Register the ``(ctx: WorkflowContext, value)`` run handler (one per workflow)."""
+        return self._register(HandlerKind.WORKFLOW_RUN, "run", serde)
+
+    def handler(self, *, name: str | None = None, serde: Serde[Any] | None = None) -> Callable[[F], F]:
+        """Register a shared ``(ctx: WorkflowSharedContext, value)`` handler."""
+        return self._register(HandlerKind.WORKFLOW_SHARED, name, serde)
+
+
 class ObjectDefinition(_Definition[Any]):
     """A virtual object: state per key; exclusive handlers of one key run one at a time."""
 
@@ -102,6 +122,7 @@ class AppConfig:
     step_threads: int = 64                   # threads for synchronous ctx.run bodies
     transaction_timeout_ms: int = 30_000
     transactional_producers: int = 2         # taking turns per commit cycle (docs/decisions/002)
+    suspend_after: timedelta = timedelta(seconds=5)  # idle time before a waiting invocation leaves memory
     commit_linger_ms: float = 5.0            # max wait for running step bodies before sealing a cycle
 
 
@@ -130,6 +151,10 @@ class App:
         return f"{self.name}.inbox"
 
     @property
+    def results_topic(self) -> str:
+        return f"{self.name}.results"
+
+    @property
     def changelog_topic(self) -> str:
         return f"{self.name}.changelog"
 
@@ -149,6 +174,12 @@ class App:
         self._define(d)
         return d
 
+    def workflow(self, name: str) -> WorkflowDefinition:
+        """Define a workflow named `name`, keyed by the workflow id."""
+        d = WorkflowDefinition(self, name)
+        self._define(d)
+        return d
+
     def subscribe(self, topic: str, handler: Callable[..., Awaitable[Any]], *,
                   serde: Serde[Any] | None = None) -> None:
         """Bind `topic`: each record starts an invocation of `handler` (key = record key for objects).
@@ -156,8 +187,7 @@ class App:
         h = self.handler_for(handler)
         if topic in self._bindings:
             raise ConfigurationError(f"topic {topic!r} is already bound to {self._bindings[topic].handler.target}")
-        if topic.startswith(self.name + ".") and topic in (self.inbox_topic, self.changelog_topic,
-                                                           self.dlq_topic):
+        if topic in (self.inbox_topic, self.changelog_topic, self.dlq_topic, self.results_topic):
             raise ConfigurationError(f"{topic!r} is an internal topic of app {self.name!r}")
         self._bindings[topic] = Binding(topic=topic, handler=h,
                                         serde=serde or h.input_serde or self.config.serde)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextvars
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol, TypeVar, overload
 
+from processor._futures import DurableFuture
 from processor._retry import RetryPolicy
 
 T = TypeVar("T")
@@ -50,7 +52,17 @@ class _Driver(Protocol):
     key: str | None
 
     def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
-            retry: RetryPolicy | None) -> Awaitable[Any]: ...
+            retry: RetryPolicy | None) -> DurableFuture[Any]: ...
+    def sleep(self, duration: timedelta) -> DurableFuture[None]: ...
+    def call(self, target: Callable[..., Any] | str, arg: Any, key: str | None) -> DurableFuture[Any]: ...
+    def send(self, target: Callable[..., Any] | str, arg: Any, key: str | None,
+             delay: timedelta | None) -> str: ...
+    def awakeable(self) -> tuple[str, DurableFuture[Any]]: ...
+    def promise_await(self, name: str) -> DurableFuture[Any]: ...
+    def promise_peek(self, name: str) -> DurableFuture[Any]: ...
+    def promise_complete(self, name: str, value: Any, failure: str | None) -> None: ...
+    def with_timeout(self, fut: DurableFuture[T], timeout: timedelta) -> DurableFuture[T]: ...
+    def select(self, futures: Mapping[str, DurableFuture[Any]]) -> DurableFuture[tuple[str, Any]]: ...
     def emit(self, topic: str, value: Any, key: str | bytes | None,
              headers: Mapping[str, str | bytes] | None) -> None: ...
     def time(self) -> Awaitable[float]: ...
@@ -78,12 +90,12 @@ class Context:
 
     @overload
     def run(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any,
-            retry: RetryPolicy | None = None) -> Awaitable[T]: ...
+            retry: RetryPolicy | None = None) -> DurableFuture[T]: ...
     @overload
     def run(self, name: str, fn: Callable[..., T], *args: Any,
-            retry: RetryPolicy | None = None) -> Awaitable[T]: ...
+            retry: RetryPolicy | None = None) -> DurableFuture[T]: ...
     def run(self, name: str, fn: Callable[..., Any], *args: Any,
-            retry: RetryPolicy | None = None) -> Awaitable[Any]:
+            retry: RetryPolicy | None = None) -> DurableFuture[Any]:
         """Run ``fn(*args)`` as a durable step: its result is journaled and, once committed, returned;
         on replay the journaled result comes back without running ``fn``. Sync functions run on a
         worker thread. Failures retry with `retry` (the app's step policy by default); a
@@ -109,6 +121,29 @@ class Context:
     def time(self) -> Awaitable[float]:
         """Wall-clock time (seconds since the epoch), journaled: a replay sees the original time."""
         return self._driver.time()
+
+    def sleep(self, duration: timedelta) -> DurableFuture[None]:
+        """A durable timer: survives crashes and restarts; while it waits the invocation may be
+        evicted from memory and is replayed from its journal when the timer fires."""
+        return self._driver.sleep(duration)
+
+    def call(self, handler: Callable[..., Awaitable[T]] | str, arg: Any, *,
+             key: str | None = None) -> DurableFuture[T]:
+        """Invoke `handler` (a registered handler function, or ``"service/handler"``) with `arg` and
+        wait for its one answer. `key` addresses a virtual object or workflow. The callee runs exactly
+        once however often anything is redelivered; its ``TerminalError`` is raised here."""
+        return self._driver.call(handler, arg, key)
+
+    def send(self, handler: Callable[..., Awaitable[Any]] | str, arg: Any, *, key: str | None = None,
+             delay: timedelta | None = None) -> str:
+        """Invoke `handler` one-way, optionally after `delay` (a durable timer). Returns the callee's
+        invocation id."""
+        return self._driver.send(handler, arg, key, delay)
+
+    def awakeable(self) -> tuple[str, DurableFuture[Any]]:
+        """An id to hand to the outside world and a future that completes when something resolves
+        (``Client.resolve_awakeable``) or rejects it. Values travel as JSON."""
+        return self._driver.awakeable()
 
 
 class ObjectSharedContext(Context):
@@ -149,3 +184,52 @@ class ObjectContext(ObjectSharedContext):
     def clear_all(self) -> None:
         """Remove every state entry of this key."""
         self._driver.clear_all()
+
+
+class DurablePromise:
+    """A workflow's named promise: completed once (by any handler of the workflow), awaited by any."""
+
+    __slots__ = ("_driver", "name")
+
+    def __init__(self, driver: _Driver, name: str) -> None:
+        self._driver = driver
+        self.name = name
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._driver.promise_await(self.name).__await__()
+
+    def value(self) -> DurableFuture[Any]:
+        """The promise's value once completed (its rejection is raised as TerminalError)."""
+        return self._driver.promise_await(self.name)
+
+    def peek(self) -> DurableFuture[Any]:
+        """The value if already resolved, else None (a rejection is raised)."""
+        return self._driver.promise_peek(self.name)
+
+    def resolve(self, value: Any) -> None:
+        """Complete the promise with `value`; completing it a second time raises TerminalError."""
+        self._driver.promise_complete(self.name, value, None)
+
+    def reject(self, reason: str) -> None:
+        """Fail the promise: awaiting it raises TerminalError(reason)."""
+        self._driver.promise_complete(self.name, None, reason)
+
+
+class WorkflowSharedContext(ObjectSharedContext):
+    """A workflow's shared handler: read its state, await and complete its promises."""
+
+    __slots__ = ()
+
+    def promise(self, name: str) -> DurablePromise:
+        """The workflow's durable promise `name`."""
+        return DurablePromise(self._driver, name)
+
+
+class WorkflowContext(ObjectContext):
+    """A workflow's ``run`` handler (exactly once per workflow key): state writes and promises."""
+
+    __slots__ = ()
+
+    def promise(self, name: str) -> DurablePromise:
+        """The workflow's durable promise `name`."""
+        return DurablePromise(self._driver, name)

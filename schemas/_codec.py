@@ -20,10 +20,11 @@ _DIR = Path(__file__).resolve().parent
 
 #: Current format version of each record type; bump it (and keep the old .avsc in history/) on change.
 CURRENT_VERSIONS: Mapping[str, int] = {
-    "Invocation": 2,
-    "JournalEntry": 1,
-    "Timer": 1,
-    "InboxCommand": 1,
+    "Invocation": 3,
+    "JournalEntry": 2,
+    "Timer": 2,
+    "InboxCommand": 2,
+    "InvocationResult": 1,
 }
 
 _FILES = {
@@ -31,6 +32,7 @@ _FILES = {
     "JournalEntry": "journal_entry",
     "Timer": "timer",
     "InboxCommand": "inbox_command",
+    "InvocationResult": "invocation_result",
 }
 _SHARED = ("failure",)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 
 __all__ = [
+    "ACTIVE",
     "DEDUP",
     "INBOX",
     "INVOCATION",
@@ -20,9 +21,13 @@ __all__ = [
     "LOCAL",
     "MAX_KEY_SIZE",
     "META",
+    "PROMISE",
+    "PROMISE_WAITER",
     "STATE",
+    "SUBSCRIBER",
     "TIMER",
     "KeyTooLongError",
+    "active_key",
     "dedup_key",
     "inbox_key",
     "inbox_prefix",
@@ -31,13 +36,21 @@ __all__ = [
     "journal_prefix",
     "local_key",
     "meta_key",
+    "parse_active_key",
     "parse_inbox_key",
     "parse_journal_key",
+    "parse_promise_waiter_key",
     "parse_state_key",
+    "parse_subscriber_key",
     "parse_timer_key",
     "prefix_end",
+    "promise_key",
+    "promise_waiter_key",
+    "promise_waiter_prefix",
     "state_key",
     "state_prefix",
+    "subscriber_key",
+    "subscriber_prefix",
     "timer_key",
 ]
 
@@ -49,6 +62,14 @@ TIMER = b"T"
 DEDUP = b"D"
 META = b"M"
 """Engine counters; changelogged like everything else."""
+ACTIVE = b"A"
+"""Non-exclusive invocations not finished yet: id -> empty."""
+SUBSCRIBER = b"R"
+"""Callers waiting for an invocation's answer: (id, caller id, seq) -> caller partition."""
+PROMISE = b"P"
+"""Workflow promises: (workflow, key, name) -> outcome."""
+PROMISE_WAITER = b"W"
+"""Invocations awaiting a promise: (workflow, key, name, id, seq) -> empty."""
 LOCAL = b"L"
 """Facts about this copy of the store (changelog offset, format); never changelogged."""
 
@@ -208,6 +229,53 @@ def parse_timer_key(k: bytes) -> tuple[int, str, int]:
     if len(k) != end + 4:
         raise ValueError(f"trailing bytes in key {k!r}")
     return int(due), k[11:end].decode("utf-8"), int(seq)
+
+
+def active_key(inv_id: str) -> bytes:
+    """Marks a non-exclusive invocation as not finished (scanned on load to resume it)."""
+    return _done(ACTIVE + _str(inv_id))
+
+
+def parse_active_key(k: bytes) -> str:
+    r = _Reader(k, ACTIVE)
+    out = r.str()
+    r.end()
+    return out
+
+
+def subscriber_prefix(inv_id: str) -> bytes:
+    return SUBSCRIBER + _str(inv_id)
+
+
+def subscriber_key(inv_id: str, caller_id: str, seq: int) -> bytes:
+    """One caller (its invocation id and journal position) waiting for `inv_id`'s answer."""
+    return _done(subscriber_prefix(inv_id) + _str(caller_id) + _u32(seq))
+
+
+def parse_subscriber_key(k: bytes) -> tuple[str, str, int]:
+    r = _Reader(k, SUBSCRIBER)
+    out = (r.str(), r.str(), r.u32())
+    r.end()
+    return out
+
+
+def promise_key(obj: str, key: str, name: str) -> bytes:
+    return _done(PROMISE + _str(obj) + _str(key) + _str(name))
+
+
+def promise_waiter_prefix(obj: str, key: str, name: str) -> bytes:
+    return PROMISE_WAITER + _str(obj) + _str(key) + _str(name)
+
+
+def promise_waiter_key(obj: str, key: str, name: str, inv_id: str, seq: int) -> bytes:
+    return _done(promise_waiter_prefix(obj, key, name) + _str(inv_id) + _u32(seq))
+
+
+def parse_promise_waiter_key(k: bytes) -> tuple[str, str, str, str, int]:
+    r = _Reader(k, PROMISE_WAITER)
+    out = (r.str(), r.str(), r.str(), r.str(), r.u32())
+    r.end()
+    return out
 
 
 def dedup_key(token: str) -> bytes:

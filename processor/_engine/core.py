@@ -33,10 +33,12 @@ class Entry:
     failure: Failure | None = None
     attempts: int = 1
     retry_at_ms: int | None = None
+    pending: bool = False          # a durable wait (sleep, call, awakeable, promise) not completed yet
+    due_ms: int | None = None      # sleep: when it fires
 
     @property
     def completed(self) -> bool:
-        return self.retry_at_ms is None
+        return not self.pending and self.retry_at_ms is None
 
     def describe(self) -> str:
         return f"#{self.seq} {self.kind}({self.name!r})"
@@ -46,7 +48,8 @@ class Entry:
             "seq": self.seq, "kind": self.kind, "name": self.name, "value": self.value,
             "failure": None if self.failure is None else {"type": self.failure.type,
                                                          "message": self.failure.message},
-            "attempts": self.attempts, "retry_at_ms": self.retry_at_ms})
+            "attempts": self.attempts, "retry_at_ms": self.retry_at_ms, "pending": self.pending,
+            "due_ms": self.due_ms})
 
     @staticmethod
     def decode(data: bytes) -> Entry:
@@ -54,7 +57,8 @@ class Entry:
         f = r["failure"]
         return Entry(seq=r["seq"], kind=r["kind"], name=r["name"], value=r["value"],
                      failure=None if f is None else Failure(type=f["type"], message=f["message"]),
-                     attempts=r["attempts"], retry_at_ms=r["retry_at_ms"])
+                     attempts=r["attempts"], retry_at_ms=r["retry_at_ms"], pending=r["pending"],
+                     due_ms=r["due_ms"])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,10 +71,11 @@ class Replay:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Execute:
-    """The action at `seq` is past the journal (or was still retrying): run it for real."""
+    """The action at `seq` is past the journal (or not finished in it): run it for real, or for a
+    durable wait journaled as pending, wait for its completion."""
 
     seq: int
-    retrying: Entry | None = None  # the pending-retry entry when a step was mid-backoff
+    retrying: Entry | None = None  # the unfinished entry: a step mid-backoff or a pending wait
 
 
 Decision = Replay | Execute
@@ -125,6 +130,18 @@ class InvocationCore:
             raise ValueError(f"{entry.describe()} is already journaled as completed")
         self._journal[entry.seq] = entry
         return entry
+
+    def complete(self, entry: Entry) -> None:
+        """A durable wait journaled as pending at ``entry.seq`` completed (timer fired, response or
+        awakeable arrived). Whether or not the handler has called it yet in this attempt."""
+        old = self._journal.get(entry.seq)
+        if old is None or not old.pending or (old.kind, old.name) != (entry.kind, entry.name):
+            raise ValueError(f"completing {entry.describe()}, but the journal holds "
+                             f"{old.describe() if old else 'nothing'} there (pending: {old and old.pending})")
+        self._journal[entry.seq] = entry
+
+    def entry(self, seq: int) -> Entry | None:
+        return self._journal.get(seq)
 
     def random_seed(self) -> int:
         """A seed derived from the invocation id: the same on every replay."""

@@ -410,8 +410,8 @@ class Engine:
         if stats.records:
             log.info("partition %d: restored %d changelog records in %.2fs", p, stats.records,
                      time.monotonic() - t0)
-        w = PartitionWorker(app=self.app, partition=p, store=store, step_executor=self.step_executor,
-                            on_work=self._on_work)
+        w = PartitionWorker(app=self.app, partition=p, partitions_total=self.partitions_total, store=store,
+                            step_executor=self.step_executor, on_work=self._on_work)
         self.workers[p] = w
         w.load()
 

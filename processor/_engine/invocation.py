@@ -13,8 +13,9 @@ import inspect
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Executor
+from datetime import timedelta
 from typing import Any, Protocol
 
 import orjson
@@ -26,10 +27,14 @@ from processor._context import (
     ObjectContext,
     ObjectSharedContext,
     StepInfo,
+    WorkflowContext,
+    WorkflowSharedContext,
 )
 from processor._engine.core import Entry, Execute, Failure, InvocationCore, Replay, retry_entry
 from processor._engine.records import InvocationRow, TimerKind
+from processor._engine.waits import CANCELLED, Waits, failure_error
 from processor._errors import NondeterminismError, SerdeError, StepFailedError, TerminalError, _Abandon
+from processor._futures import DurableFuture
 from processor._retry import RetryPolicy
 from processor._serde import Serde
 from state import keys
@@ -44,6 +49,7 @@ class Host(Protocol):
     app: App
     step_executor: Executor
     bodies_running: int  # step bodies executing right now (the commit cycle lingers for them)
+    partition: int
 
     def now_ms(self) -> int: ...
     def read(self, key: bytes) -> bytes | None: ...
@@ -57,6 +63,17 @@ class Host(Protocol):
     def finished(self, rt: InvocationRuntime, *, result: bytes | None, failure: Failure | None) -> None: ...
     def backing_off(self, rt: InvocationRuntime, error: BaseException) -> None: ...
     def paused(self, rt: InvocationRuntime, reason: str) -> None: ...
+    def resolve_target(self, target: Callable[..., Any] | str, key: str | None) -> HandlerDef: ...
+    def invoke(self, h: HandlerDef, arg: Any, key: str | None, *, seed: tuple[str, ...],
+               caller: tuple[str, int] | None, delay_ms: int | None = None,
+               timer_owner: tuple[str, int] | None = None) -> str: ...
+    def complete_entry(self, invocation_id: str, entry: Entry) -> None: ...
+    def cancel_callee(self, callee_id: str) -> None: ...
+    def cancel_delivered(self, rt: InvocationRuntime) -> None: ...
+    def promise_state(self, rt: InvocationRuntime, name: str) -> tuple[bytes | None, Failure | None] | None: ...
+    def promise_wait(self, rt: InvocationRuntime, name: str, seq: int) -> None: ...
+    def promise_complete(self, rt: InvocationRuntime, name: str, value: bytes | None,
+                         failure: Failure | None) -> bool: ...
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any) -> Callable[[], None]:
@@ -76,7 +93,12 @@ def _reject(fut: asyncio.Future[Any], error: BaseException) -> Callable[[], None
 def _terminal(f: Failure) -> TerminalError:
     if f.type == StepFailedError.__name__:
         return StepFailedError(f.message)
-    return TerminalError(f.message, error_type=f.type)
+    return failure_error(f)
+
+
+_CONTEXTS: dict[HandlerKind, type[Context]] = {
+    HandlerKind.SERVICE: Context, HandlerKind.SHARED: ObjectSharedContext, HandlerKind.EXCLUSIVE: ObjectContext,
+    HandlerKind.WORKFLOW_RUN: WorkflowContext, HandlerKind.WORKFLOW_SHARED: WorkflowSharedContext}
 
 
 class InvocationRuntime:
@@ -99,7 +121,10 @@ class InvocationRuntime:
         self._divergence: NondeterminismError | None = None
         self._task: asyncio.Task[None] | None = None
         self._steps: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_waits: dict[int, asyncio.Future[None]] = {}
+        self._unreleased = 0
+        self.waits = Waits(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -109,9 +134,29 @@ class InvocationRuntime:
     def drop(self) -> None:
         """Stop driving this attempt: nothing it does from now on reaches the store."""
         self.alive = False
-        for t in (self._task, *self._steps):
+        for t in (self._task, *self._steps, *self._tasks):
             if t is not None and not t.done():
                 t.cancel()
+
+    def busy(self) -> bool:
+        """A step body or helper task runs, or a result waits to be released."""
+        return bool(self._steps) or bool(self._tasks) or self._unreleased > 0
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run `fn` once the cycle holding this invocation's current writes commits."""
+        self._unreleased += 1
+
+        def release() -> None:
+            self._unreleased -= 1
+            self.waits.last_active = time.monotonic()
+            fn()
+        self.host.after_commit(release)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """A helper task that dies with this invocation attempt."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def wake_retry(self, seq: int) -> None:
         """A step_retry timer of this invocation fired."""
@@ -120,8 +165,7 @@ class InvocationRuntime:
             fut.set_result(None)
 
     async def _main(self) -> None:
-        ctx = {HandlerKind.SERVICE: Context, HandlerKind.SHARED: ObjectSharedContext,
-               HandlerKind.EXCLUSIVE: ObjectContext}[self.handler.kind](self)
+        ctx = _CONTEXTS[self.handler.kind](self)
         try:
             value = self._input_serde.deserialize(self.row.input)
         except Exception as e:  # checked when the record arrived; a serde change can still break it
@@ -158,13 +202,13 @@ class InvocationRuntime:
 
     def _finish(self, result: bytes | None, failure: Failure | None) -> None:
         self.alive = False
-        for t in self._steps:  # a step the handler never awaited cannot outlive its invocation
+        for t in (*self._steps, *self._tasks):  # what the handler never awaited cannot outlive it
             t.cancel()
         self.host.finished(self, result=result, failure=failure)
 
     # -- journal plumbing ------------------------------------------------------------------------
 
-    def _call(self, kind: str, name: str) -> Replay | Execute:
+    def journal_call(self, kind: str, name: str) -> Replay | Execute:
         if not self.alive:
             raise _Abandon()
         try:
@@ -173,14 +217,17 @@ class InvocationRuntime:
             self._divergence = e
             raise _Abandon() from None
 
-    def _record(self, entry: Entry) -> None:
+    def record(self, entry: Entry) -> None:
         if not self.alive:
             return
         self.core.record(entry)
         self.host.write(self._journal_prefix + _U32.pack(entry.seq), entry.encode())
 
-    def _decode(self, data: bytes | None) -> Any:
+    def decode_value(self, data: bytes | None) -> Any:
         return None if data is None else self._serde.deserialize(data)
+
+    def encode_value(self, value: Any) -> bytes:
+        return self._serde.serialize(value)
 
     def _done(self, value: Any) -> asyncio.Future[Any]:
         fut = asyncio.get_running_loop().create_future()
@@ -193,7 +240,7 @@ class InvocationRuntime:
             fut.set_exception(_terminal(entry.failure))
         else:
             try:
-                fut.set_result(self._decode(entry.value))
+                fut.set_result(self.decode_value(entry.value))
             except SerdeError as e:
                 fut.set_exception(e)
         return fut
@@ -208,17 +255,23 @@ class InvocationRuntime:
         return self.core.random_seed()
 
     def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
-            retry: RetryPolicy | None) -> Awaitable[Any]:
-        d = self._call("run", name)
+            retry: RetryPolicy | None) -> DurableFuture[Any]:
+        d = self.journal_call("run", name)
         if isinstance(d, Replay):
-            return self._replayed(d.entry)
+            return DurableFuture(self._replayed(d.entry), self, d.seq)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.waits.cancel_next and d.retrying is None:  # a cancellation is delivered here instead
+            self.waits.cancel_next = False
+            self.host.cancel_delivered(self)
+            self.record(Entry(seq=d.seq, kind="run", name=name, failure=CANCELLED))
+            self.after_commit(_reject(fut, failure_error(CANCELLED)))
+            return DurableFuture(fut, self, d.seq)
         task = asyncio.get_running_loop().create_task(
             self._run_step(d.seq, name, fn, args, retry or self.host.app.config.step_retry, d.retrying, fut),
             name=f"step {self.invocation_id}#{d.seq} {name}")
         self._steps.add(task)
         task.add_done_callback(self._steps.discard)
-        return fut
+        return DurableFuture(fut, self, d.seq)
 
     async def _run_step(self, seq: int, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
                         policy: RetryPolicy, pending: Entry | None, fut: asyncio.Future[Any]) -> None:
@@ -244,13 +297,13 @@ class InvocationRuntime:
                     if inspect.isawaitable(result):
                         result = await result
                 data = None if result is None else self._serde.serialize(result)
-                value = self._decode(data)  # the handler sees exactly what a replay will see
+                value = self.decode_value(data)  # the handler sees exactly what a replay will see
             except asyncio.CancelledError:
                 raise
             except (TerminalError, SerdeError) as e:
                 failure = Failure(type=getattr(e, "error_type", type(e).__name__), message=str(e))
-                self._record(Entry(seq=seq, kind="run", name=name, failure=failure, attempts=attempts))
-                self.host.after_commit(_reject(fut, _terminal(failure)))
+                self.record(Entry(seq=seq, kind="run", name=name, failure=failure, attempts=attempts))
+                self.after_commit(_reject(fut, _terminal(failure)))
                 return
             except Exception as e:
                 elapsed_ms += int((time.monotonic() - started) * 1000)
@@ -261,22 +314,22 @@ class InvocationRuntime:
                                       message=f"step {name!r} failed after {attempts} attempt(s): "
                                               f"{failure.type}: {failure.message}")
                     log.warning("invocation %s: %s", self.invocation_id, gave_up.message)
-                    self._record(Entry(seq=seq, kind="run", name=name, failure=gave_up, attempts=attempts))
-                    self.host.after_commit(_reject(fut, _terminal(gave_up)))
+                    self.record(Entry(seq=seq, kind="run", name=name, failure=gave_up, attempts=attempts))
+                    self.after_commit(_reject(fut, _terminal(gave_up)))
                     return
                 elapsed_ms += delay
                 retry_at = self.host.now_ms() + delay
                 log.info("invocation %s: step %r attempt %d failed (%s: %s); retrying in %d ms",
                          self.invocation_id, name, attempts, failure.type, failure.message, delay)
-                self._record(retry_entry(Entry(seq=seq, kind="run", name=name), attempts=attempts,
+                self.record(retry_entry(Entry(seq=seq, kind="run", name=name), attempts=attempts,
                                          retry_at_ms=retry_at, failure=failure))
                 await self._wait_retry(seq, retry_at, attempts)
                 continue
             finally:
                 self.host.bodies_running -= 1
                 _CURRENT_STEP.reset(token)
-            self._record(Entry(seq=seq, kind="run", name=name, value=data, attempts=attempts))
-            self.host.after_commit(_resolve(fut, value))
+            self.record(Entry(seq=seq, kind="run", name=name, value=data, attempts=attempts))
+            self.after_commit(_resolve(fut, value))
             return
 
     async def _wait_retry(self, seq: int, retry_at_ms: int, attempt: int) -> None:
@@ -290,39 +343,39 @@ class InvocationRuntime:
 
     def emit(self, topic: str, value: Any, key: str | bytes | None,
              headers: Mapping[str, str | bytes] | None) -> None:
-        d = self._call("emit", topic)
+        d = self.journal_call("emit", topic)
         if isinstance(d, Replay):
             return
         data = bytes(value) if isinstance(value, bytes | bytearray) else self._serde.serialize(value)
         kb = key.encode() if isinstance(key, str) else key
         hs = [(k, v.encode() if isinstance(v, str) else v) for k, v in (headers or {}).items()]
-        self._record(Entry(seq=d.seq, kind="emit", name=topic))
+        self.record(Entry(seq=d.seq, kind="emit", name=topic))
         if self.alive:
             self.host.produce(topic, kb, data, hs)
 
     def time(self) -> Awaitable[float]:
-        d = self._call("time", "time")
+        d = self.journal_call("time", "time")
         if isinstance(d, Replay):
             return self._replayed(d.entry)
         now = time.time()
-        self._record(Entry(seq=d.seq, kind="time", name="time", value=orjson.dumps(now)))
+        self.record(Entry(seq=d.seq, kind="time", name="time", value=orjson.dumps(now)))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.host.after_commit(_resolve(fut, now))
+        self.after_commit(_resolve(fut, now))
         return fut
 
     def _read_journaled(self, kind: str, name: str, read: Callable[[], bytes | None]) -> Awaitable[Any]:
-        d = self._call(kind, name)
+        d = self.journal_call(kind, name)
         if isinstance(d, Replay):
             return self._replayed(d.entry)
         raw = read()
-        self._record(Entry(seq=d.seq, kind=kind, name=name, value=raw))
-        value = self._decode(raw)
-        if self.handler.kind is HandlerKind.EXCLUSIVE:
+        self.record(Entry(seq=d.seq, kind=kind, name=name, value=raw))
+        value = self.decode_value(raw)
+        if self.handler.kind.exclusive:
             # No other writer of this key runs concurrently, and the entry commits before any later
             # write of this invocation, so a replay reads the same value: no need to wait.
             return self._done(value)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.host.after_commit(_resolve(fut, value))
+        self.after_commit(_resolve(fut, value))
         return fut
 
     def get(self, name: str) -> Awaitable[Any]:
@@ -337,25 +390,54 @@ class InvocationRuntime:
         return self._read_journaled("state_keys", "", read)
 
     def set(self, name: str, value: Any) -> None:
-        d = self._call("set", name)
+        d = self.journal_call("set", name)
         if isinstance(d, Execute):
             data = self._serde.serialize(value)
-            self._record(Entry(seq=d.seq, kind="set", name=name))
+            self.record(Entry(seq=d.seq, kind="set", name=name))
             if self.alive:
                 self.host.write(self._state_key(name), data)
 
     def clear(self, name: str) -> None:
-        d = self._call("clear", name)
+        d = self.journal_call("clear", name)
         if isinstance(d, Execute):
-            self._record(Entry(seq=d.seq, kind="clear", name=name))
+            self.record(Entry(seq=d.seq, kind="clear", name=name))
             if self.alive:
                 self.host.write(self._state_key(name), None)
 
     def clear_all(self) -> None:
-        d = self._call("clear_all", "")
+        d = self.journal_call("clear_all", "")
         if isinstance(d, Execute):
             assert self.key is not None
-            self._record(Entry(seq=d.seq, kind="clear_all", name=""))
+            self.record(Entry(seq=d.seq, kind="clear_all", name=""))
             if self.alive:
                 for k, _ in list(self.host.scan(keys.state_prefix(self.handler.service, self.key))):
                     self.host.write(k, None)
+
+    # -- durable waits (processor/_engine/waits.py) ---------------------------------------------
+
+    def sleep(self, duration: timedelta) -> DurableFuture[None]:
+        return self.waits.sleep(duration)
+
+    def call(self, target: Callable[..., Any] | str, arg: Any, key: str | None) -> DurableFuture[Any]:
+        return self.waits.call(target, arg, key)
+
+    def send(self, target: Callable[..., Any] | str, arg: Any, key: str | None, delay: timedelta | None) -> str:
+        return self.waits.send(target, arg, key, delay)
+
+    def awakeable(self) -> tuple[str, DurableFuture[Any]]:
+        return self.waits.awakeable()
+
+    def promise_await(self, name: str) -> DurableFuture[Any]:
+        return self.waits.promise_await(name)
+
+    def promise_peek(self, name: str) -> DurableFuture[Any]:
+        return self.waits.promise_peek(name)
+
+    def promise_complete(self, name: str, value: Any, failure: str | None) -> None:
+        self.waits.promise_complete(name, value, failure)
+
+    def select(self, futures: Mapping[str, DurableFuture[Any]]) -> DurableFuture[tuple[str, Any]]:
+        return self.waits.select(futures)
+
+    def with_timeout(self, fut: DurableFuture[Any], timeout: timedelta) -> DurableFuture[Any]:
+        return self.waits.with_timeout(fut, timeout)

@@ -70,7 +70,7 @@ def ensure_topics(admin: AdminClient, app: App, *, timeout: float = 30.0) -> int
         p = app.config.partitions
     else:
         raise ConfigurationError(f"app {app.name!r} has no input topic; pass App(..., partitions=N)")
-    internal = {app.inbox_topic: {}, app.dlq_topic: {},
+    internal = {app.inbox_topic: {}, app.dlq_topic: {}, app.results_topic: {"retention.ms": str(24 * 3600 * 1000)},
                 app.changelog_topic: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
                                       "segment.ms": "3600000"}}
     missing = []

@@ -20,9 +20,9 @@ from confluent_kafka import Message
 from processor._app import App, Binding, HandlerDef, HandlerKind
 from processor._engine.core import Failure, invocation_id_for_record
 from processor._engine.invocation import InvocationRuntime
+from processor._engine.messaging import Messaging
 from processor._engine.records import InvocationRow, Status, TimerKind, decode_timer, encode_timer
 from processor._serde import Serde
-from schemas import SchemaError, decode
 from state import keys
 from state.overlay import Overlay, PartitionState
 from state.store import Store
@@ -31,12 +31,7 @@ from timers import Timer, TimerIndex
 log = logging.getLogger("processor.partition")
 
 INVOCATION_SEQ = 0xFFFFFFFF  # timer seq of invocation-level timers (retry, purge)
-_ACTIVE = b"A"  # non-exclusive invocations that are not finished: (id) -> b""
 _U64 = struct.Struct(">Q")
-
-
-def _active_key(invocation_id: str) -> bytes:
-    return _ACTIVE + keys.invocation_key(invocation_id)[1:]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,11 +75,13 @@ class CycleSlice:
     releases: list[Callable[[], None]]
 
 
-class PartitionWorker:
-    def __init__(self, *, app: App, partition: int, store: Store, step_executor: Executor,
+class PartitionWorker(Messaging):
+    def __init__(self, *, app: App, partition: int, partitions_total: int, store: Store, step_executor: Executor,
                  on_work: Callable[[], None]) -> None:
         self.app = app
         self.partition = partition
+        self.partitions_total = partitions_total
+        self._next_suspend_check = 0.0
         self.step_executor = step_executor
         self.state = PartitionState(store)
         self.timers = TimerIndex(self.state)
@@ -144,8 +141,8 @@ class PartitionWorker:
         resumed = 0
         for q in self._queues.values():
             resumed += self._resume(q[0])
-        for k, _ in list(self.state.scan(_ACTIVE)):
-            resumed += self._resume(k[3:].decode())
+        for k, _ in list(self.state.scan(keys.ACTIVE)):
+            resumed += self._resume(keys.parse_active_key(k))
         if resumed:
             log.info("partition %d: resumed %d in-flight invocation(s)", self.partition, resumed)
 
@@ -155,12 +152,12 @@ class PartitionWorker:
             log.error("partition %d: active invocation %s has no row", self.partition, invocation_id)
             return 0
         row = InvocationRow.decode(data)
-        if row.status is Status.BACKING_OFF:
-            return 0  # its invocation_retry timer restarts it
+        if row.status in (Status.BACKING_OFF, Status.SUSPENDED):
+            return 0  # a timer or a completion restarts it
         if row.status is Status.PAUSED:
             log.warning("invocation %s was paused (%s); replaying it again with this deploy",
                         row.id, row.paused_reason)
-        self._start(row)
+        self.start(row)
         return 1
 
     # -- records in ------------------------------------------------------------------------------
@@ -188,10 +185,14 @@ class PartitionWorker:
         except Exception as e:
             self.dead_letter(msg, f"value rejected by {type(binding.serde).__name__}: {e}", type(e).__name__)
             return
-        inv_id = invocation_id_for_record(topic, self.partition, offset)
+        if h.kind is HandlerKind.WORKFLOW_RUN:  # once per workflow key, whatever record asks for it
+            assert key_str is not None
+            inv_id, _ = self.callee_id(h, key_str, ())
+        else:
+            inv_id = invocation_id_for_record(topic, self.partition, offset)
         if self.state.get(keys.invocation_key(inv_id)) is not None:
-            return  # this record already started its invocation
-        self._create(InvocationRow(
+            return  # this record (or this workflow key) already started its invocation
+        self.create(InvocationRow(
             id=inv_id, service=h.service, handler=h.name, key=key_str if h.keyed else None,
             status=Status.QUEUED, input=value, created_ms=self.now_ms(),
             input_headers=dict(msg.headers),
@@ -200,28 +201,7 @@ class PartitionWorker:
     def on_inbox(self, msg: InRecord) -> None:
         self._positions[msg.topic] = msg.offset + 1
         self._on_work()
-        try:
-            cmd = decode("InboxCommand", msg.value or b"")
-        except SchemaError as e:
-            self.dead_letter(msg, f"undecodable inbox command: {e}", "SchemaError")
-            return
-        if cmd["kind"] != "invoke":
-            self.dead_letter(msg, f"unknown inbox command {cmd['kind']!r}", "UnknownCommand")
-            return
-        target = f"{cmd['service']}/{cmd['handler']}"
-        h = self.app.handler(target)
-        if h is None:
-            self.dead_letter(msg, f"no handler {target} in app {self.app.name}", "UnknownHandler")
-            return
-        if h.keyed and cmd["key"] is None:
-            self.dead_letter(msg, f"{target} needs a key", "MissingKey")
-            return
-        inv_id = cmd["invocation_id"] or invocation_id_for_record(msg.topic, self.partition, msg.offset)
-        if self.state.get(keys.invocation_key(inv_id)) is not None:
-            return
-        self._create(InvocationRow(
-            id=inv_id, service=h.service, handler=h.name, key=cmd["key"] if h.keyed else None,
-            status=Status.QUEUED, input=cmd["payload"] or b"", created_ms=self.now_ms()), h)
+        self.on_command(msg)
 
     def dead_letter(self, msg: InRecord, reason: str, error_class: str) -> None:
         """Send `msg` to the app's DLQ, committed with its offset; the partition keeps flowing."""
@@ -238,8 +218,8 @@ class PartitionWorker:
 
     # -- invocation lifecycle --------------------------------------------------------------------
 
-    def _create(self, row: InvocationRow, h: HandlerDef) -> None:
-        if h.kind is HandlerKind.EXCLUSIVE:
+    def create(self, row: InvocationRow, h: HandlerDef) -> None:
+        if h.kind.exclusive:
             key = row.key
             assert key is not None
             self._inbox_seq += 1
@@ -252,13 +232,13 @@ class PartitionWorker:
                 self.write(keys.invocation_key(row.id), row.encode())
                 return
         else:
-            self.write(_active_key(row.id), b"")
-        self._start(row)
+            self.write(keys.active_key(row.id), b"")
+        self.start(row)
 
-    def _start(self, row: InvocationRow) -> None:
+    def start(self, row: InvocationRow) -> None:
         h = self.app.handler(row.target)
         if h is None:
-            self._finish_row(row, None, Failure(type="UnknownHandler",
+            self.finish_row(row, None, Failure(type="UnknownHandler",
                                                 message=f"no handler {row.target} in this deploy"))
             return
         fresh = row.status is Status.QUEUED  # never ran, so it has no journal to read
@@ -276,14 +256,13 @@ class PartitionWorker:
 
     def finished(self, rt: InvocationRuntime, *, result: bytes | None, failure: Failure | None) -> None:
         self.runtimes.pop(rt.invocation_id, None)
-        self._finish_row(rt.row, result, failure)
+        self.finish_row(rt.row, result, failure)
 
-    def _finish_row(self, row: InvocationRow, result: bytes | None, failure: Failure | None) -> None:
+    def finish_row(self, row: InvocationRow, result: bytes | None, failure: Failure | None) -> None:
         now = self.now_ms()
         status = Status.COMPLETED if failure is None else Status.FAILED
-        if row.status is Status.QUEUED:
-            row = row.moved(Status.RUNNING)
         row = row.moved(status, result=result, failure=failure, finished_ms=now, retry_at_ms=None)
+        self.answer(row)
         self.write(keys.invocation_key(row.id), row.encode())
         retention = int(self.app.config.retention.total_seconds() * 1000)
         self.schedule_timer(now + retention, row.id, INVOCATION_SEQ, TimerKind.PURGE)
@@ -293,7 +272,7 @@ class PartitionWorker:
 
     def _release_slot(self, row: InvocationRow) -> None:
         if row.inbox_seq is None:
-            self.write(_active_key(row.id), None)
+            self.write(keys.active_key(row.id), None)
             return
         assert row.key is not None
         self.write(keys.inbox_key(row.service, row.key, row.inbox_seq), None)
@@ -303,7 +282,7 @@ class PartitionWorker:
             if q:
                 data = self.state.get(keys.invocation_key(q[0]))
                 if data is not None:
-                    self._start(InvocationRow.decode(data))
+                    self.start(InvocationRow.decode(data))
             else:
                 del self._queues[(row.service, row.key)]
 
@@ -314,7 +293,7 @@ class PartitionWorker:
         attempt = row.attempt + 1
         delay = self.app.config.invocation_retry.next_delay_ms(attempt, now - row.created_ms)
         if delay is None:
-            self._finish_row(row, None, Failure(
+            self.finish_row(row, None, Failure(
                 type=type(error).__name__,
                 message=f"invocation failed after {attempt} attempt(s): {error}"))
             return
@@ -335,17 +314,24 @@ class PartitionWorker:
     def fire_timers(self, now_ms: int) -> None:
         for t in self.timers.pop_due(now_ms):
             self._on_work()
-            kind, _attempt = decode_timer(t.payload)
-            if kind is TimerKind.STEP_RETRY:
+            kind, attempt, data = decode_timer(t.payload)
+            if kind is TimerKind.SLEEP:
+                self._complete_pending(t.invocation_id, t.seq, "sleep", None, None)
+            elif kind is TimerKind.SEND and data is not None:
+                self.send_command(attempt, t.invocation_id, data)
+            elif kind is TimerKind.STEP_RETRY:
                 rt = self.runtimes.get(t.invocation_id)
                 if rt is not None:
                     rt.wake_retry(t.seq)
             elif kind is TimerKind.INVOCATION_RETRY:
-                data = self.state.get(keys.invocation_key(t.invocation_id))
-                if data is not None and InvocationRow.decode(data).status is Status.BACKING_OFF:
-                    self._start(InvocationRow.decode(data))
+                row_data = self.state.get(keys.invocation_key(t.invocation_id))
+                if row_data is not None and InvocationRow.decode(row_data).status is Status.BACKING_OFF:
+                    self.start(InvocationRow.decode(row_data))
             elif kind is TimerKind.PURGE:
                 self._purge(t.invocation_id)
+        if time.monotonic() >= self._next_suspend_check:
+            self._next_suspend_check = time.monotonic() + 0.25
+            self.suspend_idle(self.app.config.suspend_after.total_seconds())
 
     def _purge(self, invocation_id: str) -> None:
         for k, _ in list(self.state.scan(keys.journal_prefix(invocation_id))):

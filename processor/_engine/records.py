@@ -15,6 +15,7 @@ class Status(enum.Enum):
     RUNNING = "running"          # has (or will get) a runtime in memory
     BACKING_OFF = "backing_off"  # failed with a retryable error; an invocation_retry timer restarts it
     PAUSED = "paused"            # diverged from its journal; waits for a fixed deploy or an operator
+    SUSPENDED = "suspended"      # evicted from memory while it waits on durable completions only
     COMPLETED = "completed"
     FAILED = "failed"
 
@@ -24,9 +25,10 @@ class Status(enum.Enum):
 
 
 _MOVES: dict[Status, frozenset[Status]] = {
-    Status.QUEUED: frozenset({Status.RUNNING}),
-    Status.RUNNING: frozenset({Status.RUNNING, Status.BACKING_OFF, Status.PAUSED, Status.COMPLETED,
-                               Status.FAILED}),
+    Status.QUEUED: frozenset({Status.RUNNING, Status.FAILED}),
+    Status.RUNNING: frozenset({Status.RUNNING, Status.BACKING_OFF, Status.PAUSED, Status.SUSPENDED,
+                               Status.COMPLETED, Status.FAILED}),
+    Status.SUSPENDED: frozenset({Status.RUNNING, Status.FAILED}),
     Status.BACKING_OFF: frozenset({Status.RUNNING, Status.FAILED}),
     Status.PAUSED: frozenset({Status.RUNNING, Status.FAILED}),
     Status.COMPLETED: frozenset(),
@@ -58,6 +60,12 @@ class InvocationRow:
     result: bytes | None = None
     failure: Failure | None = None
     paused_reason: str | None = None
+    caller_id: str | None = None
+    caller_seq: int = -1
+    caller_partition: int = -1
+    notify: bool = False
+    cancelled: bool = False
+    idempotency_key: str | None = None
 
     @property
     def target(self) -> str:
@@ -81,7 +89,9 @@ class InvocationRow:
             "finished_ms": self.finished_ms, "inbox_seq": self.inbox_seq, "result": self.result,
             "failure": None if self.failure is None else {"type": self.failure.type,
                                                          "message": self.failure.message},
-            "paused_reason": self.paused_reason})
+            "paused_reason": self.paused_reason, "caller_id": self.caller_id, "caller_seq": self.caller_seq,
+            "caller_partition": self.caller_partition, "notify": self.notify, "cancelled": self.cancelled,
+            "idempotency_key": self.idempotency_key})
 
     @staticmethod
     def decode(data: bytes) -> InvocationRow:
@@ -94,19 +104,23 @@ class InvocationRow:
             source_offset=r["source_offset"], attempt=r["attempt"], retry_at_ms=r["retry_at_ms"],
             created_ms=r["created_ms"], finished_ms=r["finished_ms"], inbox_seq=r["inbox_seq"],
             result=r["result"], failure=None if f is None else Failure(type=f["type"], message=f["message"]),
-            paused_reason=r["paused_reason"])
+            paused_reason=r["paused_reason"], caller_id=r["caller_id"], caller_seq=r["caller_seq"],
+            caller_partition=r["caller_partition"], notify=r["notify"], cancelled=r["cancelled"],
+            idempotency_key=r["idempotency_key"])
 
 
 class TimerKind(enum.Enum):
     STEP_RETRY = "step_retry"
     INVOCATION_RETRY = "invocation_retry"
     PURGE = "purge"
+    SLEEP = "sleep"
+    SEND = "send"  # a delayed one-way call: data holds the inbox command to produce
 
 
-def encode_timer(kind: TimerKind, attempt: int = 0) -> bytes:
-    return schemas.encode("Timer", {"kind": kind.value, "attempt": attempt})
+def encode_timer(kind: TimerKind, attempt: int = 0, data: bytes | None = None) -> bytes:
+    return schemas.encode("Timer", {"kind": kind.value, "attempt": attempt, "data": data})
 
 
-def decode_timer(data: bytes) -> tuple[TimerKind, int]:
+def decode_timer(data: bytes) -> tuple[TimerKind, int, bytes | None]:
     r = schemas.decode("Timer", data)
-    return TimerKind(r["kind"]), r["attempt"]
+    return TimerKind(r["kind"]), r["attempt"], r["data"]

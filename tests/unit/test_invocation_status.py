@@ -9,14 +9,15 @@ import pytest
 from processor._engine.core import Failure
 from processor._engine.records import IllegalTransition, InvocationRow, Status
 
-Q, R, B, P, C, F = (Status.QUEUED, Status.RUNNING, Status.BACKING_OFF, Status.PAUSED,
-                    Status.COMPLETED, Status.FAILED)
+Q, R, B, P, S, C, F = (Status.QUEUED, Status.RUNNING, Status.BACKING_OFF, Status.PAUSED, Status.SUSPENDED,
+                       Status.COMPLETED, Status.FAILED)
 
 LEGAL = {
-    (Q, R),
-    (R, R), (R, B), (R, P), (R, C), (R, F),
+    (Q, R), (Q, F),
+    (R, R), (R, B), (R, P), (R, S), (R, C), (R, F),
     (B, R), (B, F),
     (P, R), (P, F),
+    (S, R), (S, F),
 }
 
 

@@ -1,0 +1,349 @@
+"""What a partition worker says to and hears from other partitions and the outside world: inbox
+commands (invoke, response, awakeables, attach, cancel, kill), results for Clients, completions of
+durable waits, workflow promises, and suspension of idle invocations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import schemas
+from processor._app import App, HandlerDef, HandlerKind
+from processor._engine import routing
+from processor._engine.core import Entry, Failure
+from processor._engine.records import InvocationRow, Status, TimerKind, encode_timer
+from processor._errors import TerminalError
+from schemas import SchemaError
+from state import keys
+
+if TYPE_CHECKING:
+    from processor._engine.invocation import InvocationRuntime
+    from processor._engine.partition import InRecord, OutRecord
+    from state.overlay import PartitionState
+    from timers import TimerIndex
+
+log = logging.getLogger("processor.partition")
+
+KILLED = Failure(type="Killed", message="the invocation was killed")
+
+
+def command(kind: str, **fields: Any) -> bytes:
+    return schemas.encode("InboxCommand", {"kind": kind, **fields})
+
+
+def failure_dict(f: Failure | None) -> dict[str, str] | None:
+    return None if f is None else {"type": f.type, "message": f.message}
+
+
+def failure_of(d: dict[str, str] | None) -> Failure | None:
+    return None if d is None else Failure(type=d["type"], message=d["message"])
+
+
+class Messaging:
+    """Mixed into PartitionWorker; everything here runs on the event loop."""
+
+    app: App
+    partition: int
+    partitions_total: int
+    state: PartitionState
+    timers: TimerIndex
+    runtimes: dict[str, InvocationRuntime]
+    _outputs: list[OutRecord]
+    _on_work: Callable[[], None]
+
+    if TYPE_CHECKING:
+        def write(self, key: bytes, value: bytes | None) -> None: ...
+        def now_ms(self) -> int: ...
+        def after_commit(self, fn: Callable[[], None]) -> None: ...
+        def dead_letter(self, msg: InRecord, reason: str, error_class: str) -> None: ...
+        def create(self, row: InvocationRow, h: HandlerDef) -> None: ...
+        def start(self, row: InvocationRow) -> None: ...
+        def finish_row(self, row: InvocationRow, result: bytes | None, failure: Failure | None) -> None: ...
+
+    # -- out ---------------------------------------------------------------------------------------
+
+    def send_command(self, partition: int, record_key: str, data: bytes) -> None:
+        from processor._engine.partition import OutRecord
+
+        self._outputs.append(OutRecord(topic=self.app.inbox_topic, partition=partition,
+                                       key=record_key.encode(), value=data))
+        self._on_work()
+
+    def resolve_target(self, target: Callable[..., Any] | str, key: str | None) -> HandlerDef:
+        h = self.app.handler(target) if isinstance(target, str) else self.app.handler_for(target)
+        if h is None:
+            raise TerminalError(f"no handler {target!r} in app {self.app.name}")
+        if h.keyed and key is None:
+            raise TerminalError(f"{h.target} is keyed: call it with key=...")
+        return h
+
+    def callee_id(self, h: HandlerDef, key: str | None, seed: tuple[str, ...]) -> tuple[str, int]:
+        if h.kind is HandlerKind.WORKFLOW_RUN:
+            assert key is not None
+            p = routing.target_partition(key, "", self.partitions_total)
+            return routing.invocation_id(p, "workflow", h.service, key), p
+        p = routing.target_partition(key, "\0".join(seed), self.partitions_total)
+        return routing.invocation_id(p, *seed), p
+
+    def invoke(self, h: HandlerDef, arg: Any, key: str | None, *, seed: tuple[str, ...],
+               caller: tuple[str, int] | None, delay_ms: int | None = None,
+               timer_owner: tuple[str, int] | None = None) -> str:
+        serde = h.input_serde or self.app.config.serde
+        callee, p = self.callee_id(h, key, seed)
+        data = command("invoke", invocation_id=callee, service=h.service, handler=h.name,
+                       key=key if h.keyed else None, payload=serde.serialize(arg),
+                       caller_id=caller[0] if caller else None, caller_seq=caller[1] if caller else -1,
+                       caller_partition=self.partition if caller else -1)
+        if delay_ms:
+            owner = timer_owner or (callee, 0)
+            # a SEND timer's `attempt` carries the target partition
+            self.timers.schedule(_timer(self.now_ms() + delay_ms, owner, encode_timer(TimerKind.SEND, p, data)))
+            self._on_work()
+        else:
+            self.send_command(p, key or callee, data)
+        return callee
+
+    def cancel_callee(self, callee_id: str) -> None:
+        self.send_command(routing.partition_of(callee_id), callee_id, command("cancel", invocation_id=callee_id))
+
+    def answer(self, row: InvocationRow) -> None:
+        """A finished invocation answers every caller waiting for it and, if asked, the Clients."""
+        prefix = keys.subscriber_prefix(row.id)
+        for k, v in list(self.state.scan(prefix)):
+            _, caller, seq = keys.parse_subscriber_key(k)
+            self.send_command(int(v.decode()), caller, command(
+                "response", invocation_id=caller, seq=seq, payload=row.result, failure=failure_dict(row.failure)))
+            self.write(k, None)
+        if row.notify:
+            self.publish_result(row)
+
+    def publish_result(self, row: InvocationRow | None, invocation_id: str | None = None) -> None:
+        from processor._engine.partition import OutRecord
+
+        inv = row.id if row else invocation_id
+        assert inv is not None
+        status = row.status.value if row and row.status.terminal else "unknown"
+        data = schemas.encode("InvocationResult", {
+            "invocation_id": inv, "status": status, "value": row.result if row else None,
+            "failure": failure_dict(row.failure) if row else None})
+        self._outputs.append(OutRecord(topic=self.app.results_topic, partition=self.partition,
+                                       key=inv.encode(), value=data))
+        self._on_work()
+
+    # -- in ----------------------------------------------------------------------------------------
+
+    def on_command(self, msg: InRecord) -> None:
+        try:
+            cmd = schemas.decode("InboxCommand", msg.value or b"")
+        except SchemaError as e:
+            self.dead_letter(msg, f"undecodable inbox command: {e}", "SchemaError")
+            return
+        handler = _COMMANDS.get(cmd["kind"])
+        if handler is None:
+            self.dead_letter(msg, f"unknown inbox command {cmd['kind']!r}", "UnknownCommand")
+            return
+        problem = handler(self, msg, cmd)
+        if problem is not None:
+            self.dead_letter(msg, problem[1], problem[0])
+
+    def _row(self, invocation_id: str) -> InvocationRow | None:
+        data = self.state.get(keys.invocation_key(invocation_id))
+        return None if data is None else InvocationRow.decode(data)
+
+    def _cmd_invoke(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
+        target = f"{cmd['service']}/{cmd['handler']}"
+        h = self.app.handler(target)
+        if h is None:
+            return "UnknownHandler", f"no handler {target} in app {self.app.name}"
+        if h.keyed and cmd["key"] is None:
+            return "MissingKey", f"{target} needs a key"
+        inv = cmd["invocation_id"] or routing.invocation_id(self.partition, "record", msg.topic, str(msg.offset))
+        if routing.partition_of(inv) != self.partition:
+            return "WrongPartition", f"invocation {inv} belongs to partition {routing.partition_of(inv)}"
+        if cmd["caller_id"] is not None:
+            self.write(keys.subscriber_key(inv, cmd["caller_id"], cmd["caller_seq"]),
+                       str(cmd["caller_partition"]).encode())
+        existing = self._row(inv)
+        if existing is not None:  # the same invocation again (idempotency key, workflow run, redelivery)
+            self._attach(existing, notify=cmd["notify"])
+            return None
+        self.create(InvocationRow(
+            id=inv, service=h.service, handler=h.name, key=cmd["key"] if h.keyed else None,
+            status=Status.QUEUED, input=cmd["payload"] or b"", created_ms=self.now_ms(),
+            caller_id=cmd["caller_id"], caller_seq=cmd["caller_seq"], caller_partition=cmd["caller_partition"],
+            notify=cmd["notify"], idempotency_key=cmd["idempotency_key"]), h)
+        return None
+
+    def _attach(self, row: InvocationRow, *, notify: bool) -> None:
+        if row.status.terminal:
+            self.answer(replace(row, notify=notify))
+        elif notify and not row.notify:
+            self._update_row(row.id, lambda r: replace(r, notify=True))
+
+    def _update_row(self, invocation_id: str, change: Callable[[InvocationRow], InvocationRow]) -> None:
+        rt = self.runtimes.get(invocation_id)
+        row = rt.row if rt is not None else self._row(invocation_id)
+        if row is None:
+            return
+        row = change(row)
+        if rt is not None:
+            rt.row = row
+        self.write(keys.invocation_key(row.id), row.encode())
+
+    def _cmd_attach(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
+        row = self._row(cmd["invocation_id"] or "")
+        if row is None:
+            self.publish_result(None, cmd["invocation_id"])
+        else:
+            self._attach(row, notify=True)
+        return None
+
+    def _cmd_response(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
+        return self._complete_pending(cmd["invocation_id"], cmd["seq"], "call", cmd["payload"],
+                                      failure_of(cmd["failure"]))
+
+    def _cmd_awakeable(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
+        try:
+            inv, seq = routing.parse_awakeable_id(cmd["target_id"] or "")
+        except ValueError as e:
+            return "BadAwakeable", str(e)
+        if cmd["kind"] == "resolve_awakeable":
+            return self._complete_pending(inv, seq, "awakeable", cmd["payload"], None)
+        reason = cmd["failure"]["message"] if cmd["failure"] else "rejected"
+        return self._complete_pending(inv, seq, "awakeable", None, Failure(type="AwakeableRejected", message=reason))
+
+    def _complete_pending(self, inv: str, seq: int, kind: str, value: bytes | None,
+                          failure: Failure | None) -> tuple[str, str] | None:
+        data = self.state.get(keys.journal_key(inv, seq))
+        if data is None:
+            return "UnknownTarget", f"no {kind} #{seq} of invocation {inv} (finished and purged, or never made)"
+        entry = Entry.decode(data)
+        if entry.kind != kind:
+            return "UnknownTarget", f"#{seq} of invocation {inv} is a {entry.kind}, not a {kind}"
+        if not entry.pending:
+            return None  # completed already: a duplicate completion is a no-op
+        self.complete_entry(inv, replace(entry, pending=False, value=value, failure=failure))
+        return None
+
+    def _cmd_cancel(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
+        inv = cmd["invocation_id"] or ""
+        row = self._row(inv)
+        if row is None or row.status.terminal:
+            return None
+        rt = self.runtimes.get(inv)
+        if rt is None and row.status is Status.SUSPENDED:
+            self._cancel_suspended(row)
+            return None
+        if rt is None:  # queued, backing off or paused: it never awaits again, finish it now
+            self.finish_row(row, None, Failure(type="Cancelled", message="the invocation was cancelled"))
+            return None
+        self._update_row(inv, lambda r: replace(r, cancelled=True))
+        rt.waits.cancel()
+        return None
+
+    def _cancel_suspended(self, row: InvocationRow) -> None:
+        from processor._engine.waits import CANCELLED
+
+        for _, v in list(self.state.scan(keys.journal_prefix(row.id))):
+            entry = Entry.decode(v)
+            if entry.pending:
+                if entry.kind == "call" and entry.value:
+                    self.cancel_callee(entry.value.decode())
+                self.complete_entry(row.id, replace(entry, pending=False, failure=CANCELLED))
+
+    def _cmd_kill(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
+        inv = cmd["invocation_id"] or ""
+        row = self._row(inv)
+        if row is None or row.status.terminal:
+            return None
+        rt = self.runtimes.pop(inv, None)
+        if rt is not None:
+            rt.drop()
+            row = rt.row
+        log.warning("invocation %s (%s) killed", inv, row.target)
+        self.finish_row(row, None, KILLED)
+        return None
+
+    def cancel_delivered(self, rt: InvocationRuntime) -> None:
+        self._update_row(rt.invocation_id, lambda r: replace(r, cancelled=False))
+
+    # -- completions and suspension ---------------------------------------------------------------
+
+    def complete_entry(self, invocation_id: str, entry: Entry) -> None:
+        """Journal the completion of a pending wait and wake (or resume) its invocation."""
+        self.write(keys.journal_key(invocation_id, entry.seq), entry.encode())
+        rt = self.runtimes.get(invocation_id)
+        if rt is not None:
+            rt.waits.completed(entry)
+            return
+        row = self._row(invocation_id)
+        if row is not None and row.status is Status.SUSPENDED:
+            # Replay reads the journal: start only once this completion is durable.
+            self.after_commit(lambda: self._resume_suspended(invocation_id))
+
+    def _resume_suspended(self, invocation_id: str) -> None:
+        row = self._row(invocation_id)
+        if row is not None and row.status is Status.SUSPENDED and invocation_id not in self.runtimes:
+            self.start(row)
+
+    def suspend_idle(self, idle_s: float) -> int:
+        """Evict invocations that only wait on durable completions; returns how many."""
+        evicted = 0
+        for inv, rt in list(self.runtimes.items()):
+            if rt.waits.suspendable(idle_s):
+                rt.drop()
+                del self.runtimes[inv]
+                row = rt.row.moved(Status.SUSPENDED)
+                self.write(keys.invocation_key(inv), row.encode())
+                evicted += 1
+        return evicted
+
+    # -- workflow promises ------------------------------------------------------------------------
+
+    def _promise_scope(self, rt: InvocationRuntime, name: str) -> tuple[str, str, str]:
+        if rt.key is None:
+            raise TerminalError("promises belong to workflows")
+        return rt.handler.service, rt.key, name
+
+    def promise_state(self, rt: InvocationRuntime, name: str) -> tuple[bytes | None, Failure | None] | None:
+        data = self.state.get(keys.promise_key(*self._promise_scope(rt, name)))
+        if data is None:
+            return None
+        r = schemas.decode("InvocationResult", data)
+        return r["value"], failure_of(r["failure"])
+
+    def promise_wait(self, rt: InvocationRuntime, name: str, seq: int) -> None:
+        self.write(keys.promise_waiter_key(*self._promise_scope(rt, name), rt.invocation_id, seq), b"")
+
+    def promise_complete(self, rt: InvocationRuntime, name: str, value: bytes | None,
+                         failure: Failure | None) -> bool:
+        scope = self._promise_scope(rt, name)
+        if self.state.get(keys.promise_key(*scope)) is not None:
+            return False
+        self.write(keys.promise_key(*scope), schemas.encode("InvocationResult", {
+            "invocation_id": rt.invocation_id, "status": "failed" if failure else "completed",
+            "value": value, "failure": failure_dict(failure)}))
+        for k, _ in list(self.state.scan(keys.promise_waiter_prefix(*scope))):
+            *_, inv, seq = keys.parse_promise_waiter_key(k)
+            self.write(k, None)
+            self._complete_pending(inv, seq, "promise", value, failure)
+        return True
+
+
+def _timer(due_ms: int, owner: tuple[str, int], payload: bytes) -> Any:
+    from timers import Timer
+
+    return Timer(due_ms=due_ms, invocation_id=owner[0], seq=owner[1], payload=payload)
+
+
+_COMMANDS: dict[str, Callable[[Messaging, InRecord, dict[str, Any]], tuple[str, str] | None]] = {
+    "invoke": Messaging._cmd_invoke,
+    "response": Messaging._cmd_response,
+    "resolve_awakeable": Messaging._cmd_awakeable,
+    "reject_awakeable": Messaging._cmd_awakeable,
+    "attach": Messaging._cmd_attach,
+    "cancel": Messaging._cmd_cancel,
+    "kill": Messaging._cmd_kill,
+}

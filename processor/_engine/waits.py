@@ -1,0 +1,256 @@
+"""Durable waits of an invocation: timers, calls, one-way sends, awakeables, workflow promises,
+``select`` and timeouts, and cancellation.
+
+A wait is journaled as a *pending* entry when called; its completion (a timer firing, a response or
+an awakeable command arriving, a promise resolved) is written into that entry by the partition
+worker and released to the handler only after it commits. While every wait of an invocation is
+pending and nothing else runs, the invocation can leave memory (suspension) and be replayed later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from processor._engine import routing
+from processor._engine.core import Entry, Failure, Replay
+from processor._engine.records import TimerKind
+from processor._errors import TerminalError
+from processor._futures import DurableFuture
+
+if TYPE_CHECKING:
+    from processor._engine.invocation import InvocationRuntime
+
+CANCELLED = Failure(type="Cancelled", message="the invocation was cancelled")
+
+
+class InvocationCancelled(TerminalError):
+    """Raised at an invocation's next durable await after ``Client.cancel``: catch it to compensate."""
+
+
+def failure_error(f: Failure) -> TerminalError:
+    if f.type == CANCELLED.type:
+        return InvocationCancelled(f.message, error_type=f.type)
+    return TerminalError(f.message, error_type=f.type)
+
+
+class Waits:
+    """The durable-wait half of an invocation runtime (one per runtime)."""
+
+    def __init__(self, rt: InvocationRuntime) -> None:
+        self.rt = rt
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.decoders: dict[int, Callable[[bytes | None], Any]] = {}
+        self.cancel_next = False
+        self.last_active = time.monotonic()
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    def _settle(self, fut: asyncio.Future[Any], entry: Entry, decode: Callable[[bytes | None], Any]) -> None:
+        if fut.done():
+            return
+        if entry.failure is not None:
+            fut.set_exception(failure_error(entry.failure))
+        else:
+            try:
+                fut.set_result(decode(entry.value))
+            except Exception as e:
+                fut.set_exception(e)
+
+    def wait(self, kind: str, name: str, start: Callable[[int], Entry | None],
+             decode: Callable[[bytes | None], Any] | None = None) -> DurableFuture[Any]:
+        """Journal a durable wait. `start(seq)` performs its side effects and returns the pending entry
+        to journal (or an already completed one)."""
+        rt = self.rt
+        decode = decode or rt.decode_value
+        d = rt.journal_call(kind, name)
+        fut = self._future()
+        self.last_active = time.monotonic()
+        if isinstance(d, Replay):
+            self._settle(fut, d.entry, decode)
+            return DurableFuture(fut, rt, d.seq)
+        if d.retrying is None:  # past the journal: start it for real
+            entry = start(d.seq)
+            if entry is None:
+                return DurableFuture(fut, rt, d.seq)
+            if self.cancel_next and entry.pending:
+                entry = replace(entry, pending=False, failure=CANCELLED, due_ms=entry.due_ms)
+                self.cancel_next = False
+                rt.host.cancel_delivered(rt)
+            rt.record(entry)
+            if not entry.pending:
+                done = entry
+                rt.after_commit(lambda: self._settle(fut, done, decode))
+                return DurableFuture(fut, rt, d.seq)
+        seq = d.seq
+        self.pending[seq] = fut
+
+        def forget(_f: asyncio.Future[Any]) -> None:
+            self.pending.pop(seq, None)
+        fut.add_done_callback(forget)
+        self.decoders[d.seq] = decode
+        return DurableFuture(fut, rt, d.seq)
+
+    def completed(self, entry: Entry) -> None:
+        """The partition journaled the completion of pending entry ``entry.seq``."""
+        self.rt.core.complete(entry)
+        self.last_active = time.monotonic()
+        fut = self.pending.get(entry.seq)
+        if fut is not None:
+            decode = self.decoders.pop(entry.seq, self.rt.decode_value)
+            self.rt.after_commit(lambda: self._settle(fut, entry, decode))
+
+    def suspendable(self, idle_s: float) -> bool:
+        """Only durable waits outstanding, nothing running, quiet for `idle_s`."""
+        rt = self.rt
+        return (bool(self.pending) and not rt.busy() and time.monotonic() - self.last_active >= idle_s)
+
+    # -- the actions -----------------------------------------------------------------------------
+
+    def sleep(self, duration: timedelta) -> DurableFuture[None]:
+        rt = self.rt
+
+        def start(seq: int) -> Entry:
+            due = rt.host.now_ms() + max(0, int(duration.total_seconds() * 1000))
+            rt.host.schedule_timer(due, rt.invocation_id, seq, TimerKind.SLEEP)
+            return Entry(seq=seq, kind="sleep", name="sleep", pending=True, due_ms=due)
+        return self.wait("sleep", "sleep", start, lambda _v: None)
+
+    def call(self, target: Callable[..., Any] | str, arg: Any, key: str | None) -> DurableFuture[Any]:
+        rt = self.rt
+        h = rt.host.resolve_target(target, key)
+
+        def start(seq: int) -> Entry:
+            callee = rt.host.invoke(h, arg, key, seed=("call", rt.invocation_id, str(seq)),
+                                    caller=(rt.invocation_id, seq))
+            return Entry(seq=seq, kind="call", name=h.target, pending=True, value=callee.encode())
+        return self.wait("call", h.target, start)
+
+    def send(self, target: Callable[..., Any] | str, arg: Any, key: str | None,
+             delay: timedelta | None) -> str:
+        rt = self.rt
+        h = rt.host.resolve_target(target, key)
+        d = rt.journal_call("send", h.target)
+        if isinstance(d, Replay):
+            return (d.entry.value or b"").decode()
+        delay_ms = None if delay is None else max(0, int(delay.total_seconds() * 1000))
+        callee = rt.host.invoke(h, arg, key, seed=("send", rt.invocation_id, str(d.seq)), caller=None,
+                                delay_ms=delay_ms, timer_owner=(rt.invocation_id, d.seq))
+        rt.record(Entry(seq=d.seq, kind="send", name=h.target, value=callee.encode()))
+        return callee
+
+    def awakeable(self) -> tuple[str, DurableFuture[Any]]:
+        rt = self.rt
+        seq = rt.core.next_seq
+        fut = self.wait("awakeable", "awakeable",
+                        lambda s: Entry(seq=s, kind="awakeable", name="awakeable", pending=True),
+                        _json_or_none)
+        return routing.awakeable_id(rt.invocation_id, seq), fut
+
+    def promise_await(self, name: str) -> DurableFuture[Any]:
+        rt = self.rt
+
+        def start(seq: int) -> Entry:
+            done = rt.host.promise_state(rt, name)
+            if done is not None:
+                return Entry(seq=seq, kind="promise", name=name, value=done[0], failure=done[1])
+            rt.host.promise_wait(rt, name, seq)
+            return Entry(seq=seq, kind="promise", name=name, pending=True)
+        return self.wait("promise", name, start)
+
+    def promise_peek(self, name: str) -> DurableFuture[Any]:
+        rt = self.rt
+
+        def start(seq: int) -> Entry:
+            done = rt.host.promise_state(rt, name)
+            value, failure = done if done is not None else (None, None)
+            return Entry(seq=seq, kind="promise_peek", name=name, value=value, failure=failure)
+        return self.wait("promise_peek", name, start)
+
+    def promise_complete(self, name: str, value: Any, failure: str | None) -> None:
+        rt = self.rt
+        d = rt.journal_call("promise_complete", name)
+        if isinstance(d, Replay):
+            if d.entry.failure is not None:
+                raise failure_error(d.entry.failure)
+            return
+        data = None if failure is not None else rt.encode_value(value)
+        fail = None if failure is None else Failure(type="PromiseRejected", message=failure)
+        if not rt.host.promise_complete(rt, name, data, fail):
+            err = Failure(type="PromiseAlreadyCompleted", message=f"promise {name!r} was already completed")
+            rt.record(Entry(seq=d.seq, kind="promise_complete", name=name, failure=err))
+            raise failure_error(err)
+        rt.record(Entry(seq=d.seq, kind="promise_complete", name=name))
+
+    def select(self, futures: Mapping[str, DurableFuture[Any]]) -> DurableFuture[tuple[str, Any]]:
+        rt = self.rt
+        names = list(futures)
+        d = rt.journal_call("select", ",".join(names))
+        out = self._future()
+
+        async def finish(winner: str) -> None:
+            try:
+                out.set_result((winner, await futures[winner]))
+            except Exception as e:
+                out.set_exception(e)
+
+        if isinstance(d, Replay):
+            rt.spawn(finish((d.entry.value or b"").decode()))
+            return DurableFuture(out, rt, d.seq)
+
+        async def race() -> None:
+            waiting = {asyncio.ensure_future(f): n for n, f in futures.items()}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            winner = next(n for n in names if any(waiting[t] == n for t in done))
+            rt.record(Entry(seq=d.seq, kind="select", name=",".join(names), value=winner.encode()))
+            rt.after_commit(lambda: rt.spawn(finish(winner)))
+        rt.spawn(race())
+        return DurableFuture(out, rt, d.seq)
+
+    def with_timeout(self, fut: DurableFuture[Any], timeout: timedelta) -> DurableFuture[Any]:
+        rt = self.rt
+        race = self.select({"value": fut, "timeout": self.sleep(timeout)})
+        out = self._future()
+
+        async def pick() -> None:
+            try:
+                winner, value = await race
+            except Exception as e:
+                out.set_exception(e)
+                return
+            if winner == "timeout":
+                out.set_exception(TimeoutError(f"timed out after {timeout}"))
+            else:
+                out.set_result(value)
+        rt.spawn(pick())
+        return DurableFuture(out, rt, race.seq)
+
+    # -- cancellation ----------------------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Deliver a cancellation: fail every pending wait now, or the next one. True if delivered."""
+        rt = self.rt
+        if not self.pending:
+            self.cancel_next = True
+            return False
+        for seq in sorted(self.pending):
+            entry = rt.core.entry(seq)
+            if entry is None or not entry.pending:
+                continue
+            if entry.kind == "call" and entry.value:
+                rt.host.cancel_callee(entry.value.decode())
+            rt.host.complete_entry(rt.invocation_id, replace(entry, pending=False, failure=CANCELLED))
+        return True
+
+
+def _json_or_none(data: bytes | None) -> Any:
+    return None if data is None else orjson.loads(data)
