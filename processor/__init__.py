@@ -5,8 +5,19 @@ Users write ``import processor as p``; everything not named in ``__all__`` is pr
 
 from __future__ import annotations
 
-from processor._app import App, ObjectDefinition, ServiceDefinition
-from processor._context import Context, ObjectContext, ObjectSharedContext, StepInfo, current_step
+from processor._app import App, ObjectDefinition, ServiceDefinition, WorkflowDefinition
+from processor._client import Client, InvocationNotFound
+from processor._context import (
+    Context,
+    DurablePromise,
+    ObjectContext,
+    ObjectSharedContext,
+    StepInfo,
+    WorkflowContext,
+    WorkflowSharedContext,
+    current_step,
+)
+from processor._engine.waits import InvocationCancelled
 from processor._errors import (
     ConfigurationError,
     NondeterminismError,
@@ -15,6 +26,7 @@ from processor._errors import (
     StepFailedError,
     TerminalError,
 )
+from processor._futures import DurableFuture, gather, select
 from processor._retry import RetryPolicy
 from processor._serde import AvroSerde, BytesSerde, JsonSerde, Serde
 
@@ -22,8 +34,13 @@ __all__ = [
     "App",
     "AvroSerde",
     "BytesSerde",
+    "Client",
     "ConfigurationError",
     "Context",
+    "DurableFuture",
+    "DurablePromise",
+    "InvocationCancelled",
+    "InvocationNotFound",
     "JsonSerde",
     "NondeterminismError",
     "ObjectContext",
@@ -37,5 +54,10 @@ __all__ = [
     "StepFailedError",
     "StepInfo",
     "TerminalError",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowSharedContext",
     "current_step",
+    "gather",
+    "select",
 ]

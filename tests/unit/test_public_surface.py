@@ -6,27 +6,13 @@ import pkgutil
 
 import processor
 
-PUBLIC = [
-    "App",
-    "AvroSerde",
-    "BytesSerde",
-    "ConfigurationError",
-    "Context",
-    "JsonSerde",
-    "NondeterminismError",
-    "ObjectContext",
-    "ObjectDefinition",
-    "ObjectSharedContext",
-    "ProcessorError",
-    "RetryPolicy",
-    "Serde",
-    "SerdeError",
-    "ServiceDefinition",
-    "StepFailedError",
-    "StepInfo",
-    "TerminalError",
-    "current_step",
-]
+PUBLIC = sorted([
+    "App", "AvroSerde", "BytesSerde", "Client", "ConfigurationError", "Context", "DurableFuture",
+    "DurablePromise", "InvocationCancelled", "InvocationNotFound", "JsonSerde", "NondeterminismError",
+    "ObjectContext", "ObjectDefinition", "ObjectSharedContext", "ProcessorError", "RetryPolicy", "Serde",
+    "SerdeError", "ServiceDefinition", "StepFailedError", "StepInfo", "TerminalError", "WorkflowContext",
+    "WorkflowDefinition", "WorkflowSharedContext", "current_step", "gather", "select",
+])
 
 
 def test_all_is_exactly_the_public_surface() -> None:

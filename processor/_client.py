@@ -1,0 +1,204 @@
+"""The Client: talk to an app's processors from any process, with no handler code loaded.
+
+Commands go to ``<app>.inbox`` on the partition that owns their target (ids carry it); outcomes come
+back on ``<app>.results``. Values travel through a serde (JSON by default), as in the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+import schemas
+from processor._engine import routing
+from processor._errors import ProcessorError, TerminalError
+from processor._serde import JsonSerde, Serde
+
+
+class InvocationNotFound(ProcessorError):
+    """The invocation does not exist (never created, or purged after its retention)."""
+
+
+class Client:
+    """Invoke handlers, await results, complete awakeables and cancel or kill invocations of app
+    `app` through the Kafka cluster at `bootstrap_servers`."""
+
+    def __init__(self, bootstrap_servers: str, app: str, *, serde: Serde[Any] | None = None,
+                 config: dict[str, Any] | None = None) -> None:
+        self.app = app
+        self._bootstrap = bootstrap_servers
+        self._serde: Serde[Any] = serde or JsonSerde()
+        self._config = {"bootstrap.servers": bootstrap_servers, **(config or {})}
+        self._producer = Producer({**self._config, "enable.idempotence": True, "acks": "all", "linger.ms": 0})
+        self._partitions: int | None = None
+
+    @property
+    def inbox(self) -> str:
+        return f"{self.app}.inbox"
+
+    @property
+    def results(self) -> str:
+        return f"{self.app}.results"
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._producer.flush(10)
+
+    # -- invoking ----------------------------------------------------------------------------------
+
+    async def invoke(self, target: str, arg: Any, *, key: str | None = None,
+                     idempotency_key: str | None = None) -> str:
+        """Start ``"service/handler"`` with `arg` (and `key` for objects and workflows); returns the
+        invocation id. The same `idempotency_key` (per target and key) names the same invocation:
+        it runs once, and its result is returned again while it is retained."""
+        inv, send = await self._invocation(target, arg, key, idempotency_key)
+        await send()
+        return inv
+
+    async def call(self, target: str, arg: Any, *, key: str | None = None, idempotency_key: str | None = None,
+                   timeout: timedelta = timedelta(minutes=5)) -> Any:
+        """``invoke`` and wait for the result (TerminalError if the invocation failed)."""
+        inv, send = await self._invocation(target, arg, key, idempotency_key)
+        start = await asyncio.to_thread(self._end_offset, routing.partition_of(inv))
+        await send()
+        return await self._await_result(inv, start, timeout)
+
+    async def _invocation(self, target: str, arg: Any, key: str | None,
+                          idempotency_key: str | None) -> tuple[str, Callable[[], Awaitable[None]]]:
+        service, _, handler = target.partition("/")
+        if not service or not handler:
+            raise ValueError(f"target must be 'service/handler', got {target!r}")
+        seed = idempotency_key if idempotency_key is not None else uuid.uuid4().hex
+        p = routing.target_partition(key, f"client\0{target}\0{seed}", await self._partition_count())
+        inv = routing.invocation_id(p, "client", target, key or "", seed)
+        payload = self._serde.serialize(arg)
+
+        async def send() -> None:
+            await self._send(p, key or inv, "invoke", invocation_id=inv, service=service, handler=handler,
+                             key=key, payload=payload, idempotency_key=idempotency_key, notify=True)
+        return inv, send
+
+    async def submit_workflow(self, workflow: str, key: str, arg: Any) -> str:
+        """Start workflow `workflow` for `key` (its run happens once per key); returns its id."""
+        p = routing.target_partition(key, "", await self._partition_count())
+        inv = routing.invocation_id(p, "workflow", workflow, key)
+        await self._send(p, key, "invoke", invocation_id=inv, service=workflow, handler="run", key=key,
+                         payload=self._serde.serialize(arg), notify=True)
+        return inv
+
+    async def workflow_output(self, workflow: str, key: str, *,
+                              timeout: timedelta = timedelta(minutes=5)) -> Any:
+        """The result of workflow `workflow`'s run for `key`, waiting for it if still running."""
+        p = routing.target_partition(key, "", await self._partition_count())
+        return await self.result(routing.invocation_id(p, "workflow", workflow, key), timeout=timeout)
+
+    async def result(self, invocation_id: str, *, timeout: timedelta = timedelta(minutes=5)) -> Any:
+        """Attach to an invocation and return its result once it finished (TerminalError if it failed,
+        InvocationNotFound if there is no such invocation)."""
+        p = routing.partition_of(invocation_id)
+        start = await asyncio.to_thread(self._end_offset, p)
+        await self._send(p, invocation_id, "attach", invocation_id=invocation_id)
+        return await self._await_result(invocation_id, start, timeout)
+
+    # -- completing and stopping ---------------------------------------------------------------------
+
+    async def resolve_awakeable(self, awakeable_id: str, value: Any) -> None:
+        """Complete an awakeable with `value` (JSON)."""
+        inv, _ = routing.parse_awakeable_id(awakeable_id)
+        await self._send(routing.partition_of(inv), inv, "resolve_awakeable", target_id=awakeable_id,
+                         payload=JsonSerde().serialize(value))
+
+    async def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
+        """Fail an awakeable: the awaiting handler gets TerminalError(reason)."""
+        inv, _ = routing.parse_awakeable_id(awakeable_id)
+        await self._send(routing.partition_of(inv), inv, "reject_awakeable", target_id=awakeable_id,
+                         failure={"type": "AwakeableRejected", "message": reason})
+
+    async def cancel(self, invocation_id: str) -> None:
+        """Cancel: the handler gets InvocationCancelled at its next durable await (so compensation
+        code runs), and calls it awaits are cancelled too."""
+        await self._send(routing.partition_of(invocation_id), invocation_id, "cancel", invocation_id=invocation_id)
+
+    async def kill(self, invocation_id: str) -> None:
+        """Stop an invocation at once, with no compensation; it fails with 'Killed'."""
+        await self._send(routing.partition_of(invocation_id), invocation_id, "kill", invocation_id=invocation_id)
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    async def _partition_count(self) -> int:
+        if self._partitions is None:
+            def count() -> int:
+                md = AdminClient({"bootstrap.servers": self._bootstrap}).list_topics(self.inbox, timeout=15)
+                t = md.topics.get(self.inbox)
+                if t is None or t.error is not None or not t.partitions:
+                    raise ProcessorError(f"app {self.app!r} has no inbox topic {self.inbox!r}: is a processor "
+                                         "of it running (or did one ever run) on this cluster?")
+                return len(t.partitions)
+            self._partitions = await asyncio.to_thread(count)
+        return self._partitions
+
+    async def _send(self, partition: int, record_key: str, kind: str, **fields: Any) -> None:
+        data = schemas.encode("InboxCommand", {"kind": kind, **fields})
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(err: Any) -> None:
+            if done.done():
+                return
+            if err is not None:
+                done.set_exception(KafkaException(err))
+            else:
+                done.set_result(None)
+
+        def delivered(err: Any, _msg: Any) -> None:
+            loop.call_soon_threadsafe(settle, err)
+
+        self._producer.produce(self.inbox, key=record_key.encode(), value=data, partition=partition,
+                               on_delivery=delivered)
+        await asyncio.to_thread(self._producer.flush, 30)
+        await asyncio.wait_for(done, 30)
+
+    def _end_offset(self, partition: int) -> int:
+        c = Consumer({**self._config, "group.id": f"client-{uuid.uuid4().hex}", "enable.auto.commit": False})
+        try:
+            _low, high = c.get_watermark_offsets(TopicPartition(self.results, partition), timeout=15, cached=False)
+            return int(high)
+        finally:
+            c.close()
+
+    async def _await_result(self, invocation_id: str, start: int, timeout: timedelta) -> Any:
+        p = routing.partition_of(invocation_id)
+        return await asyncio.to_thread(self._read_result, invocation_id, p, start, timeout.total_seconds())
+
+    def _read_result(self, invocation_id: str, partition: int, start: int, timeout_s: float) -> Any:
+        c = Consumer({**self._config, "group.id": f"client-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                      "isolation.level": "read_committed", "fetch.wait.max.ms": 50})
+        try:
+            c.assign([TopicPartition(self.results, partition, start)])
+            deadline = time.monotonic() + timeout_s
+            want = invocation_id.encode()
+            while time.monotonic() < deadline:
+                m = c.poll(0.2)
+                if m is None or m.error() is not None or m.key() != want:
+                    continue
+                r = schemas.decode("InvocationResult", m.value() or b"")
+                if r["status"] == "unknown":
+                    raise InvocationNotFound(f"no invocation {invocation_id} in app {self.app!r}")
+                if r["failure"] is not None:
+                    raise TerminalError(r["failure"]["message"], error_type=r["failure"]["type"])
+                return None if r["value"] is None else self._serde.deserialize(r["value"])
+            raise TimeoutError(f"no result for {invocation_id} within {timeout_s:.0f}s")
+        finally:
+            c.close()
