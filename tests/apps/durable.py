@@ -109,7 +109,7 @@ races = app.service("race")
 @races.handler()
 async def race(ctx: p.Context, ev: dict[str, Any]) -> dict[str, Any]:
     both = await p.gather(ctx.run("x", effect, f"x:{ev['id']}"), ctx.run("y", effect, f"y:{ev['id']}"))
-    awk, never = ctx.awakeable()
+    _awk, never = ctx.awakeable()
     winner, _ = await p.select(late=never, timer=ctx.sleep(timedelta(milliseconds=ev["ms"])))
     try:
         await ctx.awakeable()[1].with_timeout(timedelta(milliseconds=ev["ms"]))
