@@ -118,7 +118,7 @@ class AppConfig:
         initial_interval=timedelta(milliseconds=500), max_interval=timedelta(seconds=60)))
     step_retry: RetryPolicy = field(default_factory=RetryPolicy)
     partitions: int | None = None            # internal topics' partition count when no input exists
-    max_in_flight: int = 20_000              # in-memory invocations before input is paused
+    max_in_flight: int = 5_000               # running + queued invocations before input topics pause
     step_threads: int = 64                   # threads for synchronous ctx.run bodies
     transaction_timeout_ms: int = 30_000
     transactional_producers: int = 2         # taking turns per commit cycle (docs/decisions/002)

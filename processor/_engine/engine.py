@@ -75,6 +75,7 @@ class Engine:
         self._work = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._epoch = 0
+        self._inputs_paused = False
         self._needs_rewind = False
         self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="consumer")
         self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="commit")
@@ -187,7 +188,8 @@ class Engine:
                 for w in self.workers.values():
                     w.load()
             epoch = self._epoch
-            msgs = await loop.run_in_executor(self._consumer_thread, _fetch, consumer)
+            pause = self._backpressure()
+            msgs = await loop.run_in_executor(self._consumer_thread, _fetch, consumer, pause)
             if epoch == self._epoch:  # else a transaction failed meanwhile: these get re-read
                 for m in msgs:
                     self._route(m)
@@ -196,6 +198,22 @@ class Engine:
                 w.fire_timers(now)
             if self._error is not None:
                 raise self._error
+
+    def _backpressure(self) -> tuple[str, list[TopicPartition]] | None:
+        """Pause the input topics while too many invocations are in flight (the inbox keeps flowing:
+        it carries the completions that let them finish); resume below 80 %. None: no change."""
+        n = sum(w.in_flight() for w in self.workers.values())
+        limit = self.app.config.max_in_flight
+        if not self._inputs_paused and n > limit:
+            self._inputs_paused = True
+            log.info("%d invocations in flight (max_in_flight %d): pausing input", n, limit)
+        elif self._inputs_paused and n < 0.8 * limit:
+            self._inputs_paused = False
+            log.info("%d invocations in flight: resuming input", n)
+        else:
+            return None
+        action = "pause" if self._inputs_paused else "resume"
+        return action, [TopicPartition(t, p) for p in self.workers for t in self.app.bindings]
 
     def _route(self, m: Message) -> None:
         err = m.error()
@@ -389,6 +407,7 @@ class Engine:
     async def _assign(self, tps: list[TopicPartition]) -> None:
         numbers = kio.check_copartitioned([(tp.topic, tp.partition) for tp in tps], self.input_topics)
         await asyncio.gather(*(self._open_partition(p) for p in sorted(numbers - set(self.workers))))
+        self._inputs_paused = False  # a new assignment starts unpaused
         log.info("assigned partitions %s", sorted(numbers))
         self.ready.set()
 
@@ -454,9 +473,12 @@ def _lock_state_dir(root: Path) -> TextIO:
     return f
 
 
-def _fetch(consumer: Consumer) -> list[Message]:
-    """Block for the first record (or 50 ms), then take whatever else is already there. A plain
-    ``consume(n, timeout)`` waits for all n records or the whole timeout: +50 ms per idle pickup."""
+def _fetch(consumer: Consumer, flow: tuple[str, list[TopicPartition]] | None) -> list[Message]:
+    """On the consumer thread: apply a pause/resume decision, then block for the first record (or
+    50 ms) and take whatever else is already there. A plain ``consume(n, timeout)`` waits for all n
+    records or the whole timeout: +50 ms per idle pickup."""
+    if flow is not None:
+        (consumer.pause if flow[0] == "pause" else consumer.resume)(flow[1])
     first = consumer.poll(0.05)
     if first is None:
         return []

@@ -94,6 +94,7 @@ class PartitionWorker(Messaging):
         self._queues: dict[tuple[str, str], deque[str]] = {}
         self._inbox_seq = 0
         self.bodies_running = 0
+        self.queued = 0  # exclusive invocations waiting behind another of their key
 
     # -- host protocol for invocations ----------------------------------------------------------
 
@@ -138,6 +139,7 @@ class PartitionWorker(Messaging):
         for k, v in self.state.scan(keys.INBOX):
             obj, key, _seq = keys.parse_inbox_key(k)
             self._queues.setdefault((obj, key), deque()).append(v.decode())
+        self.queued = sum(len(q) - 1 for q in self._queues.values())
         resumed = 0
         for q in self._queues.values():
             resumed += self._resume(q[0])
@@ -228,6 +230,7 @@ class PartitionWorker(Messaging):
             row = replace(row, inbox_seq=self._inbox_seq)
             q = self._queues.setdefault((h.service, key), deque())
             q.append(row.id)
+            self.queued += len(q) > 1
             if len(q) > 1:
                 self.write(keys.invocation_key(row.id), row.encode())
                 return
@@ -279,6 +282,7 @@ class PartitionWorker(Messaging):
         q = self._queues.get((row.service, row.key))
         if q and q[0] == row.id:
             q.popleft()
+            self.queued -= bool(q)
             if q:
                 data = self.state.get(keys.invocation_key(q[0]))
                 if data is not None:
@@ -366,9 +370,14 @@ class PartitionWorker(Messaging):
             rt.drop()
         self.runtimes.clear()
         self._queues.clear()
+        self.queued = 0
         self.state.discard()
         self._outputs, self._releases = [], []
         self._positions = dict(self._committed_positions)
+
+    def in_flight(self) -> int:
+        """Invocations this partition is working through: in memory, or queued behind their key."""
+        return len(self.runtimes) + self.queued
 
     def in_memory(self) -> int:
         return len(self.runtimes)
