@@ -33,6 +33,7 @@ from confluent_kafka.admin import AdminClient
 from processor._app import App
 from processor._engine import faults
 from processor._engine import kafka as kio
+from processor._engine.memtrim import Trimmer
 from processor._engine.metrics import CommitTimings, Stopwatch
 from processor._engine.partition import CycleSlice, InRecord, PartitionWorker
 from processor._errors import ConfigurationError, ProcessorError
@@ -76,6 +77,7 @@ class Engine:
         self._commit_lock = asyncio.Lock()
         self._epoch = 0
         self._inputs_paused = False
+        self._trimmer = Trimmer()
         self._needs_rewind = False
         self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="consumer")
         self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="commit")
@@ -430,7 +432,7 @@ class Engine:
             log.info("partition %d: restored %d changelog records in %.2fs", p, stats.records,
                      time.monotonic() - t0)
         w = PartitionWorker(app=self.app, partition=p, partitions_total=self.partitions_total, store=store,
-                            step_executor=self.step_executor, on_work=self._on_work)
+                            step_executor=self.step_executor, on_work=self._on_work, trimmer=self._trimmer)
         self.workers[p] = w
         w.load()
 

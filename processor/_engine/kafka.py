@@ -43,6 +43,7 @@ def consumer_config(bootstrap: str, app: App, extra: Mapping[str, Any] | None = 
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1000,
         "max.poll.interval.ms": 600_000,
+        "queued.max.messages.kbytes": 16384,  # prefetch bound (default 64 MiB)
         **(extra or {})})
 
 

@@ -20,6 +20,7 @@ from confluent_kafka import Message
 from processor._app import App, Binding, HandlerDef, HandlerKind
 from processor._engine.core import Failure, invocation_id_for_record
 from processor._engine.invocation import InvocationRuntime
+from processor._engine.memtrim import Trimmer
 from processor._engine.messaging import Messaging
 from processor._engine.records import InvocationRow, Status, TimerKind, decode_timer, encode_timer
 from processor._serde import Serde
@@ -77,7 +78,7 @@ class CycleSlice:
 
 class PartitionWorker(Messaging):
     def __init__(self, *, app: App, partition: int, partitions_total: int, store: Store, step_executor: Executor,
-                 on_work: Callable[[], None]) -> None:
+                 on_work: Callable[[], None], trimmer: Trimmer | None = None) -> None:
         self.app = app
         self.partition = partition
         self.partitions_total = partitions_total
@@ -95,6 +96,7 @@ class PartitionWorker(Messaging):
         self._inbox_seq = 0
         self.bodies_running = 0
         self.queued = 0  # exclusive invocations waiting behind another of their key
+        self.trimmer = trimmer or Trimmer()
 
     # -- host protocol for invocations ----------------------------------------------------------
 
@@ -335,7 +337,7 @@ class PartitionWorker(Messaging):
                 self._purge(t.invocation_id)
         if time.monotonic() >= self._next_suspend_check:
             self._next_suspend_check = time.monotonic() + 0.25
-            self.suspend_idle(self.app.config.suspend_after.total_seconds())
+            self.trimmer.evicted(self.suspend_idle(self.app.config.suspend_after.total_seconds()))
 
     def _purge(self, invocation_id: str) -> None:
         for k, _ in list(self.state.scan(keys.journal_prefix(invocation_id))):
