@@ -1,0 +1,1 @@
+"""An order saga: reserve, charge, wait for a human approval with a timeout, ship or compensate."""
