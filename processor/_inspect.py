@@ -66,7 +66,12 @@ def format_invocations(rows: list[tuple[int, InvocationRow]], *, status: str | N
 def format_journal(entries: list[Entry]) -> str:
     lines = []
     for e in entries:
-        state = "retrying" if not e.completed else ("failed" if e.failure else "done")
+        if e.pending:
+            state = "waiting"
+        elif e.retry_at_ms is not None:
+            state = "retrying"
+        else:
+            state = "failed" if e.failure else "done"
         detail = f"{e.failure.type}: {e.failure.message}" if e.failure else (
             "" if e.value is None else e.value[:80].decode(errors="replace"))
         lines.append(f"#{e.seq:<4} {e.kind:<10} {e.name:<20} {state:<8} attempts={e.attempts}  {detail}")
