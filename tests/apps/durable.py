@@ -1,9 +1,12 @@
-"""Test app for durable waits: timers, call chains, awakeables, workflows and combinators. Topic and
-app names come from the environment; step side effects are counted in a file."""
+"""Test app for durable waits: timers, call chains, awakeables, workflows and combinators,
+cancellation and idempotency. Topic and app names come from the environment; step side effects are
+counted in a file, one line per step body run. Bodies marked gated block until the file named by
+DURABLE_GATE exists, so a test can SIGKILL the processor while one runs."""
 
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,25 @@ def effect(name: str) -> str:
     with EFFECTS.open("a") as f:
         f.write(name + "\n")
     return name
+
+
+def gated(name: str) -> str:
+    gate = Path(os.environ["DURABLE_GATE"])
+    deadline = time.monotonic() + 120
+    while not gate.exists():  # the test opens the gate only in the processor's next life
+        if time.monotonic() > deadline:
+            raise TimeoutError("gate never opened")
+        time.sleep(0.05)
+    return effect(name)
+
+
+def paced(name: str, ev_id: str, delays: dict[str, dict[str, float]]) -> str:
+    """Sleeps as long as the event says for this step in this life (DURABLE_LIFE) of the processor,
+    so a test can make steps finish in a different order in each life."""
+    life = os.environ.get("DURABLE_LIFE", "1")
+    time.sleep(delays.get(life, {}).get(name, 0.0))
+    effect(f"{name}:{ev_id}")
+    return f"{name}:{life}"
 
 
 timer = app.service("timer")
@@ -38,7 +60,7 @@ chain_c = app.service("c")
 
 @chain_c.handler()
 async def leaf(ctx: p.Context, arg: dict[str, Any]) -> dict[str, Any]:
-    await ctx.run("c-step", effect, f"c:{arg['id']}")
+    await ctx.run("c-step", gated if arg.get("gated") else effect, f"c:{arg['id']}")
     if arg.get("fail"):
         raise p.TerminalError(f"c refuses {arg['id']}")
     return {"c": arg["id"]}
@@ -94,7 +116,7 @@ async def run_signup(ctx: p.WorkflowContext, user: dict[str, Any]) -> dict[str, 
     ctx.set("stage", "waiting")
     code = await ctx.promise("confirmed")
     ctx.set("stage", "done")
-    return {"user": ctx.key, "confirmed_with": code}
+    return {"user": ctx.key, "plan": user.get("plan"), "confirmed_with": code}
 
 
 @signup.handler()
@@ -121,7 +143,65 @@ async def race(ctx: p.Context, ev: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@races.handler()
+async def ordered(ctx: p.Context, ev: dict[str, Any]) -> dict[str, Any]:
+    d = ev["delays"]
+    both = await p.gather(ctx.run("x", paced, "x", ev["id"], d), ctx.run("y", paced, "y", ev["id"], d))
+    winner, value = await p.select(x=ctx.run("sx", paced, "sx", ev["id"], d),
+                                   y=ctx.run("sy", paced, "sy", ev["id"], d))
+    await ctx.run("hold", gated, f"hold:{ev['id']}")
+    result = {"id": ev["id"], "both": both, "winner": winner, "value": value}
+    ctx.emit(OUTPUT, result, key=ev["id"])
+    return result
+
+
+holder = app.service("holder")
+
+
+@holder.handler()
+async def hold_until_decided(ctx: p.Context, ev: dict[str, Any]) -> Any:
+    awk, decision = ctx.awakeable()
+    ctx.emit(OUTPUT, {"id": ev["id"], "holding": awk}, key=ev["id"])
+    return await decision
+
+
+booking = app.service("booking")
+
+
+@booking.handler()
+async def book(ctx: p.Context, ev: dict[str, Any]) -> Any:
+    await ctx.run("reserve", effect, f"reserve:{ev['id']}")
+    try:
+        return await ctx.call(hold_until_decided, ev)
+    except p.InvocationCancelled:
+        await ctx.run("compensate", effect, f"compensate:{ev['id']}")
+        raise
+
+
+line = app.virtual_object("line")
+
+
+@line.handler()
+async def join(ctx: p.ObjectContext, ev: dict[str, Any]) -> str:
+    awk, turn = ctx.awakeable()
+    ctx.emit(OUTPUT, {"id": ev["id"], "turn": awk}, key=ev["id"])
+    await turn
+    await ctx.run("served", effect, f"served:{ev['id']}")
+    return str(ev["id"])
+
+
+once = app.service("once")
+
+
+@once.handler()
+async def greet(ctx: p.Context, name: str) -> dict[str, str]:
+    await ctx.run("greet", effect, f"greet:{name}")
+    return {"hello": name, "token": str(ctx.uuid())}
+
+
 app.subscribe(os.environ["DURABLE_NAPS"], nap)
 app.subscribe(os.environ["DURABLE_CHAINS"], top)
 app.subscribe(os.environ["DURABLE_ASKS"], ask)
 app.subscribe(os.environ["DURABLE_RACES"], race)
+if os.environ.get("DURABLE_SIGNUPS"):
+    app.subscribe(os.environ["DURABLE_SIGNUPS"], run_signup)
