@@ -125,6 +125,7 @@ class InvocationRuntime:
         self._retry_waits: dict[int, asyncio.Future[None]] = {}
         self._unreleased = 0
         self.waits = Waits(self)
+        self.waits.cancel_next = row.cancelled  # cancelled before it reached a durable await
 
     # -- lifecycle -------------------------------------------------------------------------------
 

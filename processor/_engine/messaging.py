@@ -5,6 +5,7 @@ durable waits, workflow promises, and suspension of idle invocations."""
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ class Messaging:
     state: PartitionState
     timers: TimerIndex
     runtimes: dict[str, InvocationRuntime]
+    _queues: dict[tuple[str, str], deque[str]]
     _outputs: list[OutRecord]
     _on_work: Callable[[], None]
 
@@ -233,25 +235,37 @@ class Messaging:
         if row is None or row.status.terminal:
             return None
         rt = self.runtimes.get(inv)
-        if rt is None and row.status is Status.SUSPENDED:
-            self._cancel_suspended(row)
-            return None
-        if rt is None:  # queued, backing off or paused: it never awaits again, finish it now
-            self.finish_row(row, None, Failure(type="Cancelled", message="the invocation was cancelled"))
-            return None
-        self._update_row(inv, lambda r: replace(r, cancelled=True))
-        rt.waits.cancel()
+        if rt is not None:
+            self._update_row(inv, lambda r: replace(r, cancelled=True))
+            rt.waits.cancel()
+        elif row.status in (Status.SUSPENDED, Status.RUNNING):  # RUNNING: woken, starts after this commit
+            self._cancel_waiting(row)
+        else:  # queued, backing off or paused: it never awaits again, finish it now
+            self._finish_idle(row, Failure(type="Cancelled", message="the invocation was cancelled"))
         return None
 
-    def _cancel_suspended(self, row: InvocationRow) -> None:
+    def _cancel_waiting(self, row: InvocationRow) -> None:
+        """Cancel an invocation that is not in memory but will run again: fail its pending waits (which
+        wakes it), or, with none pending, flag the row so its next runtime delivers the cancellation."""
         from processor._engine.waits import CANCELLED
 
-        for _, v in list(self.state.scan(keys.journal_prefix(row.id))):
-            entry = Entry.decode(v)
-            if entry.pending:
-                if entry.kind == "call" and entry.value:
-                    self.cancel_callee(entry.value.decode())
-                self.complete_entry(row.id, replace(entry, pending=False, failure=CANCELLED))
+        pending = [e for e in (Entry.decode(v) for _, v in self.state.scan(keys.journal_prefix(row.id)))
+                   if e.pending]
+        if not pending:
+            self._update_row(row.id, lambda r: replace(r, cancelled=True))
+        for entry in pending:
+            if entry.kind == "call" and entry.value:
+                self.cancel_callee(entry.value.decode())
+            self.complete_entry(row.id, replace(entry, pending=False, failure=CANCELLED))
+
+    def _finish_idle(self, row: InvocationRow, failure: Failure) -> None:
+        """Finish an invocation that has no runtime. One still queued behind another of its key leaves
+        the key's in-memory queue too: the queue would otherwise start it (a finished row) later."""
+        if row.status is Status.QUEUED and row.key is not None:
+            q = self._queues.get((row.service, row.key))
+            if q and q[0] != row.id and row.id in q:
+                q.remove(row.id)
+        self.finish_row(row, None, failure)
 
     def _cmd_kill(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
         inv = cmd["invocation_id"] or ""
@@ -263,7 +277,7 @@ class Messaging:
             rt.drop()
             row = rt.row
         log.warning("invocation %s (%s) killed", inv, row.target)
-        self.finish_row(row, None, KILLED)
+        self._finish_idle(row, KILLED)
         return None
 
     def cancel_delivered(self, rt: InvocationRuntime) -> None:
@@ -280,12 +294,14 @@ class Messaging:
             return
         row = self._row(invocation_id)
         if row is not None and row.status is Status.SUSPENDED:
-            # Replay reads the journal: start only once this completion is durable.
-            self.after_commit(lambda: self._resume_suspended(invocation_id))
+            # Woken in the same commit as the completion: a crash right after it still finds a RUNNING
+            # row to resume at load. Replay reads the journal: start only once this is durable.
+            self._update_row(invocation_id, lambda r: r.moved(Status.RUNNING))
+            self.after_commit(lambda: self._resume_woken(invocation_id))
 
-    def _resume_suspended(self, invocation_id: str) -> None:
+    def _resume_woken(self, invocation_id: str) -> None:
         row = self._row(invocation_id)
-        if row is not None and row.status is Status.SUSPENDED and invocation_id not in self.runtimes:
+        if row is not None and row.status is Status.RUNNING and invocation_id not in self.runtimes:
             self.start(row)
 
     def suspend_idle(self, idle_s: float) -> int:

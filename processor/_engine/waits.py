@@ -82,10 +82,6 @@ class Waits:
             entry = start(d.seq)
             if entry is None:
                 return DurableFuture(fut, rt, d.seq)
-            if self.cancel_next and entry.pending:
-                entry = replace(entry, pending=False, failure=CANCELLED, due_ms=entry.due_ms)
-                self.cancel_next = False
-                rt.host.cancel_delivered(rt)
             rt.record(entry)
             if not entry.pending:
                 done = entry
@@ -98,6 +94,8 @@ class Waits:
             self.pending.pop(seq, None)
         fut.add_done_callback(forget)
         self.decoders[d.seq] = decode
+        if self.cancel_next:  # a cancellation waiting for the next durable await: this one
+            self.cancel()
         return DurableFuture(fut, rt, d.seq)
 
     def completed(self, entry: Entry) -> None:
@@ -237,15 +235,16 @@ class Waits:
     # -- cancellation ----------------------------------------------------------------------------
 
     def cancel(self) -> bool:
-        """Deliver a cancellation: fail every pending wait now, or the next one. True if delivered."""
+        """Deliver a cancellation: fail every pending wait now, or else the next durable action (the
+        row keeps the cancellation until then, across restarts). True if delivered now."""
         rt = self.rt
-        if not self.pending:
+        waiting = [e for e in (rt.core.entry(seq) for seq in sorted(self.pending)) if e is not None and e.pending]
+        if not waiting:  # nothing pending, or only completions not released yet
             self.cancel_next = True
             return False
-        for seq in sorted(self.pending):
-            entry = rt.core.entry(seq)
-            if entry is None or not entry.pending:
-                continue
+        self.cancel_next = False
+        rt.host.cancel_delivered(rt)
+        for entry in waiting:
             if entry.kind == "call" and entry.value:
                 rt.host.cancel_callee(entry.value.decode())
             rt.host.complete_entry(rt.invocation_id, replace(entry, pending=False, failure=CANCELLED))

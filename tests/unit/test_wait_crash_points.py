@@ -1,0 +1,153 @@
+"""Crash points of durable waits, explored on one partition worker over the in-memory store: commit
+cycles are driven by hand, and a "crash" applies a cycle to the store without releasing it, then
+builds a new worker on that store (what a restarted processor does)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+import processor as p
+from processor._engine import routing
+from processor._engine.messaging import command
+from processor._engine.partition import InRecord, PartitionWorker
+from processor._engine.records import InvocationRow, Status
+from state import keys
+from state.memory import MemoryStore
+
+STEP_GATE: dict[str, asyncio.Event] = {}
+
+
+def _app() -> p.App:
+    app = p.App("crash", partitions=1)
+    svc = app.service("svc")
+
+    async def step() -> str:
+        await STEP_GATE["step"].wait()
+        return "stepped"
+
+    @svc.handler()
+    async def waiter(ctx: p.Context, ev: dict[str, Any]) -> Any:
+        try:
+            if ev.get("step"):
+                await ctx.run("step", step)
+            _awk, decision = ctx.awakeable()
+            return await decision
+        except p.InvocationCancelled:
+            return "compensated"
+
+    return app
+
+
+class Partition:
+    """A worker of partition 0 over `store`, with hand-driven commit cycles."""
+
+    def __init__(self, app: p.App, store: MemoryStore, pool: ThreadPoolExecutor) -> None:
+        self.app, self.store = app, store
+        self.w = PartitionWorker(app=app, partition=0, partitions_total=1, store=store, step_executor=pool,
+                                 on_work=lambda: None)
+        self.offset = 0
+        self.w.load()
+
+    def inbox(self, kind: str, **fields: Any) -> None:
+        self.offset += 1
+        self.w.on_inbox(InRecord(topic=self.app.inbox_topic, partition=0, offset=self.offset, key=b"k",
+                                 value=command(kind, **fields)))
+
+    async def settle(self) -> None:
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    async def commit(self, *, release: bool = True) -> None:
+        """One cycle: seal, apply to the store and (unless the process 'dies' first) release."""
+        await self.settle()
+        s = self.w.seal()
+        self.store.apply(s.overlay.items(), self.store.changelog_offset())
+        if release:
+            self.w.committed(s)
+            await self.settle()
+
+    def crash(self) -> None:
+        self.w.discard()
+
+    def row(self, inv: str) -> InvocationRow:
+        data = self.w.state.get(keys.invocation_key(inv))
+        assert data is not None
+        return InvocationRow.decode(data)
+
+
+def _run(scenario: Callable[[p.App, MemoryStore, ThreadPoolExecutor], Any]) -> None:
+    async def main() -> None:
+        STEP_GATE["step"] = asyncio.Event()
+        with ThreadPoolExecutor(2) as pool:
+            await scenario(_app(), MemoryStore(), pool)
+    asyncio.run(main())
+
+
+INV = routing.invocation_id(0, "test", "1")
+AWK_SEQ = 0  # the awakeable's journal position when the handler takes no step first
+
+
+def _invoke(part: Partition, **ev: Any) -> None:
+    part.inbox("invoke", invocation_id=INV, service="svc", handler="waiter", payload=orjson.dumps(ev))
+
+
+def test_a_woken_invocation_resumes_at_load_when_the_process_dies_right_after_the_wake_commits() -> None:
+    async def scenario(app: p.App, store: MemoryStore, pool: ThreadPoolExecutor) -> None:
+        part = Partition(app, store, pool)
+        _invoke(part)
+        await part.commit()
+        assert part.w.suspend_idle(0.0) == 1
+        await part.commit()
+        assert part.row(INV).status is Status.SUSPENDED
+
+        part.inbox("resolve_awakeable", target_id=routing.awakeable_id(INV, AWK_SEQ), payload=b'"yes"')
+        await part.commit(release=False)  # committed; the process dies before it resumes the invocation
+        part.crash()
+
+        again = Partition(app, store, pool)
+        assert INV in again.w.runtimes, "resumed at load"
+        await again.commit()
+        await again.commit()
+        row = again.row(INV)
+        assert (row.status, row.result) == (Status.COMPLETED, b'"yes"')
+    _run(scenario)
+
+
+def test_a_cancel_consumed_before_the_replay_reaches_its_pending_wait_is_delivered_there() -> None:
+    async def scenario(app: p.App, store: MemoryStore, pool: ThreadPoolExecutor) -> None:
+        part = Partition(app, store, pool)
+        _invoke(part)
+        await part.commit()
+        part.crash()
+
+        again = Partition(app, store, pool)  # the runtime replays from the top...
+        again.inbox("cancel", invocation_id=INV)  # ...but the cancel comes in before it ran at all
+        await again.commit()
+        await again.commit()
+        row = again.row(INV)
+        assert (row.status, row.result) == (Status.COMPLETED, b'"compensated"')
+    _run(scenario)
+
+
+def test_a_cancel_waiting_for_the_next_await_survives_a_crash() -> None:
+    async def scenario(app: p.App, store: MemoryStore, pool: ThreadPoolExecutor) -> None:
+        part = Partition(app, store, pool)
+        _invoke(part, step=True)
+        await part.commit()
+        part.inbox("cancel", invocation_id=INV)  # the handler is inside a step: nothing to fail yet
+        await part.commit()
+        assert part.row(INV).cancelled
+        part.crash()
+
+        STEP_GATE["step"].set()
+        again = Partition(app, store, pool)
+        for _ in range(3):
+            await again.commit()
+        row = again.row(INV)
+        assert (row.status, row.result, row.cancelled) == (Status.COMPLETED, b'"compensated"', False)
+    _run(scenario)
