@@ -140,8 +140,9 @@ class InvocationRuntime:
                 t.cancel()
 
     def busy(self) -> bool:
-        """A step body or helper task runs, or a result waits to be released."""
-        return bool(self._steps) or bool(self._tasks) or self._unreleased > 0
+        """A step body runs, or a result waits to be released. Helper tasks do not count: they only
+        await durable futures (select, timeouts), and a replay rebuilds them."""
+        return bool(self._steps) or self._unreleased > 0
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run `fn` once the cycle holding this invocation's current writes commits."""
@@ -154,7 +155,8 @@ class InvocationRuntime:
         self.host.after_commit(release)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """A helper task that dies with this invocation attempt."""
+        """A helper task that dies with this invocation attempt. It must only await durable futures:
+        it does not keep the invocation in memory (see ``busy``)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -1,12 +1,14 @@
-"""Crash points of durable waits, explored on one partition worker over the in-memory store: commit
-cycles are driven by hand, and a "crash" applies a cycle to the store without releasing it, then
-builds a new worker on that store (what a restarted processor does)."""
+"""Crash points and suspension of durable waits, explored on one partition worker over the in-memory
+store: commit cycles are driven by hand, and a "crash" applies a cycle to the store without
+releasing it, then builds a new worker on that store (what a restarted processor does)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -39,6 +41,14 @@ def _app() -> p.App:
             return await decision
         except p.InvocationCancelled:
             return "compensated"
+
+    @svc.handler()
+    async def timed(ctx: p.Context, ev: dict[str, Any]) -> Any:
+        _awk, decision = ctx.awakeable()
+        try:
+            return await decision.with_timeout(timedelta(milliseconds=ev["ms"]))
+        except TimeoutError:
+            return "timed out"
 
     return app
 
@@ -92,8 +102,8 @@ INV = routing.invocation_id(0, "test", "1")
 AWK_SEQ = 0  # the awakeable's journal position when the handler takes no step first
 
 
-def _invoke(part: Partition, **ev: Any) -> None:
-    part.inbox("invoke", invocation_id=INV, service="svc", handler="waiter", payload=orjson.dumps(ev))
+def _invoke(part: Partition, handler: str = "waiter", **ev: Any) -> None:
+    part.inbox("invoke", invocation_id=INV, service="svc", handler=handler, payload=orjson.dumps(ev))
 
 
 def test_a_woken_invocation_resumes_at_load_when_the_process_dies_right_after_the_wake_commits() -> None:
@@ -150,4 +160,34 @@ def test_a_cancel_waiting_for_the_next_await_survives_a_crash() -> None:
             await again.commit()
         row = again.row(INV)
         assert (row.status, row.result, row.cancelled) == (Status.COMPLETED, b'"compensated"', False)
+    _run(scenario)
+
+
+def test_an_invocation_waiting_with_a_timeout_is_suspended_and_resumed_by_its_value() -> None:
+    async def scenario(app: p.App, store: MemoryStore, pool: ThreadPoolExecutor) -> None:
+        part = Partition(app, store, pool)
+        _invoke(part, "timed", ms=3_600_000)
+        await part.commit()
+        assert part.w.suspend_idle(0.0) == 1, "its select helper does not pin it in memory"
+        await part.commit()
+        part.inbox("resolve_awakeable", target_id=routing.awakeable_id(INV, AWK_SEQ), payload=b'"in time"')
+        for _ in range(3):
+            await part.commit()
+        row = part.row(INV)
+        assert (row.status, row.result) == (Status.COMPLETED, b'"in time"')
+    _run(scenario)
+
+
+def test_an_invocation_waiting_with_a_timeout_is_suspended_and_resumed_by_its_timer() -> None:
+    async def scenario(app: p.App, store: MemoryStore, pool: ThreadPoolExecutor) -> None:
+        part = Partition(app, store, pool)
+        _invoke(part, "timed", ms=50)
+        await part.commit()
+        assert part.w.suspend_idle(0.0) == 1
+        await part.commit()
+        part.w.fire_timers(int(time.time() * 1000) + 1000)
+        for _ in range(3):
+            await part.commit()
+        row = part.row(INV)
+        assert (row.status, row.result) == (Status.COMPLETED, b'"timed out"')
     _run(scenario)
