@@ -4,8 +4,11 @@ raised in A."""
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from processor._engine import routing
@@ -71,3 +74,32 @@ def test_a_terminal_error_in_the_last_callee_is_raised_in_the_first_caller(
     assert by_target["b/middle"].status.value == "failed", "B did not catch it: it failed with C's error"
     assert by_target["a/top"].status.value == "completed", "A caught it"
     assert d.effects() == {"a:bad": 1, "b:bad": 1, "c:bad": 1}
+
+
+def test_many_call_chains_answer_exactly_once_across_repeated_sigkills(
+        kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
+    chains, kills = 60, 3
+    d = Durable(kafka, spawn, tmp_path, suspend_s=0.5)
+    d.proc.start().wait_ready()
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    print(f"chaos seed {seed}")
+    d.kafka.produce(d.topics["chains"], [(f"m{i}".encode(), orjson.dumps({"id": f"m{i}", "fail": i % 7 == 0}))
+                                         for i in range(chains)])
+    for target in sorted(rng.uniform(0.1, 0.8) * chains for _ in range(kills)):
+        wait_until(lambda t=target: len(d.outputs()) >= t, 60, f"{int(target)} answers")
+        time.sleep(rng.uniform(0, 0.2))
+        d.proc.kill()
+        d.proc.start().wait_ready()
+    wait_until(lambda: len(d.outputs()) >= chains, 90, "every chain to answer")
+    assert d.proc.stop() == 0
+
+    got = sorted((o["id"], "error" in o["chain"]) for o in d.outputs())
+    assert got == sorted((f"m{i}", i % 7 == 0) for i in range(chains)), f"seed {seed}: one answer per chain"
+    by_target: dict[str, list[str]] = {}
+    for r in d.invocations():
+        by_target.setdefault(r.target, []).append(r.status.value)
+    assert {t: len(v) for t, v in by_target.items()} == {"a/top": chains, "b/middle": chains, "c/leaf": chains}
+    assert sorted(by_target["a/top"]) == ["completed"] * chains
+    assert sorted(by_target["c/leaf"]).count("failed") == len(range(0, chains, 7))

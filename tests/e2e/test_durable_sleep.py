@@ -3,9 +3,11 @@ no processor ran fires as soon as the next one owns the partition."""
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from processor._engine.core import Entry
@@ -87,3 +89,30 @@ def test_a_suspended_sleeper_is_resumed_by_its_timer_after_a_sigkill(
     assert d.effects() == {"before:n3": 1, "after:n3": 1}
     row = d.row(inv)
     assert row is not None and row.status is Status.COMPLETED
+
+
+def test_many_sleepers_suspended_and_woken_answer_exactly_once_across_repeated_sigkills(
+        kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
+    naps, kills = 300, 3
+    d = Durable(kafka, spawn, tmp_path, suspend_s=0.3)
+    d.proc.start().wait_ready()
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    print(f"chaos seed {seed}")
+    d.kafka.produce(d.topics["naps"], [(f"z{i}".encode(), orjson.dumps({"id": f"z{i}", "seconds": rng.uniform(1, 12)}))
+                                       for i in range(naps)])
+    seen = []
+    for target in sorted(rng.uniform(0.05, 0.6) * naps for _ in range(kills)):
+        wait_until(lambda t=target: len(d.outputs()) >= t, 60, f"{int(target)} naps to end")
+        time.sleep(rng.uniform(0, 0.3))
+        d.proc.kill()
+        seen.append(len(d.outputs()))
+        d.proc.start().wait_ready()
+    wait_until(lambda: len(d.outputs()) >= naps, 90, "every nap to end")
+    assert d.proc.stop() == 0
+    print(f"outputs at each kill: {seen}")
+    assert sorted(o["id"] for o in d.outputs()) == sorted(f"z{i}" for i in range(naps)), f"seed {seed}"
+    rows = d.rows_of("timer/nap")
+    assert len(rows) == naps and {r.status for r in rows} == {Status.COMPLETED}
+    assert {k for k, n in d.effects().items() if k.startswith("after:")} == {f"after:z{i}" for i in range(naps)}
