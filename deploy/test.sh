@@ -10,6 +10,9 @@ echo "== mypy --strict"; mypy
 export KAFKA_PORT="${KAFKA_PORT:-19192}"
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   if ! deploy/kafka/broker.sh status >/dev/null 2>&1; then
+    # A broker this script starts is the tests' own: start it empty, so topics from earlier runs
+    # never pile up (thousands of partitions make a restart slow).
+    deploy/kafka/broker.sh reset >/dev/null 2>&1 || true
     trap 'deploy/kafka/broker.sh stop' EXIT
   fi
   deploy/kafka/broker.sh start >/dev/null

@@ -206,7 +206,9 @@ class Waits:
             return DurableFuture(out, rt, d.seq)
 
         async def race() -> None:
-            waiting = {asyncio.ensure_future(f): n for n, f in futures.items()}
+            # Wait on the futures themselves: wrapping them in tasks would leave a loser's error
+            # unretrieved ("Task exception was never retrieved").
+            waiting = {f._future: n for n, f in futures.items()}
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             winner = next(n for n in names if any(waiting[t] == n for t in done))
             rt.record(Entry(seq=d.seq, kind="select", name=",".join(names), value=winner.encode()))
