@@ -122,7 +122,7 @@ class InvocationRuntime:
         self._task: asyncio.Task[None] | None = None
         self._steps: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._retry_waits: dict[int, asyncio.Future[None]] = {}
+        self._retry_waits: dict[int, tuple[int, asyncio.Future[None]]] = {}  # seq -> (due ms, waiter)
         self._unreleased = 0
         self.waits = Waits(self)
         self.waits.cancel_next = row.cancelled  # cancelled before it reached a durable await
@@ -161,11 +161,15 @@ class InvocationRuntime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def wake_retry(self, seq: int) -> None:
-        """A step_retry timer of this invocation fired."""
-        fut = self._retry_waits.pop(seq, None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+    def wake_retry(self, seq: int, due_ms: int) -> None:
+        """A step_retry timer of this invocation fired. Only the timer of the current backoff wakes
+        the step: a stale one (an earlier attempt's, left from before a crash) must not cut a later
+        backoff short."""
+        wait = self._retry_waits.get(seq)
+        if wait is not None and wait[0] == due_ms:
+            del self._retry_waits[seq]
+            if not wait[1].done():
+                wait[1].set_result(None)
 
     async def _main(self) -> None:
         ctx = _CONTEXTS[self.handler.kind](self)
@@ -339,7 +343,7 @@ class InvocationRuntime:
         if retry_at_ms <= self.host.now_ms():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._retry_waits[seq] = waiter
+        self._retry_waits[seq] = (retry_at_ms, waiter)
         if self.alive:
             self.host.schedule_timer(retry_at_ms, self.invocation_id, seq, TimerKind.STEP_RETRY, attempt)
         await waiter

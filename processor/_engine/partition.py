@@ -328,7 +328,7 @@ class PartitionWorker(Messaging):
             elif kind is TimerKind.STEP_RETRY:
                 rt = self.runtimes.get(t.invocation_id)
                 if rt is not None:
-                    rt.wake_retry(t.seq)
+                    rt.wake_retry(t.seq, t.due_ms)
             elif kind is TimerKind.INVOCATION_RETRY:
                 row_data = self.state.get(keys.invocation_key(t.invocation_id))
                 if row_data is not None and InvocationRow.decode(row_data).status is Status.BACKING_OFF:
