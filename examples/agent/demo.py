@@ -91,8 +91,8 @@ async def drive(args: argparse.Namespace, proc: Processor, task: str, ledger_pat
                             "1 lookup_order")
         await asyncio.sleep(1.5)  # > suspend_after (1 s)
         row = next((r for r in invocations(proc.state_dir, name) if r["id"] == inv), {})
-        say(f"  invocation row: {row.get('status')} (suspended = evicted from memory; a wait in with_timeout "
-            "stays in memory today, see the README)")
+        say(f"  invocation row: {row.get('status')} (suspended = evicted from memory; running = still within "
+            "its suspend_after window)")
 
         if args.crash:
             say("\n== 4. crash: SIGKILL the processor while the agent waits, and start a new one")

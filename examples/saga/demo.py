@@ -102,7 +102,7 @@ async def drive(args: argparse.Namespace, proc: Processor, run: str, ledger_path
             r = rows.get(oid, {})
             say(f"  {oid:<22} {r.get('id', '?'):<34} {r.get('status', 'missing')}")
         say("  (suspended: evicted from memory, replayed when the awakeable or the timer completes; running: still\n"
-            "   in memory — today a wait in with_timeout/select keeps its invocation in memory, see the README)")
+            "   in memory, within its suspend_after window)")
 
         say("\n== 6. decide")
         await client.resolve_awakeable(requests[ids["approve"]]["awakeable"], "alice@ops")
