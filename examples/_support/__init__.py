@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 class DemoError(Exception):
     """Something the demo waited for or checked did not happen; the message says what."""
 
+    reported = False  # set once a driver has printed it with the processor's log
+
 
 def say(msg: str = "") -> None:
     print(msg, flush=True)

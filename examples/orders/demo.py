@@ -19,7 +19,6 @@ import os
 import random
 import re
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -33,16 +32,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 REPO = Path(__file__).resolve().parents[2]
+from examples import _support as support  # noqa: E402
+from examples._support import DemoError, rel, say, wait_for  # noqa: E402
+
 APP_SPEC = "examples.orders.app:app"
 PARTITIONS = 4
 CUSTOMERS = ["ada", "grace", "linus", "barbara", "ken", "margaret"]
 SKUS = ["book-42", "mug-7", "pen-3", "lamp-12", "desk-1", "cable-9"]
-
-
-class DemoError(Exception):
-    """Something the demo waited for did not happen; the message says what."""
-
-    reported = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,18 +55,6 @@ def topics_from_env() -> Topics:
     prefix = os.environ.get("ORDERS_PREFIX", "")
     return Topics(orders=f"{prefix}orders", events=f"{prefix}order-events", dlq=f"{prefix}shop.dlq",
                   app=f"{prefix}shop")
-
-
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- topics --------------------------------------------------------------------------------------
@@ -131,80 +115,29 @@ def _alive(pid: int) -> bool:
     return cmdline.exists() and b"processor" in cmdline.read_bytes()
 
 
-class Processor:
+class Processor(support.Processor):
+    """The shared demo processor, plus a pidfile: one processor per state dir (a second one would share
+    its instance id and fence it)."""
+
+    rel = staticmethod(rel)
+
     def __init__(self, bootstrap: str, state_dir: Path) -> None:
-        self.bootstrap = bootstrap
-        self.state_dir = state_dir
-        self.log_path = state_dir / "processor.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(APP_SPEC, bootstrap, state_dir)
 
     @property
     def pidfile(self) -> Path:
         return self.state_dir / "processor.pid"
 
     def check_free(self) -> None:
-        """One processor per state dir: a second one would share its instance id and fence it."""
         if self.pidfile.exists():
             old = int(self.pidfile.read_text().strip() or 0)
             if old and _alive(old):
                 raise DemoError(f"a processor (pid {old}) is still running on {self.state_dir}; stop it first")
 
     def start(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / ".gitignore").write_text("*\n")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        cmd = [sys.executable, "-m", "processor", "run", APP_SPEC, "--bootstrap-servers", self.bootstrap,
-               "--state-dir", str(self.state_dir)]
-        say(f"$ python -m processor run {APP_SPEC} --bootstrap-servers {self.bootstrap} "
-            f"--state-dir {self.rel(self.state_dir)}")
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        super().start()
+        assert self.proc is not None
         self.pidfile.write_text(f"{self.proc.pid}\n")
-        say(f"  processor pid {self.proc.pid}, log in {self.rel(self.log_path)}")
-
-    @staticmethod
-    def rel(path: Path) -> str:
-        try:
-            return str(path.relative_to(Path.cwd()))
-        except ValueError:
-            return str(path)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise DemoError(f"the processor exited with status {self.proc.returncode}")
-
-    def wait_ready(self, timeout: float) -> None:
-        def ready() -> bool:
-            self.check_alive()
-            return "assigned partitions" in self.log()
-        wait_for("the processor to be assigned its partitions", ready, timeout)
-        line = next(ln for ln in self.log().splitlines() if "assigned partitions" in ln)
-        say(f"  ready: {line.split(': ', 1)[-1]}")
-
-    def stop(self, timeout: float) -> int:
-        """SIGTERM, then wait; SIGKILL (and an error) if it does not exit in time."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-                raise DemoError(f"the processor did not exit within {timeout:.0f}s of SIGTERM; killed it") from None
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
 
 
 # -- the sample orders ---------------------------------------------------------------------------

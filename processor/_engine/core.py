@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import schemas
+from processor._engine import routing
 from processor._errors import NondeterminismError
 
 
@@ -156,7 +157,6 @@ def retry_entry(entry: Entry, *, attempts: int, retry_at_ms: int, failure: Failu
 def invocation_id_for_record(topic: str, partition: int, offset: int) -> str:
     """Deterministic invocation id of the record at (topic, partition, offset): redelivery of the
     same record can never start a second invocation."""
-    digest = hashlib.blake2b(f"{topic}\0{partition}\0{offset}".encode(), digest_size=12).hexdigest()
-    return f"inv-{partition}-{digest}"
+    return routing.invocation_id(partition, "record", topic, str(offset))
 
 

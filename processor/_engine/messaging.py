@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import schemas
 from processor._app import App, HandlerDef, HandlerKind
 from processor._engine import routing
-from processor._engine.core import Entry, Failure
+from processor._engine.core import Entry, Failure, invocation_id_for_record
 from processor._engine.records import InvocationRow, Status, TimerKind, encode_timer
 from processor._errors import TerminalError
 from schemas import SchemaError
@@ -161,7 +161,7 @@ class Messaging:
             return "UnknownHandler", f"no handler {target} in app {self.app.name}"
         if h.keyed and cmd["key"] is None:
             return "MissingKey", f"{target} needs a key"
-        inv = cmd["invocation_id"] or routing.invocation_id(self.partition, "record", msg.topic, str(msg.offset))
+        inv = cmd["invocation_id"] or invocation_id_for_record(msg.topic, self.partition, msg.offset)
         if routing.partition_of(inv) != self.partition:
             return "WrongPartition", f"invocation {inv} belongs to partition {routing.partition_of(inv)}"
         if cmd["caller_id"] is not None:

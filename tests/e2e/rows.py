@@ -6,30 +6,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import lmdb
-
+from processor import _inspect
 from processor._engine.core import Entry
 from processor._engine.records import InvocationRow
 from state import keys
 
 
 def _scan(state_dir: Path, app: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-    root = state_dir / app
-    if not root.exists():
+    if not (state_dir / app).exists():
         return
-    for part in sorted(d for d in root.iterdir() if d.is_dir() and (d / "data.mdb").exists()):
-        env = lmdb.open(str(part), readonly=True, lock=True, subdir=True, max_dbs=0)
-        try:
-            with env.begin(buffers=False) as txn:
-                cur = txn.cursor()
-                if not cur.set_range(prefix):
-                    continue
-                for k, v in cur.iternext():
-                    if not bytes(k).startswith(prefix):
-                        break
-                    yield bytes(k), bytes(v)
-        finally:
-            env.close()
+    for _, store in _inspect._stores(state_dir, app):  # read-only, as `processor invocations` reads them
+        yield from store.scan(prefix)
 
 
 def invocations(state_dir: Path, app: str) -> list[InvocationRow]:
