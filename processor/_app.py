@@ -120,7 +120,7 @@ class AppConfig:
     partitions: int | None = None            # internal topics' partition count when no input exists
     max_in_flight: int = 5_000               # running + queued invocations before input topics pause
     step_threads: int = 64                   # threads for synchronous ctx.run bodies
-    transaction_timeout_ms: int = 30_000
+    transaction_timeout_ms: int = 10_000       # as Kafka Streams under EOS; see docs/architecture.md
     transactional_producers: int = 2         # taking turns per commit cycle (docs/decisions/002)
     suspend_after: timedelta = timedelta(seconds=5)  # idle time before a waiting invocation leaves memory
     commit_linger_ms: float = 5.0            # max wait for running step bodies before sealing a cycle

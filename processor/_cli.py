@@ -13,12 +13,14 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from processor._app import App
 from processor._engine.records import Status
 from processor._errors import ConfigurationError, ProcessorError
 
 log = logging.getLogger("processor.cli")
+STOP_BOUND_S = 35.0  # the engine's own shutdown deadline is 30 s
 
 
 def load_app(spec: str) -> App:
@@ -48,8 +50,25 @@ async def _run(args: argparse.Namespace) -> None:
                     instance_id=args.instance_id)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, engine.request_stop)
+        loop.add_signal_handler(sig, _stopper(engine))
     await engine.run()
+
+
+def _stopper(engine: Any) -> Any:
+    """A signal handler: stop cleanly, and exit anyway once STOP_BOUND_S have passed (a Kafka call
+    stuck past every deadline must not keep a stopped instance alive)."""
+    def stop() -> None:
+        engine.request_stop()
+        if not any(t.name == "stop-watchdog" for t in threading.enumerate()):
+            threading.Thread(target=_exit_after, args=(STOP_BOUND_S,), name="stop-watchdog", daemon=True).start()
+    return stop
+
+
+def _exit_after(seconds: float) -> None:
+    time.sleep(seconds)
+    log.error("still stopping after %.0fs; exiting now", seconds)
+    logging.shutdown()
+    os._exit(3)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@ from the changelog. Key layouts live in :mod:`state.keys`."""
 
 from __future__ import annotations
 
-from state.changelog import RestoreError, RestoreStats, restore
+from state.changelog import RestoreCancelled, RestoreError, RestoreStats, restore
 from state.memory import MemoryStore
 from state.overlay import MISSING, Missing, Overlay, OverlayError, PartitionState
 from state.store import (
@@ -24,6 +24,7 @@ __all__ = [
     "OverlayError",
     "PartitionState",
     "PartitionStore",
+    "RestoreCancelled",
     "RestoreError",
     "RestoreStats",
     "Store",

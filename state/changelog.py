@@ -30,7 +30,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec:
 from state.keys import LOCAL
 from state.store import Store, StoreError
 
-__all__ = ["RestoreError", "RestoreStats", "restore"]
+__all__ = ["RestoreCancelled", "RestoreError", "RestoreStats", "restore"]
 
 log = logging.getLogger("state.restore")
 
@@ -40,6 +40,10 @@ _POLL_S = 0.5
 
 class RestoreError(StoreError):
     """A restore did not reach the changelog's end in time, or met a record it cannot apply."""
+
+
+class RestoreCancelled(RestoreError):
+    """A restore was told to stop (its partition was revoked) before it reached the end."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,21 +61,25 @@ class RestoreStats:
 
 def restore(store: Store, *, consumer_config: Mapping[str, object], topic: str, partition: int,
             batch_size: int = 10_000, deadline_s: float = 600.0,
-            progress: Callable[[int, int, float], None] | None = None) -> RestoreStats:
+            progress: Callable[[int, int, float], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> RestoreStats:
     """Bring `store` up to the end of changelog `topic` partition `partition`.
 
     `consumer_config` needs ``bootstrap.servers`` (and security settings); group, commit and
     isolation settings are set here. `progress(records_done, records_left_estimate, rate_per_s)` is
     called about once a second and at the end. A store ahead of the log end (the changelog was
     recreated) is cleared and restored from 0. Raises :class:`RestoreError` if the end is not
-    reached within `deadline_s` seconds; the batches applied so far stay applied.
+    reached within `deadline_s` seconds; the batches applied so far stay applied. Retriable errors
+    (no leader yet, coordinator moving, broker away) are retried with backoff until the deadline.
+    `should_stop()` is checked between fetches: when it says so, restore stops early (raising
+    :class:`RestoreCancelled`), keeping what it applied.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     t0 = time.monotonic()
     deadline = t0 + deadline_s
     where = f"{topic}[{partition}]"
-    target = _log_end(consumer_config, topic, partition, timeout_s=max(1.0, min(30.0, deadline_s)))
+    target = _log_end(consumer_config, topic, partition, deadline=deadline, should_stop=should_stop)
     start = store.changelog_offset()
     if start > target:
         log.warning("store is at changelog offset %d but %s ends at %d (changelog recreated?): "
@@ -90,7 +98,8 @@ def restore(store: Store, *, consumer_config: Mapping[str, object], topic: str, 
     consumer = Consumer(_consumer_config(consumer_config))
     try:
         consumer.assign([TopicPartition(topic, partition, start)])
-        run.loop(consumer, TopicPartition(topic, partition), batch_size=batch_size, deadline=deadline)
+        run.loop(consumer, TopicPartition(topic, partition), batch_size=batch_size, deadline=deadline,
+                 should_stop=should_stop)
     finally:
         consumer.close()
     return RestoreStats(records=run.records, start_offset=start, end_offset=run.applied,
@@ -113,8 +122,12 @@ class _Run:
         self.batch: list[tuple[bytes, bytes | None]] = []
         self.last_report = t0
 
-    def loop(self, consumer: Consumer, tp: TopicPartition, *, batch_size: int, deadline: float) -> None:
+    def loop(self, consumer: Consumer, tp: TopicPartition, *, batch_size: int, deadline: float,
+             should_stop: Callable[[], bool] | None) -> None:
         while self.position < self.target:
+            if should_stop is not None and should_stop():
+                self.flush()
+                raise RestoreCancelled(f"restore of {self.where} stopped at position {self.position}")
             now = time.monotonic()
             if now >= deadline:
                 self.flush()
@@ -202,19 +215,34 @@ def _consumer_config(base: Mapping[str, object]) -> dict[str, Any]:
     }
 
 
-def _log_end(config: Mapping[str, object], topic: str, partition: int, *, timeout_s: float) -> int:
-    """The partition's log end offset, uncommitted transactions included."""
+def _log_end(config: Mapping[str, object], topic: str, partition: int, *, deadline: float,
+             should_stop: Callable[[], bool] | None = None) -> int:
+    """The partition's log end offset, uncommitted transactions included. Retriable errors (a
+    just-created topic without a leader yet, a broker restarting) are retried with backoff until
+    `deadline` (monotonic)."""
     admin = AdminClient({k: v for k, v in config.items() if k not in _CONSUMER_ONLY})  # type: ignore[misc]
     tp = TopicPartition(topic, partition)
-    try:
-        spec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        futures = admin.list_offsets({tp: spec},
-                                     isolation_level=IsolationLevel.READ_UNCOMMITTED,
-                                     request_timeout=timeout_s)
-        info = next(iter(futures.values())).result(timeout=timeout_s + 5)
-    except (KafkaException, TimeoutError) as e:
-        raise RestoreError(f"cannot read the log end of changelog {topic}[{partition}]: {e}") from e
-    return int(info.offset)
+    backoff = 0.1
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            spec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+            timeout = max(1.0, min(10.0, left))
+            futures = admin.list_offsets({tp: spec}, isolation_level=IsolationLevel.READ_UNCOMMITTED,
+                                         request_timeout=timeout)
+            info = next(iter(futures.values())).result(timeout=timeout + 5)
+            return int(info.offset)
+        except (KafkaException, TimeoutError) as e:
+            err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+            retriable = err is None or err.retriable() or not err.fatal()
+            if not retriable or left <= backoff:
+                raise RestoreError(f"cannot read the log end of changelog {topic}[{partition}]: {e}") from e
+            if should_stop is not None and should_stop():
+                raise RestoreCancelled(f"restore of {topic}[{partition}] stopped before it began") from e
+            log.info("restore %s[%d]: log end not available yet (%s); retrying in %.1fs",
+                     topic, partition, err.str() if err else e, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
 
 
 _CONSUMER_ONLY = frozenset({

@@ -1,59 +1,68 @@
-"""The engine: one consumer, one transactional producer, the group-commit cycle and rebalances.
+"""The engine: one consumer, transactional producers, the group-commit cycle, rebalances, restores
+and recovery from faults.
 
-Threads: the consumer is only called from ``_consumer_thread`` (rebalance callbacks run there and
-hop onto the event loop); blocking transaction calls run on ``_commit_thread``; synchronous step
-bodies run on a pool. Everything that touches partition workers runs on the event loop.
+Threads: every consumer call runs on the consumer lane (rebalance callbacks run there and hop onto
+the event loop); every transactional call runs on its producer's lane; restores run on lanes of
+their own; LMDB applies run on the apply thread; synchronous step bodies on a pool. A lane whose
+call outlives its deadline is abandoned with its client (``lanes.py``). Everything that touches
+partition workers runs on the event loop.
+
+Recovery has one path (``_rebuild``): whatever went wrong — a transaction that failed, timed out or
+hung, a fence, a stall of this process — the engine drops every partition's in-memory state,
+replaces the producer if it cannot be trusted, confirms with an empty fenced transaction that it
+still owns its partitions (or waits for the group to hand out new ones), and brings each partition
+back as an assignment would: tail-restore from the changelog, rewind to the committed offsets,
+reload. The fencing argument is in docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import fcntl
 import logging
 import os
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from processor._app import App
 from processor._engine import faults
 from processor._engine import kafka as kio
+from processor._engine import txn
+from processor._engine.lanes import Deadline, Lane, Stuck
 from processor._engine.memtrim import Trimmer
-from processor._engine.metrics import CommitTimings, Stopwatch
+from processor._engine.metrics import CommitTimings
 from processor._engine.partition import CycleSlice, InRecord, PartitionWorker
 from processor._errors import ConfigurationError, ProcessorError
-from state.changelog import restore
+from state.changelog import RestoreCancelled, RestoreError, restore
 from state.store import PartitionStore, Store
 
 log = logging.getLogger("processor.engine")
 
+POLL_S = 120.0          # a poll runs rebalance callbacks, which may commit and drop partitions
+STALL_S = 4.0           # a freeze this long may have outlived the 6 s session: confirm ownership
+SHUTDOWN_S = 30.0       # SIGTERM to exit, whatever Kafka does meanwhile
+FENCES_TO_GIVE_UP = 5   # fences of our own ids within FENCE_WINDOW_S: another instance has our id
+FENCE_WINDOW_S = 120.0
 
-class TxnPhase(enum.Enum):
-    IDLE = "idle"
-    COMMITTING = "committing"
-    ABORTING = "aborting"
 
-
-class _CommitFailed(Exception):
-    def __init__(self, error: KafkaError | str, *, fatal: bool = False) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.fatal = fatal
+@dataclass(slots=True, eq=False)
+class _Restore:
+    partition: int
+    seek: bool                    # records were fetched and dropped: rewind before resuming
+    stop: bool = False
+    task: asyncio.Task[None] | None = None
+    started: float = field(default_factory=time.monotonic)
 
 
 class Engine:
@@ -72,27 +81,41 @@ class Engine:
         self._producer_extra = producer_config or {}
         self.workers: dict[int, PartitionWorker] = {}
         self._stores: dict[int, PartitionStore] = {}
+        self._owned: set[int] = set()
+        self._restoring: dict[int, _Restore] = {}
+        self._restored: dict[int, _Restore] = {}  # restored, waiting for the poll loop to activate them
+        self._assign_generation = 0
         self._stop = asyncio.Event()
         self._work = asyncio.Event()
         self._commit_lock = asyncio.Lock()
-        self._epoch = 0
+        self._epoch = 0  # bumped whenever records already fetched must not be routed
         self._inputs_paused = False
+        self._flow: list[tuple[str, list[TopicPartition]]] = []  # pause/resume for the next poll
         self._trimmer = Trimmer()
-        self._needs_rewind = False
-        self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="consumer")
-        self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="commit")
+        self._consumer_lane = Lane("consumer")
+        self._consumer_failed: str | None = None
+        slots = app.config.transactional_producers
+        self._producer_lanes = [Lane(f"producer-{i}") for i in range(slots)]
+        self._apply_pool = ThreadPoolExecutor(1, thread_name_prefix="apply")
         self.step_executor = ThreadPoolExecutor(app.config.step_threads, thread_name_prefix="step")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
         # Two transactional producers take turns: the next transaction starts while the coordinator
         # still completes the previous one (docs/decisions/002-alternating-transactional-producers.md).
-        self._producers: list[Producer | None] = [None] * app.config.transactional_producers
+        self._producers: list[Producer | None] = [None] * slots
+        self._graveyard: deque[object] = deque(maxlen=32)  # clients we walked away from: never destroyed here
         self._turn = 0
         self._error: BaseException | None = None
-        self.phase = TxnPhase.IDLE
+        self._rebuilding = False
+        self._rebuild_task: asyncio.Task[None] | None = None
+        self._fences: deque[float] = deque()
+        self._ticked = time.monotonic()
+        self._stalled_for = 0.0
         self.partitions_total = 0
         self.commits = 0
+        self.rebuilds = 0
         self._group_metadata: object | None = None
+        self._last_committed: dict[int, dict[str, int]] = {}  # offsets the group holds, as far as we know
         self.timings = CommitTimings()
         self.ready = asyncio.Event()
 
@@ -109,8 +132,13 @@ class Engine:
     def input_topics(self) -> list[str]:
         return [*self.app.bindings, self.app.inbox_topic]
 
+    @property
+    def _txn_s(self) -> float:
+        return self.app.config.transaction_timeout_ms / 1000
+
     def request_stop(self) -> None:
         self._stop.set()
+        self._work.set()
 
     def in_memory_invocations(self) -> int:
         return sum(w.in_memory() for w in self.workers.values())
@@ -118,21 +146,18 @@ class Engine:
     # -- run -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until ``request_stop()`` (or a fatal error, which is raised)."""
+        """Run until ``request_stop()`` (or an error it cannot recover from, which is raised)."""
         self._loop = asyncio.get_running_loop()
         admin = AdminClient(kio.base_config(self.bootstrap))
         await asyncio.to_thread(kio.check_reachable, admin, self.bootstrap)
         self.partitions_total = await asyncio.to_thread(kio.ensure_topics, admin, self.app)
-        self._producers = list(await asyncio.gather(
-            *(asyncio.to_thread(self._new_producer, i) for i in range(len(self._producers)))))
-        # Static membership: a restarted instance takes its partitions straight back, no rebalance.
-        self._consumer = Consumer(kio.consumer_config(
-            self.bootstrap, self.app, {"group.instance.id": self.instance_id, **self._consumer_extra}))
-        self._consumer.subscribe(self.input_topics, on_assign=self._cb_assign,
-                                 on_revoke=self._cb_revoke, on_lost=self._cb_lost)
+        await asyncio.gather(*(self._start_producer(i) for i in range(len(self._producers))))
+        self._consumer = await self._consumer_lane.call(self._new_consumer, 30, "creating the consumer")
         log.info("instance %s of app %s started (transactional.ids %s; %d partitions per topic)",
                  self.instance_id, self.app.name,
                  ", ".join(self.transactional_id(i) for i in range(len(self._producers))), self.partitions_total)
+        ticker = threading.Thread(target=self._tick, name="stall-watch", daemon=True)
+        ticker.start()
         tasks = [asyncio.create_task(self._poll_loop(), name="poll"),
                  asyncio.create_task(self._commit_loop(), name="commit")]
         stop = asyncio.create_task(self._stop.wait())
@@ -140,70 +165,123 @@ class Engine:
         for t in tasks:
             if t.done() and t.exception() is not None:
                 self._error = self._error or t.exception()
-        self._stop.set()
-        self._work.set()
-        await self._shutdown(tasks)
+        self.request_stop()
+        await self._shutdown(tasks, Deadline(SHUTDOWN_S))
         if self._error is not None:
             raise self._error
 
     def _new_producer(self, slot: int) -> Producer:
         p = Producer(kio.producer_config(self.bootstrap, self.app, self.transactional_id(slot), self._producer_extra))
-        p.init_transactions(60)  # fences our predecessor and aborts its open transaction
+        p.init_transactions(30)  # fences our predecessor and aborts (or completes) its open transaction
         return p
 
-    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+    async def _start_producer(self, slot: int) -> None:
+        lane = self._producer_lanes[slot]
+        if lane.abandoned:
+            lane = self._producer_lanes[slot] = Lane(f"producer-{slot}")
+        self._producers[slot] = await lane.call(lambda: self._new_producer(slot), 45,
+                                                f"init_transactions of {self.transactional_id(slot)}")
+
+    def _lose_producer(self, slot: int) -> None:
+        """Never use this producer again: a new one with the same transactional.id fences it."""
+        old = self._producers[slot]
+        if old is not None:
+            self._graveyard.append(old)
+        self._producers[slot] = None
+        lane = self._producer_lanes[slot]
+        if not lane.abandoned:
+            lane.close()
+        self._producer_lanes[slot] = Lane(f"producer-{slot}")
+
+    def _new_consumer(self) -> Consumer:
+        # Static membership: a restarted instance takes its partitions straight back, no rebalance.
+        c = Consumer(kio.consumer_config(
+            self.bootstrap, self.app, {"group.instance.id": self.instance_id, **self._consumer_extra}))
+        c.subscribe(self.input_topics, on_assign=self._cb_assign, on_revoke=self._cb_revoke, on_lost=self._cb_lost)
+        return c
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]], deadline: Deadline) -> None:
         for t in tasks:
             if not t.done():
                 try:
-                    await asyncio.wait_for(t, timeout=30)
+                    await asyncio.wait_for(t, timeout=max(0.1, deadline.left() - 15))
                 except (TimeoutError, asyncio.CancelledError):
                     t.cancel()
                 except Exception as e:
                     self._error = self._error or e
+        if self._rebuild_task is not None:
+            self._rebuild_task.cancel()
         consumer = self._consumer
-        if consumer is not None:
-            loop = asyncio.get_running_loop()
-            try:  # close() revokes: the revoke callback commits or aborts what is pending
-                await asyncio.wait_for(loop.run_in_executor(self._consumer_thread, consumer.close), 60)
+        if consumer is not None and not self._consumer_lane.abandoned:
+            try:  # close() revokes: the revoke callback commits what is pending
+                await self._consumer_lane.call(consumer.close, max(0.1, deadline.left() - 2), "closing the consumer")
+            except Stuck as e:
+                log.warning("%s; leaving it", e)
             except Exception as e:
                 log.warning("consumer close: %s", e)
-        await self._drop_partitions(set(self.workers), commit=False)
-        for producer in self._producers:
-            if producer is not None:
-                await asyncio.to_thread(producer.flush, 10)
-        self._consumer_thread.shutdown(wait=False)
-        self._commit_thread.shutdown(wait=False)
+        await self._release(set(self._owned) | set(self.workers) | set(self._restoring), commit=False,
+                            deadline=Deadline(min(5.0, deadline.left())))
+        for lane in (self._consumer_lane, *self._producer_lanes):
+            lane.close()
+        self._apply_pool.shutdown(wait=False)
         self.step_executor.shutdown(wait=False, cancel_futures=True)
         log.info("commit cycles: %s", self.timings.summary())
         log.info("instance %s stopped", self.instance_id)
 
+    # -- stalls ----------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        """A thread, not a task: a busy event loop is no stall, a frozen process (SIGSTOP, a VM
+        pause) stops every thread."""
+        while True:
+            now = time.monotonic()
+            gap = now - self._ticked
+            if gap > STALL_S:
+                self._stalled_for = max(self._stalled_for, gap)
+            self._ticked = now
+            time.sleep(0.2)
+
+    def _check_stall(self) -> bool:
+        """Whether work must wait: a rebuild runs, or this process was just frozen (which starts one).
+        Asked before routing records, firing timers and sealing a cycle."""
+        gap = max(self._stalled_for, time.monotonic() - self._ticked)
+        if gap > STALL_S:
+            self._stalled_for = 0.0
+            self._ticked = time.monotonic()
+            self._begin_rebuild(f"this process was frozen for {gap:.1f}s; confirming it still owns its "
+                                "partitions before doing any work")
+            return True
+        return self._rebuilding
+
     # -- polling ---------------------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._consumer is not None
-        consumer = self._consumer
         while not self._stop.is_set():
-            if self._needs_rewind:
-                self._needs_rewind = False
-                await loop.run_in_executor(self._consumer_thread, self._rewind)
-                for w in self.workers.values():
-                    w.load()
+            if self._consumer_failed is not None:
+                await self._replace_consumer(self._consumer_failed)
+            if self._restored and not self._rebuilding:
+                await self._activate()
             epoch = self._epoch
-            pause = self._backpressure()
-            msgs = await loop.run_in_executor(self._consumer_thread, _fetch, consumer, pause)
-            if epoch == self._epoch:  # else a transaction failed meanwhile: these get re-read
+            flow, self._flow = [*self._flow, *self._backpressure()], []
+            consumer = self._consumer
+            assert consumer is not None
+            try:
+                msgs = await self._consumer_lane.call(partial(_fetch, consumer, flow), POLL_S, "consumer poll")
+            except Stuck as e:
+                self._consumer_failed = str(e)
+                continue
+            if epoch == self._epoch and not self._check_stall():
                 for m in msgs:
                     self._route(m)
-            now = int(time.time() * 1000)
-            for w in list(self.workers.values()):
-                w.fire_timers(now)
+                now = int(time.time() * 1000)
+                for w in list(self.workers.values()):
+                    w.fire_timers(now)
             if self._error is not None:
                 raise self._error
 
-    def _backpressure(self) -> tuple[str, list[TopicPartition]] | None:
+    def _backpressure(self) -> list[tuple[str, list[TopicPartition]]]:
         """Pause the input topics while too many invocations are in flight (the inbox keeps flowing:
-        it carries the completions that let them finish); resume below 80 %. None: no change."""
+        it carries the completions that let them finish); resume below 80 %."""
         n = sum(w.in_flight() for w in self.workers.values())
         limit = self.app.config.max_in_flight
         if not self._inputs_paused and n > limit:
@@ -213,27 +291,74 @@ class Engine:
             self._inputs_paused = False
             log.info("%d invocations in flight: resuming input", n)
         else:
-            return None
+            return []
         action = "pause" if self._inputs_paused else "resume"
-        return action, [TopicPartition(t, p) for p in self.workers for t in self.app.bindings]
+        return [(action, [TopicPartition(t, p) for p in self.workers for t in self.app.bindings])]
 
     def _route(self, m: Message) -> None:
         err = m.error()
         if err is not None:
             if err.fatal() or err.code() == KafkaError._FATAL:
-                # e.g. another consumer took our group.instance.id: this instance must not go on
-                raise ProcessorError(f"the Kafka consumer hit a fatal error: {err.str()}")
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer: %s", err)
+                # e.g. FENCED_INSTANCE_ID after the broker was away longer than the session: the
+                # consumer object is done for, the instance is not
+                self._consumer_failed = f"the consumer hit a fatal error: {err.str()}"
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer: %s", err.str())
             return
         rec = InRecord.of(m)
         w = self.workers.get(rec.partition)
         if w is None:
-            return  # revoked while the batch was in flight; the next owner reads it
+            return  # not active (restoring, revoked, rebuilding): re-read from the committed offset
         if rec.topic == self.app.inbox_topic:
             w.on_inbox(rec)
         else:
             w.on_input(rec, self.app.bindings[rec.topic])
+
+    async def _replace_consumer(self, why: str) -> None:
+        """A broken consumer is rebuilt, not a reason to exit: a broker outage longer than the session
+        timeout ends in a fatal FENCED_INSTANCE_ID, and the state-dir lock already rules out a second
+        process with our instance id on this host."""
+        self._consumer_failed = None
+        self._note_fence(why)
+        log.warning("%s: dropping partitions %s and starting a new consumer", why, sorted(self._owned))
+        self._epoch += 1
+        await self._release(set(self._owned) | set(self._restoring) | set(self.workers), commit=False,
+                            deadline=Deadline(self._txn_s + 10))
+        old, old_lane = self._consumer, self._consumer_lane
+        self._consumer_lane = Lane("consumer")
+        if old is not None:
+            self._graveyard.append(old)
+            if not old_lane.abandoned:
+                try:
+                    await old_lane.call(old.close, 10, "closing the failed consumer")
+                except Stuck:
+                    pass
+                except Exception as e:
+                    log.info("closing the failed consumer: %s", e)
+            old_lane.close()
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                self._consumer = await self._consumer_lane.call(self._new_consumer, 30, "creating a consumer")
+                return
+            except (Stuck, KafkaException) as e:
+                log.warning("creating a new consumer failed (%s); retrying in %.1fs", e, backoff)
+                if self._consumer_lane.abandoned:
+                    self._consumer_lane = Lane("consumer")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _note_fence(self, why: str) -> None:
+        """Count fences of our own ids; many in a short time mean another instance runs with ours."""
+        now = time.monotonic()
+        self._fences.append(now)
+        while self._fences and self._fences[0] < now - FENCE_WINDOW_S:
+            self._fences.popleft()
+        if len(self._fences) >= FENCES_TO_GIVE_UP and self._error is None:
+            self._error = ProcessorError(
+                f"fenced {len(self._fences)} times in {FENCE_WINDOW_S:.0f}s (last: {why}): another process "
+                f"seems to run with instance id {self.instance_id!r}; every instance needs its own")
+            self.request_stop()
 
     # -- the commit cycle ------------------------------------------------------------------------
 
@@ -248,7 +373,7 @@ class Engine:
                 return
             await self._linger()
             await self.commit_cycle()
-            if self._stop.is_set():
+            if self._stop.is_set() and not self._has_work():
                 return
 
     async def _linger(self) -> None:
@@ -261,199 +386,396 @@ class Engine:
             await asyncio.sleep(0.0002)
 
     def _has_work(self) -> bool:
-        return any(w.has_work() for w in self.workers.values())
+        return not self._rebuilding and any(w.has_work() for w in self.workers.values())
 
-    async def commit_cycle(self, partitions: set[int] | None = None) -> bool:
-        """Commit everything pending (of `partitions`, default all) in one transaction. False when the
-        transaction failed and the partitions were rebuilt from their last committed state."""
+    async def commit_cycle(self, partitions: set[int] | None = None, *, deadline: Deadline | None = None) -> bool:
+        """Commit everything pending (of `partitions`, default all) in one transaction. False when
+        nothing could be committed: the transaction failed (a rebuild is under way) or work must wait."""
         async with self._commit_lock:
-            slices = [w.seal() for p, w in self.workers.items()
-                      if (partitions is None or p in partitions) and w.has_work()]
-            if not slices:
-                return True
-            loop = asyncio.get_running_loop()
-            self.phase = TxnPhase.COMMITTING
-            slot = self._turn
-            started = time.perf_counter()
-            stores = {s.partition: self.workers[s.partition].state.store for s in slices}
-            try:
-                await loop.run_in_executor(self._commit_thread, self._commit_blocking, slot, slices, stores)
-            except _CommitFailed as e:
-                self.phase = TxnPhase.ABORTING
-                await self._recover(e, slot)
-                self.phase = TxnPhase.IDLE
+            if self._check_stall():
                 return False
-            self.phase = TxnPhase.IDLE
+            workers = [w for p, w in self.workers.items() if (partitions is None or p in partitions) and w.has_work()]
+            if not workers:
+                return True
+            slot = self._turn
+            producer = self._producers[slot]
+            if producer is None:
+                self._begin_rebuild("no usable transactional producer")
+                return False
+            slices = [w.seal() for w in workers]
+            offsets = _fence_offsets(workers, slices, self.app.inbox_topic)
+            group = self._group_metadata
+            timeout = self._txn_s if deadline is None else min(self._txn_s, deadline.left())
+            started = time.perf_counter()
+            try:
+                written = await self._producer_lanes[slot].call(
+                    lambda: txn.commit(producer, changelog=self.app.changelog_topic, slices=slices, offsets=offsets,
+                                       group=group, timings=self.timings, flush_timeout=self._txn_s),
+                    timeout, "a commit cycle's Kafka transaction")
+            except Stuck as e:
+                self._lose_producer(slot)
+                self._begin_rebuild(str(e))
+                return False
+            except txn.TxnFailed as e:
+                await self._settle_failed(slot, e, deadline)
+                self._begin_rebuild(f"transaction failed ({e})")
+                return False
             self._turn = (slot + 1) % len(self._producers)
+            stores: dict[int, Store] = {s.partition: self._stores[s.partition] for s in slices}
+            try:
+                foreign = await asyncio.get_running_loop().run_in_executor(
+                    self._apply_pool, self._apply, slices, written, stores)
+            except Exception as e:
+                log.exception("applying a committed cycle to LMDB failed")
+                self._begin_rebuild(f"apply failed ({e})")
+                return False
             self.timings.add("cycle", time.perf_counter() - started)
             self.commits += 1
             for s in slices:
-                w = self.workers.get(s.partition)
-                if w is not None:
-                    w.committed(s)
+                self.workers[s.partition].committed(s)
+                self._last_committed.setdefault(s.partition, {}).update(s.offsets)
+            if foreign:
+                self._begin_rebuild(f"changelog partitions {sorted(foreign)} hold records this instance did not "
+                                    "write after its store's offset")
             return True
 
-    def _commit_blocking(self, slot: int, slices: list[CycleSlice], stores: dict[int, Store]) -> None:
-        """On the commit thread: one Kafka transaction for every slice, then (only once it committed)
-        each overlay applied to its LMDB store with the changelog offset after its last record."""
-        p, consumer = self._producers[slot], self._consumer
-        assert p is not None and consumer is not None
-        ends: dict[int, int] = {}
-        errors: list[KafkaError] = []
-
-        def on_changelog(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                errors.append(err)
-            else:
-                part, off = msg.partition() or 0, msg.offset() or 0
-                ends[part] = max(ends.get(part, 0), off + 1)
-
-        def on_output(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                errors.append(err)
-
-        watch = Stopwatch(self.timings)
-        try:
-            p.begin_transaction()
-            changelog = self.app.changelog_topic
-            n = 0
-            for s in slices:
-                for k, v in s.overlay.items():
-                    _produce(p, changelog, s.partition, k, v, None, on_changelog)
-                    n += 1
-                for r in s.outputs:
-                    _produce(p, r.topic, r.partition, r.key, r.value, r.headers, on_output)
-                n += len(s.outputs)
-            self.timings.records.append(n)
-            watch.lap("produce")
-            left = p.flush(30)
-            if left or errors:
-                raise _CommitFailed(errors[0] if errors else f"{left} records undelivered after 30s")
-            watch.lap("flush")
-            offsets = [TopicPartition(t, s.partition, o) for s in slices for t, o in s.offsets.items()]
-            if offsets:
-                # Cached at assignment: asking the consumer here blocks behind its consume() call
-                # (~100 ms). A stale generation is rejected by the broker (KIP-447), which aborts.
-                group = self._group_metadata or consumer.consumer_group_metadata()
-                p.send_offsets_to_transaction(offsets, group, 30)
-                watch.lap("send_offsets")
-            faults.point("before_kafka_commit")
-            p.commit_transaction(30)
-            watch.lap("commit")
-        except KafkaException as e:
-            err: KafkaError = e.args[0]
-            fatal = err.fatal() or (not err.txn_requires_abort() and not err.retriable())
-            raise _CommitFailed(err, fatal=fatal) from None
-        faults.point("after_kafka_commit")
+    def _apply(self, slices: list[CycleSlice], written: txn.Written, stores: dict[int, Store]) -> set[int]:
+        """On the apply thread, after the transaction committed: write each overlay into its store
+        with the changelog offset after its last record — but only where those records follow the
+        store's offset directly (at most one commit marker per producer in between). Anything else
+        means records the store never saw: read them from the changelog instead. Returns the
+        partitions where that read found records of another writer."""
+        foreign: set[int] = set()
+        gap_allowed = len(self._producers)
         for s in slices:
-            if len(s.overlay):
-                store = stores[s.partition]
-                store.apply(s.overlay.items(), ends.get(s.partition, store.changelog_offset()))
-        watch.lap("apply")
+            if not len(s.overlay):
+                continue
+            store, p = stores[s.partition], s.partition
+            start, first = store.changelog_offset(), written.first[p]
+            if 0 <= first - start <= gap_allowed:
+                store.apply(s.overlay.items(), written.end[p])
+                continue
+            log.warning("partition %d: this cycle's changelog records start at %d but the store is at %d; "
+                        "reading the changelog tail instead of applying", p, first, start)
+            stats = restore(store, consumer_config=kio.base_config(self.bootstrap), topic=self.app.changelog_topic,
+                            partition=p, deadline_s=60)
+            if stats.records > len(s.overlay):
+                foreign.add(p)
+        return foreign
 
-    async def _recover(self, failure: _CommitFailed, slot: int) -> None:
-        """Abort, drop the uncommitted overlays and in-memory invocations, rewind and rebuild."""
-        log.warning("transaction failed (%s); aborting and rebuilding partitions %s from their last commit",
-                    failure, sorted(self.workers))
+    async def _settle_failed(self, slot: int, e: txn.TxnFailed, deadline: Deadline | None, *,
+                             quiet: bool = False) -> None:
+        """After a failed transaction: abort it, or give up on the producer."""
+        (log.debug if quiet else log.warning)("transaction on %s failed: %s", self.transactional_id(slot), e)
+        if e.code in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
+            self._note_fence(str(e))
+        if e.outcome is txn.Outcome.PRODUCER_LOST:
+            self._lose_producer(slot)
+            return
+        producer = self._producers[slot]
+        if producer is None:
+            return
+        timeout = 10.0 if deadline is None else max(0.1, min(10.0, deadline.left()))
+        try:
+            await self._producer_lanes[slot].call(partial(txn.abort, producer, timeout), timeout + 1,
+                                                  "abort_transaction")
+        except (Stuck, txn.TxnFailed) as err:
+            log.warning("abort failed (%s); starting a new producer", err)
+            self._lose_producer(slot)
+
+    # -- recovery --------------------------------------------------------------------------------
+
+    def _begin_rebuild(self, why: str) -> None:
+        self._epoch += 1
+        if self._rebuilding:
+            return
+        self._rebuilding = True
+        self.rebuilds += 1
+        log.warning("%s: rebuilding partitions %s from their last commit", why, sorted(self._owned))
+        self._rebuild_task = asyncio.get_running_loop().create_task(self._rebuild(), name="rebuild")
+
+    async def _rebuild(self) -> None:
+        generation = self._assign_generation
+        try:
+            async with self._commit_lock:  # no commit in flight while partitions are dropped
+                active = set(self.workers)
+                for p in active:
+                    self.workers.pop(p).discard()
+                self._flow.append(("pause", self._tps(active)))
+            backoff, tries, said = 0.2, 0, 0.0
+            while not self._stop.is_set() and generation == self._assign_generation:
+                try:
+                    await self._confirm_ownership()
+                    break
+                except (Stuck, txn.TxnFailed, KafkaException) as e:
+                    tries += 1
+                    if time.monotonic() - said > 30:  # one line per 30 s while the broker or group is away
+                        said = time.monotonic()
+                        log.warning("ownership not confirmed yet (%d tries; %s); retrying until a new "
+                                    "assignment arrives", tries, e)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            if self._stop.is_set() or generation != self._assign_generation:
+                return  # a new assignment restores its partitions itself
+            for p in sorted(active & self._owned):
+                self._start_restore(p, seek=True)
+            for r in self._restored.values():
+                r.seek = True
+        finally:
+            self._rebuilding = False
+            self._work.set()
+
+    async def _confirm_ownership(self) -> None:
+        """Start missing producers, then an empty fenced transaction re-committing offsets the group
+        already holds: it commits only if this member still owns its partitions."""
+        for slot, p in enumerate(self._producers):
+            if p is None:
+                await self._start_producer(slot)
+        if not self._owned:
+            return
+        slot = self._turn
         producer = self._producers[slot]
         assert producer is not None
-        if failure.fatal:
-            err = failure.error
-            if isinstance(err, KafkaError) and err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
-                self._error = ProcessorError(
-                    f"transactional.id {self.transactional_id(slot)} was fenced: another instance runs with "
-                    f"instance id {self.instance_id!r}; every instance needs its own")
-                self._stop.set()
-                return
-            self._producers[slot] = await asyncio.to_thread(self._new_producer, slot)
-        else:
-            try:
-                await asyncio.to_thread(producer.abort_transaction, 30)
-            except KafkaException as e:
-                log.warning("abort failed (%s); starting a new producer", e.args[0])
-                self._producers[slot] = await asyncio.to_thread(self._new_producer, slot)
-        for w in self.workers.values():
-            w.discard()
-        # The poll loop rewinds to the committed offsets and reloads before it routes anything else;
-        # doing it here could deadlock with a rebalance callback waiting for the commit lock.
-        self._epoch += 1
-        self._needs_rewind = True
+        offsets = [TopicPartition(t, p, o) for p, known in sorted(self._known_offsets().items())
+                   for t, o in known.items()] or [TopicPartition(self.app.inbox_topic, min(self._owned), 0)]
+        group = self._group_metadata
+        try:
+            await self._producer_lanes[slot].call(lambda: txn.probe(producer, offsets, group, self._txn_s),
+                                                  self._txn_s + 5, "the ownership check")
+        except Stuck:
+            self._lose_producer(slot)
+            raise
+        except txn.TxnFailed as e:
+            await self._settle_failed(slot, e, None, quiet=True)
+            raise
+        self._turn = (slot + 1) % len(self._producers)
+        log.info("ownership of partitions %s confirmed", sorted(self._owned))
 
-    def _rewind(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        tps = [TopicPartition(t, p) for p in self.workers for t in self.input_topics]
-        for tp in consumer.committed(tps, timeout=30):
-            consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+    def _known_offsets(self) -> dict[int, dict[str, int]]:
+        return {p: o for p, o in self._last_committed.items() if p in self._owned and o}
 
-    # -- rebalances (callbacks run on the consumer thread) ---------------------------------------
+    # -- partitions ------------------------------------------------------------------------------
 
-    def _hop(self, coro_fn: Callable[[], Any]) -> None:
+    def _tps(self, partitions: Iterable[int]) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for p in sorted(partitions) for t in self.input_topics]
+
+    def _hop(self, coro_fn: Callable[[], Any], timeout: float) -> None:
         assert self._loop is not None
         try:
-            asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result()
+            asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result(timeout)
         except BaseException as e:
             self._error = self._error or e
-            self._loop.call_soon_threadsafe(self._stop.set)
+            self._loop.call_soon_threadsafe(self.request_stop)
 
     def _cb_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._group_metadata = consumer.consumer_group_metadata()
-        self._hop(lambda: self._assign(partitions))
+        # Paused until restored: the other partitions flow meanwhile (restore runs in the background).
+        consumer.assign(partitions)
+        consumer.pause(partitions)
+        self._hop(lambda: self._assigned(partitions), 60)
 
     def _cb_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._hop(lambda: self._drop_partitions({tp.partition for tp in partitions}, commit=True))
+        deadline = Deadline(self._txn_s + 10)
+        self._hop(lambda: self._release({tp.partition for tp in partitions}, commit=True, deadline=deadline),
+                  deadline.left() + 10)
 
     def _cb_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._hop(lambda: self._drop_partitions({tp.partition for tp in partitions}, commit=False))
+        faults.point("on_lost")
+        deadline = Deadline(self._txn_s + 10)
+        self._hop(lambda: self._release({tp.partition for tp in partitions}, commit=False, deadline=deadline),
+                  deadline.left() + 10)
 
-    async def _assign(self, tps: list[TopicPartition]) -> None:
+    async def _assigned(self, tps: list[TopicPartition]) -> None:
         numbers = kio.check_copartitioned([(tp.topic, tp.partition) for tp in tps], self.input_topics)
-        await asyncio.gather(*(self._open_partition(p) for p in sorted(numbers - set(self.workers))))
+        self._assign_generation += 1
+        self._epoch += 1
+        stale = (set(self.workers) | set(self._restoring) | set(self._restored)) - numbers
+        if stale:
+            await self._release(stale, commit=False, deadline=Deadline(self._txn_s + 10))
+        self._owned = set(numbers)
         self._inputs_paused = False  # a new assignment starts unpaused
-        log.info("assigned partitions %s", sorted(numbers))
-        self.ready.set()
+        self.ready.clear()
+        for p in sorted(numbers):
+            if p in self.workers:  # still active from before (never after an eager revoke)
+                continue
+            if p not in self._restoring and p not in self._restored:
+                self._start_restore(p, seek=False)
+        log.info("assignment %s: restoring from the changelog", sorted(numbers))
 
-    async def _open_partition(self, p: int) -> None:
-        store = self._stores.get(p)
-        if store is None:
-            store = await asyncio.to_thread(PartitionStore.open, self.root / str(p))
-            self._stores[p] = store
-        t0 = time.monotonic()
+    def _start_restore(self, p: int, *, seek: bool) -> None:
+        r = _Restore(partition=p, seek=seek)
+        self._restoring[p] = r
+        r.task = asyncio.get_running_loop().create_task(self._restore(r), name=f"restore {p}")
+
+    async def _restore(self, r: _Restore) -> None:
+        """Bring partition `r.partition`'s store to the changelog's end, on a lane of its own; the
+        partition stays paused meanwhile. Retries until it succeeds or the partition is released."""
+        p = r.partition
+        backoff = 0.5
+        while not r.stop:
+            try:
+                store = self._stores.get(p)
+                if store is None:
+                    store = self._stores[p] = await asyncio.to_thread(PartitionStore.open, self.root / str(p))
+                await self._restore_once(r, store)
+                break
+            except RestoreCancelled:
+                break
+            except RestoreError as e:
+                log.warning("partition %d: restore failed (%s); retrying in %.1fs", p, e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except Stuck as e:
+                self._error = self._error or ProcessorError(f"partition {p}: {e}")
+                self.request_stop()
+                return
+        if self._restoring.get(p) is r:
+            del self._restoring[p]
+            if not r.stop:
+                self._restored[p] = r
+
+    async def _restore_once(self, r: _Restore, store: Store) -> None:
+        p = r.partition
+        lane = Lane(f"restore-{p}")
+        last = 0.0
 
         def progress(done: int, left: int, rate: float) -> None:
-            if done or left:
-                    log.info("partition %d: restoring changelog, %d records applied, %d left, %.0f records/s",
-                         p, done, left, rate)
+            nonlocal last
+            if (done or left) and time.monotonic() - last >= 5:
+                last = time.monotonic()
+                eta = f", ETA {left / rate:.0f}s" if rate > 0 and left else ""
+                log.info("partition %d: restoring, %d records applied, %d left, %.0f records/s%s",
+                         p, done, left, rate, eta)
 
-        stats = await asyncio.to_thread(
-            restore, store, consumer_config=kio.base_config(self.bootstrap),
-            topic=self.app.changelog_topic, partition=p, progress=progress)
+        try:
+            stats = await lane.call(lambda: restore(
+                store, consumer_config=kio.base_config(self.bootstrap), topic=self.app.changelog_topic,
+                partition=p, progress=progress, should_stop=lambda: r.stop, deadline_s=600),
+                660, f"restoring partition {p}")
+        finally:
+            lane.close()
         if stats.records:
             log.info("partition %d: restored %d changelog records in %.2fs", p, stats.records,
-                     time.monotonic() - t0)
-        w = PartitionWorker(app=self.app, partition=p, partitions_total=self.partitions_total, store=store,
-                            step_executor=self.step_executor, on_work=self._on_work, trimmer=self._trimmer)
-        self.workers[p] = w
-        w.load()
+                     time.monotonic() - r.started)
 
-    async def _drop_partitions(self, numbers: set[int], *, commit: bool) -> None:
-        numbers &= set(self.workers)
-        if not numbers:
+    async def _activate(self) -> None:
+        """On the poll loop, between polls: restored partitions get their committed offsets (rewinding
+        where records were dropped), a worker loaded from the store, and are resumed."""
+        ready = dict(self._restored)
+        consumer = self._consumer
+        assert consumer is not None
+        tps = self._tps(ready)
+        try:
+            committed = await self._consumer_lane.call(lambda: consumer.committed(tps, timeout=10), 15,
+                                                       "reading committed offsets")
+        except Stuck as e:
+            self._consumer_failed = str(e)
             return
-        if commit:
-            try:
-                await asyncio.wait_for(self.commit_cycle(numbers), 30)
-            except TimeoutError:
-                log.warning("commit on revoke timed out; the next owner resumes from the last commit")
-        async with self._commit_lock:
+        except KafkaException as e:
+            log.warning("reading committed offsets of partitions %s failed (%s); retrying", sorted(ready), e)
+            return
+        by_partition: dict[int, dict[str, int]] = {p: {} for p in ready}
+        for tp in committed:
+            if tp.error is None and tp.offset >= 0:
+                by_partition[tp.partition][tp.topic] = tp.offset
+        seeks = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+                 for tp in committed if ready[tp.partition].seek]
+        resume = [tp for tp in tps if not (self._inputs_paused and tp.topic in self.app.bindings)]
+
+        def rewind_and_resume() -> None:
+            for tp in seeks:
+                consumer.seek(tp)
+            consumer.resume(resume)
+
+        try:
+            await self._consumer_lane.call(rewind_and_resume, 15, "rewinding and resuming partitions")
+        except Stuck as e:
+            self._consumer_failed = str(e)
+            return
+        except KafkaException as e:
+            log.warning("rewinding partitions %s failed (%s); retrying", sorted(ready), e)
+            return
+        for p in sorted(ready):
+            del self._restored[p]
+            w = PartitionWorker(app=self.app, partition=p, partitions_total=self.partitions_total,
+                                store=self._stores[p], step_executor=self.step_executor, on_work=self._on_work,
+                                trimmer=self._trimmer)
+            w.set_committed(by_partition[p])
+            self._last_committed[p] = by_partition[p]
+            self.workers[p] = w
+            w.load()
+        self._ticked = time.monotonic()  # loading is work on this loop, not a stall
+        log.info("partitions %s active", sorted(ready))
+        if not self._restoring and not self._restored and set(self.workers) == self._owned:
+            log.info("assigned partitions %s ready", sorted(self._owned))
+            self.ready.set()
+
+    async def _release(self, numbers: set[int], *, commit: bool, deadline: Deadline) -> None:
+        """Give partitions up (revoke: `commit` what is pending first; lost: drop it), all within
+        `deadline`. A store is closed only when no commit and no restore can touch it any more."""
+        numbers = set(numbers)
+        self._owned -= numbers
+        self._epoch += 1
+        for p in numbers:
+            self._restored.pop(p, None)
+        restores = [r for p, r in self._restoring.items() if p in numbers]
+        for r in restores:
+            r.stop = True
+        active = numbers & set(self.workers)
+        if commit and active and not self._rebuilding:
+            await self.commit_cycle(active, deadline=deadline)
+        for r in restores:
+            if r.task is not None and not r.task.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(r.task), deadline.left())
+                except TimeoutError:
+                    log.warning("partition %d: restore still running at release", r.partition)
+        locked = False
+        try:
+            await asyncio.wait_for(self._commit_lock.acquire(), max(0.01, deadline.left()))
+            locked = True
+        except TimeoutError:
+            log.warning("partitions %s: a commit is still in flight at release; closing their stores after it",
+                        sorted(numbers))
+        try:
             for p in numbers:
-                w = self.workers.pop(p)
-                w.discard()
-                store = self._stores.pop(p, None)
-                if store is not None:
-                    store.sync()
-                    store.close()
-        log.info("released partitions %s", sorted(numbers))
+                w = self.workers.pop(p, None)
+                if w is not None:
+                    w.discard()
+            if locked:
+                self._close_stores(numbers)
+            else:
+                asyncio.get_running_loop().create_task(self._close_stores_later(numbers))
+        finally:
+            if locked:
+                self._commit_lock.release()
+        if numbers & (active | {r.partition for r in restores}):
+            log.info("released partitions %s", sorted(numbers & (active | {r.partition for r in restores})))
+
+    def _close_stores(self, numbers: Iterable[int]) -> None:
+        for p in numbers:
+            if p in self._restoring or p in self._owned:
+                continue  # a restore still runs on it, or it came back meanwhile
+            store = self._stores.pop(p, None)
+            if store is not None:
+                store.sync()
+                store.close()
+
+    async def _close_stores_later(self, numbers: set[int]) -> None:
+        async with self._commit_lock:
+            self._close_stores(numbers)
+
+
+def _fence_offsets(workers: list[PartitionWorker], slices: list[CycleSlice], inbox: str) -> list[TopicPartition]:
+    """The offsets a cycle sends with the group metadata: the ones it moved, else the ones the group
+    already holds. Never none: a transaction without them would not be checked against the group."""
+    offsets: list[TopicPartition] = []
+    for w, s in zip(workers, slices, strict=True):
+        moved = s.offsets or w.committed_offsets()
+        offsets.extend(TopicPartition(t, s.partition, o) for t, o in moved.items())
+    if not offsets:  # nothing was ever committed for these partitions: re-committing "from 0" is the same
+        offsets.append(TopicPartition(inbox, slices[0].partition, 0))
+    return offsets
 
 
 def _lock_state_dir(root: Path) -> TextIO:
@@ -475,31 +797,20 @@ def _lock_state_dir(root: Path) -> TextIO:
     return f
 
 
-def _fetch(consumer: Consumer, flow: tuple[str, list[TopicPartition]] | None) -> list[Message]:
-    """On the consumer thread: apply a pause/resume decision, then block for the first record (or
+def _fetch(consumer: Consumer, flow: list[tuple[str, list[TopicPartition]]]) -> list[Message]:
+    """On the consumer lane: apply pause/resume decisions, then block for the first record (or
     50 ms) and take whatever else is already there. A plain ``consume(n, timeout)`` waits for all n
     records or the whole timeout: +50 ms per idle pickup."""
-    if flow is not None:
-        (consumer.pause if flow[0] == "pause" else consumer.resume)(flow[1])
+    for action, tps in flow:
+        if tps:
+            try:
+                (consumer.pause if action == "pause" else consumer.resume)(tps)
+            except KafkaException as e:  # e.g. partitions revoked meanwhile
+                log.info("%s %d partitions: %s", action, len(tps), e)
     first = consumer.poll(0.05)
     if first is None:
         return []
     return [first, *consumer.consume(999, 0)]
-
-
-def _produce(p: Producer, topic: str, partition: int | None, key: bytes | None, value: bytes | None,
-             headers: list[tuple[str, bytes]] | None, cb: Callable[[KafkaError | None, Message], None]) -> None:
-    kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": cb}
-    if partition is not None:
-        kwargs["partition"] = partition
-    if headers:
-        kwargs["headers"] = headers
-    while True:
-        try:
-            p.produce(topic, **kwargs)
-            return
-        except BufferError:
-            p.poll(0.05)  # local queue full: let deliveries drain
 
 
 __all__ = ["ConfigurationError", "Engine"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -94,7 +95,23 @@ def ensure_topics(admin: AdminClient, app: App, *, timeout: float = 30.0) -> int
             except KafkaException as e:
                 if e.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another instance won the race
                     raise ConfigurationError(f"cannot create topic {t}: {e.args[0]}") from None
+        wait_for_leaders(admin, [t.topic for t in missing], timeout=timeout)
     return p
+
+
+def wait_for_leaders(admin: AdminClient, topics: list[str], *, timeout: float) -> None:
+    """Wait until every partition of `topics` has a leader: a just-created topic answers
+    NOT_LEADER_OR_FOLLOWER for a moment, which must not reach a restore or the first commit."""
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(timeout=max(1.0, deadline - time.monotonic()))
+        waiting = [t for t in topics if (tm := md.topics.get(t)) is None or tm.error is not None
+                   or any(pm.leader < 0 for pm in tm.partitions.values())]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise ConfigurationError(f"topics {waiting} have partitions without a leader after {timeout:.0f}s")
+        time.sleep(0.1)
 
 
 def check_copartitioned(assigned: Iterable[tuple[str, int]], topics: Iterable[str]) -> set[int]:

@@ -358,6 +358,15 @@ class PartitionWorker(Messaging):
         self._outputs, self._releases = [], []
         return s
 
+    def set_committed(self, offsets: dict[str, int]) -> None:
+        """The group's committed offsets of this partition's topics, read when it became active."""
+        self._committed_positions = dict(offsets)
+        self._positions = dict(offsets)
+
+    def committed_offsets(self) -> dict[str, int]:
+        """What the group has committed for this partition (as far as this instance knows)."""
+        return dict(self._committed_positions)
+
     def committed(self, s: CycleSlice) -> None:
         """The cycle holding `s` committed in Kafka and its overlay is in LMDB: drop the layer, then
         release its results."""

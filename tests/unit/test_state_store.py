@@ -33,7 +33,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Facto
 def test_public_surface_is_pinned() -> None:
     assert sorted(state.__all__) == sorted([
         "FORMAT_VERSION", "MISSING", "MemoryStore", "Missing", "Overlay", "OverlayError",
-        "PartitionState", "PartitionStore", "RestoreError", "RestoreStats", "Store",
+        "PartitionState", "PartitionStore", "RestoreCancelled", "RestoreError", "RestoreStats", "Store",
         "StoreClosedError", "StoreError", "StoreFormatError", "restore",
     ])
 
