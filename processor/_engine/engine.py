@@ -36,9 +36,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from processor._app import App
-from processor._engine import faults
+from processor._engine import faults, txn
 from processor._engine import kafka as kio
-from processor._engine import txn
 from processor._engine.lanes import Deadline, Lane, Stuck
 from processor._engine.memtrim import Trimmer
 from processor._engine.metrics import CommitTimings
