@@ -155,6 +155,7 @@ class Engine:
         log.info("instance %s of app %s started (transactional.ids %s; %d partitions per topic)",
                  self.instance_id, self.app.name,
                  ", ".join(self.transactional_id(i) for i in range(len(self._producers))), self.partitions_total)
+        self._ticked = time.monotonic()
         ticker = threading.Thread(target=self._tick, name="stall-watch", daemon=True)
         ticker.start()
         tasks = [asyncio.create_task(self._poll_loop(), name="poll"),
