@@ -156,26 +156,40 @@ class Messaging:
 
     def _cmd_invoke(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
         target = f"{cmd['service']}/{cmd['handler']}"
-        h = self.app.handler(target)
-        if h is None:
-            return "UnknownHandler", f"no handler {target} in app {self.app.name}"
-        if h.keyed and cmd["key"] is None:
-            return "MissingKey", f"{target} needs a key"
         inv = cmd["invocation_id"] or invocation_id_for_record(msg.topic, self.partition, msg.offset)
-        if routing.partition_of(inv) != self.partition:
-            return "WrongPartition", f"invocation {inv} belongs to partition {routing.partition_of(inv)}"
+        try:
+            home = routing.partition_of(inv)
+        except ValueError as e:
+            return "BadInvocationId", str(e)
+        if home != self.partition:
+            return "WrongPartition", f"invocation {inv} belongs to partition {home}"
+        h = self.app.handler(target)
+        refused: Failure | None = None
+        if h is None:
+            refused = Failure(type="UnknownHandler", message=f"no handler {target} in app {self.app.name}")
+        elif h.keyed and cmd["key"] is None:
+            refused = Failure(type="MissingKey", message=f"{target} is keyed: invoke it with a key")
+        problem = None if refused is None else (refused.type, refused.message)
         if cmd["caller_id"] is not None:
             self.write(keys.subscriber_key(inv, cmd["caller_id"], cmd["caller_seq"]),
                        str(cmd["caller_partition"]).encode())
         existing = self._row(inv)
         if existing is not None:  # the same invocation again (idempotency key, workflow run, redelivery)
             self._attach(existing, notify=cmd["notify"])
-            return None
-        self.create(InvocationRow(
-            id=inv, service=h.service, handler=h.name, key=cmd["key"] if h.keyed else None,
+            return problem
+        row = InvocationRow(
+            id=inv, service=cmd["service"], handler=cmd["handler"],
+            key=cmd["key"] if h is None or h.keyed else None,
             status=Status.QUEUED, input=cmd["payload"] or b"", created_ms=self.now_ms(),
             caller_id=cmd["caller_id"], caller_seq=cmd["caller_seq"], caller_partition=cmd["caller_partition"],
-            notify=cmd["notify"], idempotency_key=cmd["idempotency_key"]), h)
+            notify=cmd["notify"], idempotency_key=cmd["idempotency_key"])
+        if refused is not None:
+            # Besides the DLQ record, fail it for good: its caller or Client gets the reason at once,
+            # and `result(id)` (or the same command again) finds it while it is retained.
+            self.finish_row(row, None, refused)
+            return problem
+        assert h is not None  # refused otherwise
+        self.create(row, h)
         return None
 
     def _attach(self, row: InvocationRow, *, notify: bool) -> None:
