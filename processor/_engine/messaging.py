@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("processor.partition")
 
 KILLED = Failure(type="Killed", message="the invocation was killed")
+ALIAS_SEQ = 0xFFFFFFFF  # subscriber seq of an alias: publish the outcome under the alias id
 
 
 def command(kind: str, **fields: Any) -> bytes:
@@ -63,6 +64,8 @@ class Messaging:
         def create(self, row: InvocationRow, h: HandlerDef) -> None: ...
         def start(self, row: InvocationRow) -> None: ...
         def finish_row(self, row: InvocationRow, result: bytes | None, failure: Failure | None) -> None: ...
+        def schedule_timer(self, due_ms: int, invocation_id: str, seq: int, kind: TimerKind,
+                           attempt: int = 0) -> None: ...
 
     # -- out ---------------------------------------------------------------------------------------
 
@@ -115,8 +118,12 @@ class Messaging:
         prefix = keys.subscriber_prefix(row.id)
         for k, v in list(self.state.scan(prefix)):
             _, caller, seq = keys.parse_subscriber_key(k)
-            self.send_command(int(v.decode()), caller, command(
-                "response", invocation_id=caller, seq=seq, payload=row.result, failure=failure_dict(row.failure)))
+            if seq == ALIAS_SEQ:
+                self._answer_alias(row, caller)
+            else:
+                self.send_command(int(v.decode()), caller, command(
+                    "response", invocation_id=caller, seq=seq, payload=row.result,
+                    failure=failure_dict(row.failure)))
             self.write(k, None)
         if row.notify:
             self.publish_result(row)
@@ -170,19 +177,27 @@ class Messaging:
         elif h.keyed and cmd["key"] is None:
             refused = Failure(type="MissingKey", message=f"{target} is keyed: invoke it with a key")
         problem = None if refused is None else (refused.type, refused.message)
+        notify = cmd["notify"]
+        if h is not None and refused is None and h.kind is HandlerKind.WORKFLOW_RUN:
+            run_id, home = self.callee_id(h, cmd["key"], ())
+            if run_id != inv:  # a Client's own id for the run: make it an alias of the key's one run
+                if home != self.partition:
+                    return "WrongPartition", f"workflow run {run_id} belongs to partition {home}"
+                self._alias(inv, run_id)
+                inv, notify = run_id, False  # the alias publishes the outcome under its own id
         if cmd["caller_id"] is not None:
             self.write(keys.subscriber_key(inv, cmd["caller_id"], cmd["caller_seq"]),
                        str(cmd["caller_partition"]).encode())
         existing = self._row(inv)
         if existing is not None:  # the same invocation again (idempotency key, workflow run, redelivery)
-            self._attach(existing, notify=cmd["notify"])
+            self._attach(existing, notify=notify)
             return problem
         row = InvocationRow(
             id=inv, service=cmd["service"], handler=cmd["handler"],
             key=cmd["key"] if h is None or h.keyed else None,
             status=Status.QUEUED, input=cmd["payload"] or b"", created_ms=self.now_ms(),
             caller_id=cmd["caller_id"], caller_seq=cmd["caller_seq"], caller_partition=cmd["caller_partition"],
-            notify=cmd["notify"], idempotency_key=cmd["idempotency_key"])
+            notify=notify, idempotency_key=cmd["idempotency_key"])
         if refused is not None:
             # Besides the DLQ record, fail it for good: its caller or Client gets the reason at once,
             # and `result(id)` (or the same command again) finds it while it is retained.
@@ -191,6 +206,37 @@ class Messaging:
         assert h is not None  # refused otherwise
         self.create(row, h)
         return None
+
+    # -- aliases: other ids of an invocation (a Client's id for a workflow run) ---------------------
+
+    def _alias(self, alias: str, target: str) -> None:
+        """Make `alias` name invocation `target` (same partition): attach, cancel and kill by it reach
+        the target, and the target's outcome is published under it too."""
+        self.write(keys.dedup_key(alias), target.encode())
+        row = self._row(target)
+        if row is not None and row.status.terminal:
+            self._answer_alias(row, alias)
+        else:
+            self.write(keys.subscriber_key(target, alias, ALIAS_SEQ), str(self.partition).encode())
+
+    def _answer_alias(self, row: InvocationRow, alias: str) -> None:
+        """Publish finished `row`'s outcome under `alias`, which is forgotten with the row's retention."""
+        from processor._engine.partition import INVOCATION_SEQ
+
+        self.publish_result(replace(row, id=alias))
+        retention = int(self.app.config.retention.total_seconds() * 1000)
+        self.schedule_timer(self.now_ms() + retention, alias, INVOCATION_SEQ, TimerKind.PURGE)
+
+    def resolve_alias(self, invocation_id: str) -> str:
+        """The invocation `invocation_id` names: itself, or the target of an alias."""
+        if self.state.get(keys.invocation_key(invocation_id)) is not None:
+            return invocation_id
+        target = self.state.get(keys.dedup_key(invocation_id))
+        return invocation_id if target is None else target.decode()
+
+    def forget_alias(self, alias: str) -> None:
+        if self.state.get(keys.dedup_key(alias)) is not None:
+            self.write(keys.dedup_key(alias), None)
 
     def _attach(self, row: InvocationRow, *, notify: bool) -> None:
         if row.status.terminal:
@@ -209,9 +255,13 @@ class Messaging:
         self.write(keys.invocation_key(row.id), row.encode())
 
     def _cmd_attach(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
-        row = self._row(cmd["invocation_id"] or "")
+        inv = cmd["invocation_id"] or ""
+        target = self.resolve_alias(inv)
+        row = self._row(target)
         if row is None:
-            self.publish_result(None, cmd["invocation_id"])
+            self.publish_result(None, inv)
+        elif target != inv:
+            self._alias(inv, target)
         else:
             self._attach(row, notify=True)
         return None
@@ -244,7 +294,7 @@ class Messaging:
         return None
 
     def _cmd_cancel(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
-        inv = cmd["invocation_id"] or ""
+        inv = self.resolve_alias(cmd["invocation_id"] or "")
         row = self._row(inv)
         if row is None or row.status.terminal:
             return None
@@ -282,7 +332,7 @@ class Messaging:
         self.finish_row(row, None, failure)
 
     def _cmd_kill(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
-        inv = cmd["invocation_id"] or ""
+        inv = self.resolve_alias(cmd["invocation_id"] or "")
         row = self._row(inv)
         if row is None or row.status.terminal:
             return None

@@ -343,6 +343,7 @@ class PartitionWorker(Messaging):
         for k, _ in list(self.state.scan(keys.journal_prefix(invocation_id))):
             self.write(k, None)
         self.write(keys.invocation_key(invocation_id), None)
+        self.forget_alias(invocation_id)
 
     # -- the commit cycle ------------------------------------------------------------------------
 
