@@ -1,6 +1,6 @@
 """What a partition worker says to and hears from other partitions and the outside world: inbox
-commands (invoke, response, awakeables, attach, cancel, kill), results for Clients, completions of
-durable waits, workflow promises, and suspension of idle invocations."""
+commands (invoke, forward, response, awakeables, attach, cancel, kill), results for Clients,
+completions of durable waits, workflow promises, and suspension of idle invocations."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import schemas
-from processor._app import App, HandlerDef, HandlerKind
-from processor._engine import routing
+from processor._app import App, Binding, HandlerDef, HandlerKind
+from processor._engine import forwarding, routing
 from processor._engine.core import Entry, Failure, invocation_id_for_record
 from processor._engine.records import InvocationRow, Status, TimerKind, encode_timer
 from processor._errors import TerminalError
@@ -55,6 +55,7 @@ class Messaging:
     _queues: dict[tuple[str, str], deque[str]]
     _outputs: list[OutRecord]
     _on_work: Callable[[], None]
+    forwards: forwarding.ForwardStats = forwarding.FORWARDS
 
     if TYPE_CHECKING:
         def write(self, key: bytes, value: bytes | None) -> None: ...
@@ -62,6 +63,7 @@ class Messaging:
         def after_commit(self, fn: Callable[[], None]) -> None: ...
         def dead_letter(self, msg: InRecord, reason: str, error_class: str) -> None: ...
         def create(self, row: InvocationRow, h: HandlerDef) -> None: ...
+        def admit(self, msg: InRecord, binding: Binding) -> None: ...
         def start(self, row: InvocationRow) -> None: ...
         def finish_row(self, row: InvocationRow, result: bytes | None, failure: Failure | None) -> None: ...
         def schedule_timer(self, due_ms: int, invocation_id: str, seq: int, kind: TimerKind,
@@ -75,6 +77,21 @@ class Messaging:
         self._outputs.append(OutRecord(topic=self.app.inbox_topic, partition=partition,
                                        key=record_key.encode(), value=data))
         self._on_work()
+
+    def forward_if_foreign(self, msg: InRecord, binding: Binding) -> bool:
+        """Forward bound record `msg` to the partition that owns its key if that is not this one; the
+        command commits with the record's offset, so it is forwarded exactly once."""
+        from processor._engine.partition import OutRecord
+
+        to = forwarding.owner(msg.key, binding.handler.keyed, self.partition, self.partitions_total)
+        if to is None or msg.key is None:
+            return False
+        data = forwarding.forward_command(topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                                          key=msg.key, value=msg.value, headers=msg.headers)
+        self._outputs.append(OutRecord(topic=self.app.inbox_topic, partition=to, key=msg.key, value=data))
+        self.forwards.add(msg.topic, msg.key, self.partition, to, self.app.inbox_topic)
+        self._on_work()
+        return True
 
     def resolve_target(self, target: Callable[..., Any] | str, key: str | None) -> HandlerDef:
         h = self.app.handler(target) if isinstance(target, str) else self.app.handler_for(target)
@@ -266,6 +283,23 @@ class Messaging:
             self._attach(row, notify=True)
         return None
 
+    def _cmd_forward(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
+        from processor._engine.partition import InRecord
+
+        rec = InRecord(topic=cmd["source_topic"] or "", partition=cmd["source_partition"],
+                       offset=cmd["source_offset"], key=cmd["record_key"], value=cmd["payload"],
+                       headers=[(h["name"], h["value"]) for h in cmd["headers"]])
+        binding = self.app.bindings.get(rec.topic)
+        if binding is None:
+            self.dead_letter(rec, f"forwarded record of topic {rec.topic!r}, which no handler of this deploy is "
+                                  "bound to", "UnboundTopic")
+        elif forwarding.owner(rec.key, binding.handler.keyed, self.partition, self.partitions_total) is not None:
+            self.dead_letter(rec, f"forwarded to partition {self.partition}, which does not own its key",
+                             "WrongPartition")
+        else:  # exactly as if it had arrived here (its offset is the source partition's business)
+            self.admit(rec, binding)
+        return None
+
     def _cmd_response(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
         return self._complete_pending(cmd["invocation_id"], cmd["seq"], "call", cmd["payload"],
                                       failure_of(cmd["failure"]))
@@ -420,6 +454,7 @@ def _timer(due_ms: int, owner: tuple[str, int], payload: bytes) -> Any:
 
 _COMMANDS: dict[str, Callable[[Messaging, InRecord, dict[str, Any]], tuple[str, str] | None]] = {
     "invoke": Messaging._cmd_invoke,
+    "forward": Messaging._cmd_forward,
     "response": Messaging._cmd_response,
     "resolve_awakeable": Messaging._cmd_awakeable,
     "reject_awakeable": Messaging._cmd_awakeable,
