@@ -17,9 +17,10 @@ from processor._context import (
     WorkflowSharedContext,
     current_step,
 )
-from processor._engine.waits import InvocationCancelled
 from processor._errors import (
     ConfigurationError,
+    InvocationCancelled,
+    InvocationKilled,
     NondeterminismError,
     ProcessorError,
     SerdeError,
@@ -40,6 +41,7 @@ __all__ = [
     "DurableFuture",
     "DurablePromise",
     "InvocationCancelled",
+    "InvocationKilled",
     "InvocationNotFound",
     "JsonSerde",
     "NondeterminismError",

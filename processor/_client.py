@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 import schemas
 from processor._engine import routing
-from processor._errors import ProcessorError, TerminalError
+from processor._errors import ProcessorError, terminal_error
 from processor._serde import JsonSerde, Serde
 
 
@@ -69,7 +69,9 @@ class Client:
 
     async def call(self, target: str, arg: Any, *, key: str | None = None, idempotency_key: str | None = None,
                    timeout: timedelta = timedelta(minutes=5)) -> Any:
-        """``invoke`` and wait for the result (TerminalError if the invocation failed)."""
+        """``invoke`` and wait for the result. Raises TerminalError if the invocation failed or cannot
+        run (unknown handler, keyed handler without `key`; ``error_type`` says which), and its
+        subclasses InvocationCancelled / InvocationKilled if it was cancelled / killed."""
         inv, send = await self._invocation(target, arg, key, idempotency_key)
         start = await asyncio.to_thread(self._end_offset, routing.partition_of(inv))
         await send()
@@ -106,7 +108,8 @@ class Client:
 
     async def result(self, invocation_id: str, *, timeout: timedelta = timedelta(minutes=5)) -> Any:
         """Attach to an invocation and return its result once it finished (TerminalError if it failed,
-        InvocationNotFound if there is no such invocation)."""
+        InvocationCancelled / InvocationKilled if it was cancelled / killed, InvocationNotFound if
+        there is no such invocation)."""
         p = routing.partition_of(invocation_id)
         start = await asyncio.to_thread(self._end_offset, p)
         await self._send(p, invocation_id, "attach", invocation_id=invocation_id)
@@ -196,8 +199,8 @@ class Client:
                 r = schemas.decode("InvocationResult", m.value() or b"")
                 if r["status"] == "unknown":
                     raise InvocationNotFound(f"no invocation {invocation_id} in app {self.app!r}")
-                if r["failure"] is not None:
-                    raise TerminalError(r["failure"]["message"], error_type=r["failure"]["type"])
+                if r["failure"] is not None:  # InvocationCancelled, InvocationKilled or TerminalError
+                    raise terminal_error(r["failure"]["type"], r["failure"]["message"])
                 return None if r["value"] is None else self._serde.deserialize(r["value"])
             raise TimeoutError(f"no result for {invocation_id} within {timeout_s:.0f}s")
         finally:

@@ -2,7 +2,9 @@
 
     ProcessorError                 root of everything the processor raises at users
     ├── TerminalError              fails a step or invocation at once; never retried
-    │   └── StepFailedError        a step's retries are exhausted (raised in the handler)
+    │   ├── StepFailedError        a step's retries are exhausted (raised in the handler)
+    │   ├── InvocationCancelled    the invocation (or one it awaits) was cancelled
+    │   └── InvocationKilled       the invocation was killed (no compensation ran)
     ├── NondeterminismError        replay diverged from the journal; the invocation is paused
     ├── ConfigurationError         the app or its topics are set up wrong; refuse to run
     └── SerdeError                 a value could not be serialized or deserialized
@@ -33,6 +35,27 @@ class TerminalError(ProcessorError):
 
 class StepFailedError(TerminalError):
     """A step failed on every attempt its RetryPolicy allowed."""
+
+
+class InvocationCancelled(TerminalError):
+    """Raised at an invocation's next durable await after ``Client.cancel``: catch it to compensate.
+    ``Client.result``/``call`` of a cancelled invocation raise it too."""
+
+
+class InvocationKilled(TerminalError):
+    """``Client.result``/``call`` of an invocation stopped by ``Client.kill`` (and a call awaiting one)
+    raise it: the invocation stopped where it was, with no compensation."""
+
+
+_BY_FAILURE_TYPE: dict[str, type[TerminalError]] = {
+    "Cancelled": InvocationCancelled,
+    "Killed": InvocationKilled,
+}
+
+
+def terminal_error(error_type: str, message: str) -> TerminalError:
+    """The error a recorded failure of `error_type` is raised as (to handlers and to Clients)."""
+    return _BY_FAILURE_TYPE.get(error_type, TerminalError)(message, error_type=error_type)
 
 
 class NondeterminismError(ProcessorError):

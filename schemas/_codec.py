@@ -23,7 +23,7 @@ CURRENT_VERSIONS: Mapping[str, int] = {
     "Invocation": 3,
     "JournalEntry": 2,
     "Timer": 2,
-    "InboxCommand": 2,
+    "InboxCommand": 3,
     "InvocationResult": 1,
 }
 

@@ -60,6 +60,7 @@ STATE = b"S"
 INBOX = b"Q"
 TIMER = b"T"
 DEDUP = b"D"
+"""Other ids of an invocation (a Client's own id for a workflow's run): alias id -> invocation id."""
 META = b"M"
 """Engine counters; changelogged like everything else."""
 ACTIVE = b"A"
@@ -279,7 +280,7 @@ def parse_promise_waiter_key(k: bytes) -> tuple[str, str, str, str, int]:
 
 
 def dedup_key(token: str) -> bytes:
-    """Key of a deduplication token (idempotency key or source topic/partition/offset)."""
+    """Key of a deduplication token: an alias id that names another invocation."""
     return _done(DEDUP + _str(token))
 
 

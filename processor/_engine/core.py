@@ -154,9 +154,10 @@ def retry_entry(entry: Entry, *, attempts: int, retry_at_ms: int, failure: Failu
     return replace(entry, attempts=attempts, retry_at_ms=retry_at_ms, failure=failure, value=None)
 
 
-def invocation_id_for_record(topic: str, partition: int, offset: int) -> str:
-    """Deterministic invocation id of the record at (topic, partition, offset): redelivery of the
-    same record can never start a second invocation."""
-    return routing.invocation_id(partition, "record", topic, str(offset))
+def invocation_id_for_record(topic: str, partition: int, offset: int, *, owner: int | None = None) -> str:
+    """Deterministic invocation id of the record at (topic, partition, offset), living on partition
+    `owner` (default: where the record is; another one for a record forwarded to its key's owner):
+    redelivery of the same record, or of its forward, can never start a second invocation."""
+    return routing.invocation_id(partition if owner is None else owner, "record", topic, str(partition), str(offset))
 
 

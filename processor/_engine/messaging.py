@@ -1,6 +1,6 @@
 """What a partition worker says to and hears from other partitions and the outside world: inbox
-commands (invoke, response, awakeables, attach, cancel, kill), results for Clients, completions of
-durable waits, workflow promises, and suspension of idle invocations."""
+commands (invoke, forward, response, awakeables, attach, cancel, kill), results for Clients,
+completions of durable waits, workflow promises, and suspension of idle invocations."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import schemas
-from processor._app import App, HandlerDef, HandlerKind
-from processor._engine import routing
+from processor._app import App, Binding, HandlerDef, HandlerKind
+from processor._engine import forwarding, routing
 from processor._engine.core import Entry, Failure, invocation_id_for_record
 from processor._engine.records import InvocationRow, Status, TimerKind, encode_timer
 from processor._errors import TerminalError
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("processor.partition")
 
 KILLED = Failure(type="Killed", message="the invocation was killed")
+ALIAS_SEQ = 0xFFFFFFFF  # subscriber seq of an alias: publish the outcome under the alias id
 
 
 def command(kind: str, **fields: Any) -> bytes:
@@ -54,6 +55,7 @@ class Messaging:
     _queues: dict[tuple[str, str], deque[str]]
     _outputs: list[OutRecord]
     _on_work: Callable[[], None]
+    forwards: forwarding.ForwardStats = forwarding.FORWARDS
 
     if TYPE_CHECKING:
         def write(self, key: bytes, value: bytes | None) -> None: ...
@@ -61,8 +63,11 @@ class Messaging:
         def after_commit(self, fn: Callable[[], None]) -> None: ...
         def dead_letter(self, msg: InRecord, reason: str, error_class: str) -> None: ...
         def create(self, row: InvocationRow, h: HandlerDef) -> None: ...
+        def admit(self, msg: InRecord, binding: Binding) -> None: ...
         def start(self, row: InvocationRow) -> None: ...
         def finish_row(self, row: InvocationRow, result: bytes | None, failure: Failure | None) -> None: ...
+        def schedule_timer(self, due_ms: int, invocation_id: str, seq: int, kind: TimerKind,
+                           attempt: int = 0) -> None: ...
 
     # -- out ---------------------------------------------------------------------------------------
 
@@ -72,6 +77,21 @@ class Messaging:
         self._outputs.append(OutRecord(topic=self.app.inbox_topic, partition=partition,
                                        key=record_key.encode(), value=data))
         self._on_work()
+
+    def forward_if_foreign(self, msg: InRecord, binding: Binding) -> bool:
+        """Forward bound record `msg` to the partition that owns its key if that is not this one; the
+        command commits with the record's offset, so it is forwarded exactly once."""
+        from processor._engine.partition import OutRecord
+
+        to = forwarding.owner(msg.key, binding.handler.keyed, self.partition, self.partitions_total)
+        if to is None or msg.key is None:
+            return False
+        data = forwarding.forward_command(topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                                          key=msg.key, value=msg.value, headers=msg.headers)
+        self._outputs.append(OutRecord(topic=self.app.inbox_topic, partition=to, key=msg.key, value=data))
+        self.forwards.add(msg.topic, msg.key, self.partition, to, self.app.inbox_topic)
+        self._on_work()
+        return True
 
     def resolve_target(self, target: Callable[..., Any] | str, key: str | None) -> HandlerDef:
         h = self.app.handler(target) if isinstance(target, str) else self.app.handler_for(target)
@@ -115,8 +135,12 @@ class Messaging:
         prefix = keys.subscriber_prefix(row.id)
         for k, v in list(self.state.scan(prefix)):
             _, caller, seq = keys.parse_subscriber_key(k)
-            self.send_command(int(v.decode()), caller, command(
-                "response", invocation_id=caller, seq=seq, payload=row.result, failure=failure_dict(row.failure)))
+            if seq == ALIAS_SEQ:
+                self._answer_alias(row, caller)
+            else:
+                self.send_command(int(v.decode()), caller, command(
+                    "response", invocation_id=caller, seq=seq, payload=row.result,
+                    failure=failure_dict(row.failure)))
             self.write(k, None)
         if row.notify:
             self.publish_result(row)
@@ -156,27 +180,80 @@ class Messaging:
 
     def _cmd_invoke(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
         target = f"{cmd['service']}/{cmd['handler']}"
-        h = self.app.handler(target)
-        if h is None:
-            return "UnknownHandler", f"no handler {target} in app {self.app.name}"
-        if h.keyed and cmd["key"] is None:
-            return "MissingKey", f"{target} needs a key"
         inv = cmd["invocation_id"] or invocation_id_for_record(msg.topic, self.partition, msg.offset)
-        if routing.partition_of(inv) != self.partition:
-            return "WrongPartition", f"invocation {inv} belongs to partition {routing.partition_of(inv)}"
+        try:
+            home = routing.partition_of(inv)
+        except ValueError as e:
+            return "BadInvocationId", str(e)
+        if home != self.partition:
+            return "WrongPartition", f"invocation {inv} belongs to partition {home}"
+        h = self.app.handler(target)
+        refused: Failure | None = None
+        if h is None:
+            refused = Failure(type="UnknownHandler", message=f"no handler {target} in app {self.app.name}")
+        elif h.keyed and cmd["key"] is None:
+            refused = Failure(type="MissingKey", message=f"{target} is keyed: invoke it with a key")
+        problem = None if refused is None else (refused.type, refused.message)
+        notify = cmd["notify"]
+        if h is not None and refused is None and h.kind is HandlerKind.WORKFLOW_RUN:
+            run_id, home = self.callee_id(h, cmd["key"], ())
+            if run_id != inv:  # a Client's own id for the run: make it an alias of the key's one run
+                if home != self.partition:
+                    return "WrongPartition", f"workflow run {run_id} belongs to partition {home}"
+                self._alias(inv, run_id)
+                inv, notify = run_id, False  # the alias publishes the outcome under its own id
         if cmd["caller_id"] is not None:
             self.write(keys.subscriber_key(inv, cmd["caller_id"], cmd["caller_seq"]),
                        str(cmd["caller_partition"]).encode())
         existing = self._row(inv)
         if existing is not None:  # the same invocation again (idempotency key, workflow run, redelivery)
-            self._attach(existing, notify=cmd["notify"])
-            return None
-        self.create(InvocationRow(
-            id=inv, service=h.service, handler=h.name, key=cmd["key"] if h.keyed else None,
+            self._attach(existing, notify=notify)
+            return problem
+        row = InvocationRow(
+            id=inv, service=cmd["service"], handler=cmd["handler"],
+            key=cmd["key"] if h is None or h.keyed else None,
             status=Status.QUEUED, input=cmd["payload"] or b"", created_ms=self.now_ms(),
             caller_id=cmd["caller_id"], caller_seq=cmd["caller_seq"], caller_partition=cmd["caller_partition"],
-            notify=cmd["notify"], idempotency_key=cmd["idempotency_key"]), h)
+            notify=notify, idempotency_key=cmd["idempotency_key"])
+        if refused is not None:
+            # Besides the DLQ record, fail it for good: its caller or Client gets the reason at once,
+            # and `result(id)` (or the same command again) finds it while it is retained.
+            self.finish_row(row, None, refused)
+            return problem
+        assert h is not None  # refused otherwise
+        self.create(row, h)
         return None
+
+    # -- aliases: other ids of an invocation (a Client's id for a workflow run) ---------------------
+
+    def _alias(self, alias: str, target: str) -> None:
+        """Make `alias` name invocation `target` (same partition): attach, cancel and kill by it reach
+        the target, and the target's outcome is published under it too."""
+        self.write(keys.dedup_key(alias), target.encode())
+        row = self._row(target)
+        if row is not None and row.status.terminal:
+            self._answer_alias(row, alias)
+        else:
+            self.write(keys.subscriber_key(target, alias, ALIAS_SEQ), str(self.partition).encode())
+
+    def _answer_alias(self, row: InvocationRow, alias: str) -> None:
+        """Publish finished `row`'s outcome under `alias`, which is forgotten with the row's retention."""
+        from processor._engine.partition import INVOCATION_SEQ
+
+        self.publish_result(replace(row, id=alias))
+        retention = int(self.app.config.retention.total_seconds() * 1000)
+        self.schedule_timer(self.now_ms() + retention, alias, INVOCATION_SEQ, TimerKind.PURGE)
+
+    def resolve_alias(self, invocation_id: str) -> str:
+        """The invocation `invocation_id` names: itself, or the target of an alias."""
+        if self.state.get(keys.invocation_key(invocation_id)) is not None:
+            return invocation_id
+        target = self.state.get(keys.dedup_key(invocation_id))
+        return invocation_id if target is None else target.decode()
+
+    def forget_alias(self, alias: str) -> None:
+        if self.state.get(keys.dedup_key(alias)) is not None:
+            self.write(keys.dedup_key(alias), None)
 
     def _attach(self, row: InvocationRow, *, notify: bool) -> None:
         if row.status.terminal:
@@ -195,11 +272,32 @@ class Messaging:
         self.write(keys.invocation_key(row.id), row.encode())
 
     def _cmd_attach(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
-        row = self._row(cmd["invocation_id"] or "")
+        inv = cmd["invocation_id"] or ""
+        target = self.resolve_alias(inv)
+        row = self._row(target)
         if row is None:
-            self.publish_result(None, cmd["invocation_id"])
+            self.publish_result(None, inv)
+        elif target != inv:
+            self._alias(inv, target)
         else:
             self._attach(row, notify=True)
+        return None
+
+    def _cmd_forward(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
+        from processor._engine.partition import InRecord
+
+        rec = InRecord(topic=cmd["source_topic"] or "", partition=cmd["source_partition"],
+                       offset=cmd["source_offset"], key=cmd["record_key"], value=cmd["payload"],
+                       headers=[(h["name"], h["value"]) for h in cmd["headers"]])
+        binding = self.app.bindings.get(rec.topic)
+        if binding is None:
+            self.dead_letter(rec, f"forwarded record of topic {rec.topic!r}, which no handler of this deploy is "
+                                  "bound to", "UnboundTopic")
+        elif forwarding.owner(rec.key, binding.handler.keyed, self.partition, self.partitions_total) is not None:
+            self.dead_letter(rec, f"forwarded to partition {self.partition}, which does not own its key",
+                             "WrongPartition")
+        else:  # exactly as if it had arrived here (its offset is the source partition's business)
+            self.admit(rec, binding)
         return None
 
     def _cmd_response(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
@@ -230,7 +328,7 @@ class Messaging:
         return None
 
     def _cmd_cancel(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
-        inv = cmd["invocation_id"] or ""
+        inv = self.resolve_alias(cmd["invocation_id"] or "")
         row = self._row(inv)
         if row is None or row.status.terminal:
             return None
@@ -268,7 +366,7 @@ class Messaging:
         self.finish_row(row, None, failure)
 
     def _cmd_kill(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
-        inv = cmd["invocation_id"] or ""
+        inv = self.resolve_alias(cmd["invocation_id"] or "")
         row = self._row(inv)
         if row is None or row.status.terminal:
             return None
@@ -356,6 +454,7 @@ def _timer(due_ms: int, owner: tuple[str, int], payload: bytes) -> Any:
 
 _COMMANDS: dict[str, Callable[[Messaging, InRecord, dict[str, Any]], tuple[str, str] | None]] = {
     "invoke": Messaging._cmd_invoke,
+    "forward": Messaging._cmd_forward,
     "response": Messaging._cmd_response,
     "resolve_awakeable": Messaging._cmd_awakeable,
     "reject_awakeable": Messaging._cmd_awakeable,

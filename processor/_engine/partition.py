@@ -167,9 +167,15 @@ class PartitionWorker(Messaging):
     # -- records in ------------------------------------------------------------------------------
 
     def on_input(self, msg: InRecord, binding: Binding) -> None:
-        topic, offset = msg.topic, msg.offset
-        self._positions[topic] = offset + 1
+        self._positions[msg.topic] = msg.offset + 1
         self._on_work()
+        if not self.forward_if_foreign(msg, binding):
+            self.admit(msg, binding)
+
+    def admit(self, msg: InRecord, binding: Binding) -> None:
+        """Start the invocation bound record `msg` asks for, or dead-letter it, on the partition that
+        owns its key: where it landed, or where it was forwarded to (its id derives from where it landed)."""
+        topic, offset = msg.topic, msg.offset
         h = binding.handler
         key = msg.key
         try:
@@ -193,14 +199,14 @@ class PartitionWorker(Messaging):
             assert key_str is not None
             inv_id, _ = self.callee_id(h, key_str, ())
         else:
-            inv_id = invocation_id_for_record(topic, self.partition, offset)
+            inv_id = invocation_id_for_record(topic, msg.partition, offset, owner=self.partition)
         if self.state.get(keys.invocation_key(inv_id)) is not None:
             return  # this record (or this workflow key) already started its invocation
         self.create(InvocationRow(
             id=inv_id, service=h.service, handler=h.name, key=key_str if h.keyed else None,
             status=Status.QUEUED, input=value, created_ms=self.now_ms(),
             input_headers=dict(msg.headers),
-            source_topic=topic, source_partition=self.partition, source_offset=offset), h)
+            source_topic=topic, source_partition=msg.partition, source_offset=offset), h)
 
     def on_inbox(self, msg: InRecord) -> None:
         self._positions[msg.topic] = msg.offset + 1
@@ -343,6 +349,7 @@ class PartitionWorker(Messaging):
         for k, _ in list(self.state.scan(keys.journal_prefix(invocation_id))):
             self.write(k, None)
         self.write(keys.invocation_key(invocation_id), None)
+        self.forget_alias(invocation_id)
 
     # -- the commit cycle ------------------------------------------------------------------------
 

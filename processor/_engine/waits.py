@@ -21,7 +21,7 @@ import orjson
 from processor._engine import routing
 from processor._engine.core import Entry, Failure, Replay
 from processor._engine.records import TimerKind
-from processor._errors import TerminalError
+from processor._errors import TerminalError, terminal_error
 from processor._futures import DurableFuture
 
 if TYPE_CHECKING:
@@ -30,14 +30,8 @@ if TYPE_CHECKING:
 CANCELLED = Failure(type="Cancelled", message="the invocation was cancelled")
 
 
-class InvocationCancelled(TerminalError):
-    """Raised at an invocation's next durable await after ``Client.cancel``: catch it to compensate."""
-
-
 def failure_error(f: Failure) -> TerminalError:
-    if f.type == CANCELLED.type:
-        return InvocationCancelled(f.message, error_type=f.type)
-    return TerminalError(f.message, error_type=f.type)
+    return terminal_error(f.type, f.message)
 
 
 class Waits:

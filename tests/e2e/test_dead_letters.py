@@ -15,6 +15,7 @@ from tests.kafka_support import Kafka, Record, wait_until
 pytestmark = pytest.mark.e2e
 
 PART = 1  # every record goes to partition 1 explicitly, so its DLQ headers must say 1, not 0
+KEY = b"k1"  # owned by partition 1 (murmur2), as is b"\xff\xfek": nothing here is forwarded
 
 
 def _headers(r: Record) -> dict[str, str]:
@@ -22,7 +23,7 @@ def _headers(r: Record) -> dict[str, str]:
 
 
 def _good(n: int) -> tuple[bytes, bytes]:
-    return b"k", orjson.dumps({"n": n})
+    return KEY, orjson.dumps({"n": n})
 
 
 def test_poison_records_go_to_the_dlq_with_their_reason_while_later_records_flow_in_order(
@@ -33,9 +34,9 @@ def test_poison_records_go_to_the_dlq_with_their_reason_while_later_records_flow
     proc = spawn("tests.apps.poison:app", {"POISON_APP": name, "POISON_INPUT": inp,
                                            "POISON_OUTPUT": out}).start().wait_ready()
     bad = {  # offset in partition PART -> (key, value, error class, words the reason must contain)
-        1: (b"k", b'{"n": 2', "SerdeError", "JSON"),
+        1: (KEY, b'{"n": 2', "SerdeError", "JSON"),
         2: (None, orjson.dumps({"n": 2}), "MissingKey", "no key"),
-        3: (b"k", None, "MissingValue", "tombstone"),
+        3: (KEY, None, "MissingValue", "tombstone"),
         4: (b"\xff\xfek", orjson.dumps({"n": 2}), "InvalidKey", "UTF-8"),
     }
     records = [_good(1), *[(k, v) for k, v, _, _ in bad.values()], _good(2), _good(3), _good(4)]
@@ -43,7 +44,7 @@ def test_poison_records_go_to_the_dlq_with_their_reason_while_later_records_flow
 
     wait_until(lambda: len(kafka.drain(out)) >= 4, 60, "the four good records to be processed")
     assert [orjson.loads(r.value or b"") for r in kafka.drain(out)] == [
-        {"key": "k", "n": n} for n in (1, 2, 3, 4)]
+        {"key": KEY.decode(), "n": n} for n in (1, 2, 3, 4)]
     wait_until(lambda: len(kafka.drain(dlq)) >= len(bad), 30, "the poison records in the DLQ")
 
     # Inbox commands that address nothing in this app, and one that is not a command at all.

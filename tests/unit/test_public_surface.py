@@ -8,7 +8,8 @@ import processor
 
 PUBLIC = sorted([
     "App", "AvroSerde", "BytesSerde", "Client", "ConfigurationError", "Context", "DurableFuture",
-    "DurablePromise", "InvocationCancelled", "InvocationNotFound", "JsonSerde", "NondeterminismError",
+    "DurablePromise", "InvocationCancelled", "InvocationKilled", "InvocationNotFound", "JsonSerde",
+    "NondeterminismError",
     "ObjectContext", "ObjectDefinition", "ObjectSharedContext", "ProcessorError", "RetryPolicy", "Serde",
     "SerdeError", "ServiceDefinition", "StepFailedError", "StepInfo", "TerminalError", "WorkflowContext",
     "WorkflowDefinition", "WorkflowSharedContext", "current_step", "gather", "select",
@@ -35,3 +36,5 @@ def test_the_error_tree_has_one_root() -> None:
     errors = [getattr(processor, n) for n in PUBLIC if n.endswith("Error")]
     assert all(issubclass(e, processor.ProcessorError) for e in errors)
     assert issubclass(processor.StepFailedError, processor.TerminalError)
+    assert issubclass(processor.InvocationCancelled, processor.TerminalError)
+    assert issubclass(processor.InvocationKilled, processor.TerminalError)
