@@ -154,17 +154,31 @@ def test_instances_ride_out_broker_restarts_clean_and_by_sigkill(own_broker: Own
             p.ensure_dead()
 
 
+def _until_stuck(kafka: Kafka, inp: str, out: str, proc: ProcessorProcess) -> int:
+    """Produce batches of 100 events (10 keys) until a commit hangs at the fault point; returns how
+    many were produced. A batch is only produced once the previous one came out or the hang began."""
+    produced = 0
+    for _ in range(6):
+        kafka.produce(inp, _events(produced, 100, 10))
+        produced += 100
+        wait_until(lambda n=produced: "hanging for good" in proc.log() or len(kafka.drain(out)) >= n, 120,
+                   "a batch's outputs or the stuck commit")
+        if "hanging for good" in proc.log():
+            return produced
+    raise AssertionError("no commit reached the fault point")
+
+
 def test_a_transactional_call_that_never_returns_is_abandoned_and_processing_goes_on(
         kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
     env, inp, out = _counter(kafka, tmp_path)
     proc = spawn("tests.apps.counter:app", env)
-    # The 6th send_offsets_to_transaction blocks for good, as librdkafka #5456 does.
-    proc.start({"PROCESSOR_TEST_FAULTS": "before_send_offsets=6:hang"}).wait_ready()
-    kafka.produce(inp, _events(0, 300, 10))
-    proc.wait_log("hanging for good")
-    wait_until(lambda: len(kafka.drain(out)) >= 300, 120, "every output after the stuck commit")
+    # The 3rd send_offsets_to_transaction blocks for good, as librdkafka #5456 does.
+    proc.start({"PROCESSOR_TEST_FAULTS": "before_send_offsets=3:hang"}).wait_ready()
+    produced = _until_stuck(kafka, inp, out, proc)
+    kafka.produce(inp, _events(produced, 100, 10))
+    wait_until(lambda: len(kafka.drain(out)) >= produced + 100, 120, "every output after the stuck commit")
     assert "did not return within" in proc.log()
-    _assert_counts(kafka, out, 30, 10)
+    _assert_counts(kafka, out, (produced + 100) // 10, 10)
     _stop_all(proc)
 
 
@@ -173,16 +187,15 @@ def test_a_revoke_during_a_stuck_commit_never_closes_the_store_under_it(
     env, inp, out = _counter(kafka, tmp_path)
     i1 = spawn("tests.apps.counter:app", env, instance_id="i1", state_dir=tmp_path / "state1")
     i2 = spawn("tests.apps.counter:app", env, instance_id="i2", state_dir=tmp_path / "state2")
-    i1.start({"PROCESSOR_TEST_FAULTS": "before_send_offsets=4:hang"}).wait_ready()
-    kafka.produce(inp, _events(0, 200, 10))
-    i1.wait_log("hanging for good")
+    i1.start({"PROCESSOR_TEST_FAULTS": "before_send_offsets=3:hang"}).wait_ready()
+    produced = _until_stuck(kafka, inp, out, i1)
     i2.start()  # the rebalance revokes i1's partitions while its commit is stuck
-    wait_until(lambda: len(kafka.drain(out)) >= 200, 120, "every output")
-    kafka.produce(inp, _events(200, 200, 10))
-    wait_until(lambda: len(kafka.drain(out)) >= 400, 120, "every output of the second batch")
+    wait_until(lambda: len(kafka.drain(out)) >= produced, 120, "every output")
+    kafka.produce(inp, _events(produced, 200, 10))
+    wait_until(lambda: len(kafka.drain(out)) >= produced + 200, 120, "every output after the rebalance")
     for p in (i1, i2):
         assert "StoreClosedError" not in p.log() and "is closed" not in p.log(), p.log()[-3000:]
-    _assert_counts(kafka, out, 40, 10)
+    _assert_counts(kafka, out, (produced + 200) // 10, 10)
     _stop_all(i1, i2)
 
 
