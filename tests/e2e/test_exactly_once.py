@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,15 @@ def _events(n: int, keys: int) -> list[tuple[bytes | None, bytes | None]]:
     return [(f"key-{i % keys}".encode(), orjson.dumps({"i": i})) for i in range(n)]
 
 
+def _produce_paced(kafka: Kafka, topic: str, events: list[tuple[bytes | None, bytes | None]],
+                   seconds: float) -> None:
+    chunks = 100
+    size = -(-len(events) // chunks)
+    for i in range(0, len(events), size):
+        kafka.produce(topic, events[i:i + size])
+        time.sleep(seconds / chunks)
+
+
 def _assert_gapless(counts: dict[str, list[int]], expected: int, keys: int) -> None:
     assert len(counts) == keys
     bad = {k: (len(v), v[:5]) for k, v in counts.items() if v != list(range(1, expected + 1))}
@@ -41,7 +51,10 @@ def test_counts_stay_gapless_and_unique_across_repeated_sigkills(
         kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
     env, inp, out = _counter_env(kafka, tmp_path)
     proc = spawn("tests.apps.counter:app", env).start().wait_ready()
-    kafka.produce(inp, _events(EVENTS, KEYS))
+    # Paced over ~30 s, so every kill (at up to 85 % of the outputs) lands while work is outstanding.
+    events = _events(EVENTS, KEYS)
+    producer = threading.Thread(target=_produce_paced, args=(kafka, inp, events, 30.0), daemon=True)
+    producer.start()
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
@@ -55,6 +68,7 @@ def test_counts_stay_gapless_and_unique_across_repeated_sigkills(
         proc.kill()
         seen_before_kill.append(len(kafka.drain(out)))
         proc.start().wait_ready()
+    producer.join(120)
     wait_until(lambda: len(kafka.drain(out)) >= EVENTS, 240, f"{EVENTS} outputs")
     assert proc.stop() == 0
     print(f"outputs committed at each kill: {seen_before_kill}")
