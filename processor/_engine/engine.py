@@ -695,6 +695,10 @@ class Engine:
         except KafkaException as e:
             log.warning("rewinding partitions %s failed (%s); retrying", sorted(ready), e)
             return
+        if self._rebuilding:  # it began while we waited on the consumer and did not see these partitions;
+            for r in ready.values():  # their records are dropped until it ends: rewind them then
+                r.seek = True
+            return
         for p in sorted(ready):
             del self._restored[p]
             w = PartitionWorker(app=self.app, partition=p, partitions_total=self.partitions_total,

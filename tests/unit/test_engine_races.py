@@ -1,0 +1,115 @@
+"""Races between the engine's poll loop, commit loop, rebuild, restores and rebalance callbacks, driven
+without a broker: the Kafka calls are fakes that block until the test lets them go."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import TopicPartition
+
+import processor as p
+from processor._engine import txn
+from processor._engine.engine import Engine, _Restore
+from processor._engine.partition import PartitionWorker
+from state.memory import MemoryStore
+
+
+def _engine(tmp_path: Path) -> Engine:
+    e = Engine(p.App("races", partitions=1), bootstrap_servers="unused:1", state_dir=tmp_path)
+    e._loop = asyncio.get_running_loop()
+    e._producers = [object(), object()]  # type: ignore[list-item]
+    e._group_metadata = object()
+    e.partitions_total = 1
+    return e
+
+
+def _worker(e: Engine, store: MemoryStore) -> PartitionWorker:
+    w = PartitionWorker(app=e.app, partition=0, partitions_total=1, store=store, step_executor=e.step_executor,
+                        on_work=lambda: None)
+    w.load()
+    return w
+
+
+async def _until(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def _run(tmp_path: Path, test: Callable[[Engine], Awaitable[None]]) -> None:
+    async def main() -> None:
+        e = _engine(tmp_path)
+        try:
+            await test(e)
+        finally:
+            for lane in (e._consumer_lane, *e._producer_lanes):
+                lane.close()
+            e.step_executor.shutdown(wait=False)
+            e._apply_pool.shutdown(wait=False)
+    asyncio.run(main())
+
+
+class _FakeConsumer:
+    """committed() blocks until `go` is set; seeks and resumes are recorded."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.entered = threading.Event()
+        self.seeks: list[tuple[str, int, int]] = []
+        self.resumed: list[tuple[str, int]] = []
+
+    def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self.entered.set()
+        self.go.wait(10)
+        return [TopicPartition(tp.topic, tp.partition, 7) for tp in tps]
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        self.resumed.extend((tp.topic, tp.partition) for tp in tps)
+
+
+def test_a_partition_activated_while_a_rebuild_runs_is_rewound_before_it_is_processed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The poll loop drops every fetched record while a rebuild runs. A partition whose activation was
+    under way when the rebuild began (the rebuild did not see its worker) must not come out of it
+    active at the consumer's position: the records dropped meanwhile would never be read again."""
+    probe_go = threading.Event()
+
+    def probe(*_: Any) -> None:
+        probe_go.wait(10)
+
+    monkeypatch.setattr(txn, "probe", probe)
+
+    async def test(e: Engine) -> None:
+        consumer = _FakeConsumer()
+        e._consumer = consumer  # type: ignore[assignment]
+        e._stores[0] = MemoryStore()
+        e._owned = {0}
+        e._restored[0] = _Restore(partition=0, seek=False)
+        activating = asyncio.create_task(e._activate())
+        await _until(consumer.entered.is_set, "committed() to be called")
+        e._begin_rebuild("a commit failed")  # e.g. from the commit loop, while activate awaits the consumer
+        await asyncio.sleep(0.05)  # the rebuild drops the workers it finds and starts its ownership check
+        consumer.go.set()
+        await activating
+        # ... records of partition 0 fetched now are dropped: the rebuild is still running
+        assert e._rebuilding
+        probe_go.set()
+        await _until(lambda: not e._rebuilding, "the rebuild to finish")
+        await _until(lambda: 0 in e._restored or 0 in e.workers, "partition 0 to be restored")
+        if 0 in e._restored:
+            await e._activate()
+        assert 0 in e.workers
+        assert ("races.inbox", 0, 7) in consumer.seeks, (
+            "partition 0 went on from the consumer's position: the records dropped during the rebuild are lost")
+
+    _run(tmp_path, test)
