@@ -431,9 +431,10 @@ class Engine:
                 return False
             self.timings.add("cycle", time.perf_counter() - started)
             self.commits += 1
-            for s in slices:
-                self.workers[s.partition].committed(s)
-                self._last_committed.setdefault(s.partition, {}).update(s.offsets)
+            for w, s in zip(workers, slices, strict=True):
+                if self.workers.get(s.partition) is w:  # not dropped meanwhile by a release past its deadline
+                    w.committed(s)
+                    self._last_committed.setdefault(s.partition, {}).update(s.offsets)
             if foreign:
                 self._begin_rebuild(f"changelog partitions {sorted(foreign)} hold records this instance did not "
                                     "write after its store's offset")

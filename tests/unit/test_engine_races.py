@@ -16,7 +16,9 @@ from confluent_kafka import TopicPartition
 import processor as p
 from processor._engine import txn
 from processor._engine.engine import Engine, _Restore
+from processor._engine.lanes import Deadline
 from processor._engine.partition import PartitionWorker
+from state import keys
 from state.memory import MemoryStore
 
 
@@ -111,5 +113,51 @@ def test_a_partition_activated_while_a_rebuild_runs_is_rewound_before_it_is_proc
         assert 0 in e.workers
         assert ("races.inbox", 0, 7) in consumer.seeks, (
             "partition 0 went on from the consumer's position: the records dropped during the rebuild are lost")
+
+    _run(tmp_path, test)
+
+
+def test_a_revoke_that_gives_up_waiting_for_a_commit_does_not_break_that_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_release` drops the workers without the commit lock when its deadline passes; the commit in flight
+    then finishes (it committed in Kafka) and must neither crash the commit loop nor release results of
+    invocations that were dropped."""
+    commit_go, commit_in = threading.Event(), threading.Event()
+
+    def commit(_producer: Any, *, slices: Any, **_: Any) -> txn.Written:
+        commit_in.set()
+        commit_go.wait(10)
+        w = txn.Written()
+        for s in slices:
+            for n, _kv in enumerate(s.overlay.items()):
+                w.add(s.partition, n)
+        return w
+
+    monkeypatch.setattr(txn, "commit", commit)
+
+    async def test(e: Engine) -> None:
+        store = MemoryStore()
+        applied: list[int] = []
+        apply = store.apply
+
+        def recording_apply(writes: Any, offset: int) -> None:
+            apply(writes, offset)
+            applied.append(offset)
+
+        store.apply = recording_apply  # type: ignore[method-assign]
+        e._stores[0] = store
+        e._owned = {0}
+        w = e.workers[0] = _worker(e, store)
+        released: list[str] = []
+        w.write(keys.meta_key("x"), b"1")
+        w.after_commit(lambda: released.append("old invocation"))
+        cycle = asyncio.create_task(e.commit_cycle())
+        await _until(commit_in.is_set, "the commit to be in flight")
+        await e._release({0}, commit=False, deadline=Deadline(0.2))  # a lost partition, its deadline gone
+        assert 0 not in e.workers
+        commit_go.set()
+        assert await cycle is True  # committed in Kafka: applied, not an error
+        assert applied == [1]
+        assert not released, "a dropped invocation's result was released"
 
     _run(tmp_path, test)
