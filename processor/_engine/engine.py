@@ -599,19 +599,25 @@ class Engine:
         for p in sorted(numbers):
             if p in self.workers:  # still active from before (never after an eager revoke)
                 continue
-            if p not in self._restoring and p not in self._restored:
+            r = self._restoring.get(p)
+            if (r is None or r.stop) and p not in self._restored:  # a stopped restore still running: a new one
                 self._start_restore(p, seek=False)
         log.info("assignment %s: restoring from the changelog", sorted(numbers))
 
     def _start_restore(self, p: int, *, seek: bool) -> None:
+        before = self._restoring.get(p)  # stopped but still running: the new one starts after it ends
         r = _Restore(partition=p, seek=seek)
         self._restoring[p] = r
-        r.task = asyncio.get_running_loop().create_task(self._restore(r), name=f"restore {p}")
+        r.task = asyncio.get_running_loop().create_task(
+            self._restore(r, after=before.task if before is not None else None), name=f"restore {p}")
 
-    async def _restore(self, r: _Restore) -> None:
+    async def _restore(self, r: _Restore, after: asyncio.Task[None] | None = None) -> None:
         """Bring partition `r.partition`'s store to the changelog's end, on a lane of its own; the
-        partition stays paused meanwhile. Retries until it succeeds or the partition is released."""
+        partition stays paused meanwhile. Retries until it succeeds or the partition is released.
+        Never two at once on one store: a restore starts after the one it replaces (`after`) ended."""
         p = r.partition
+        if after is not None:
+            await asyncio.wait([after])
         backoff = 0.5
         while not r.stop:
             try:

@@ -14,11 +14,13 @@ import pytest
 from confluent_kafka import TopicPartition
 
 import processor as p
+from processor._engine import engine as engine_mod
 from processor._engine import txn
 from processor._engine.engine import Engine, _Restore
 from processor._engine.lanes import Deadline
 from processor._engine.partition import PartitionWorker
 from state import keys
+from state.changelog import RestoreCancelled, RestoreStats
 from state.memory import MemoryStore
 
 
@@ -159,5 +161,42 @@ def test_a_revoke_that_gives_up_waiting_for_a_commit_does_not_break_that_commit(
         assert await cycle is True  # committed in Kafka: applied, not an error
         assert applied == [1]
         assert not released, "a dropped invocation's result was released"
+
+    _run(tmp_path, test)
+
+
+def test_a_partition_given_back_while_its_stopped_restore_still_runs_is_restored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A revoke stops a restore but may not wait for it to end (its deadline passed). If the partition
+    is assigned again before that restore ends, it must still be restored and activated — never left
+    paused for good — and never by two restores writing its store at once."""
+    first_go = threading.Event()
+    calls: list[str] = []
+    running = [0]
+
+    def restore(store: Any, *, should_stop: Callable[[], bool], **_: Any) -> RestoreStats:
+        running[0] += 1
+        try:
+            assert running[0] == 1, "two restores of one store at once"
+            calls.append("restore")
+            if len(calls) == 1:  # the first one is slow to notice it was stopped (e.g. in list_offsets)
+                first_go.wait(10)
+            if should_stop():
+                raise RestoreCancelled("stopped")
+            return RestoreStats(records=0, start_offset=0, end_offset=0, seconds=0.0)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(engine_mod, "restore", restore)
+
+    async def test(e: Engine) -> None:
+        e._stores[0] = MemoryStore()
+        e._owned = {0}
+        e._start_restore(0, seek=False)
+        await _until(lambda: bool(calls), "the restore to start")
+        await e._release({0}, commit=False, deadline=Deadline(0.2))  # revoke: gives up waiting for it
+        await e._assigned([TopicPartition("races.inbox", 0)])  # ... and the partition comes back
+        first_go.set()
+        await _until(lambda: 0 in e._restored, "partition 0 to be restored again", timeout=5)
 
     _run(tmp_path, test)
