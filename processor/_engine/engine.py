@@ -114,7 +114,6 @@ class Engine:
         self.commits = 0
         self.rebuilds = 0
         self._group_metadata: object | None = None
-        self._last_committed: dict[int, dict[str, int]] = {}  # offsets the group holds, as far as we know
         self.timings = CommitTimings()
         self.ready = asyncio.Event()
 
@@ -434,7 +433,6 @@ class Engine:
             for w, s in zip(workers, slices, strict=True):
                 if self.workers.get(s.partition) is w:  # not dropped meanwhile by a release past its deadline
                     w.committed(s)
-                    self._last_committed.setdefault(s.partition, {}).update(s.offsets)
             if foreign:
                 self._begin_rebuild(f"changelog partitions {sorted(foreign)} hold records this instance did not "
                                     "write after its store's offset")
@@ -537,8 +535,15 @@ class Engine:
         slot = self._turn
         producer = self._producers[slot]
         assert producer is not None
-        offsets = [TopicPartition(t, p, o) for p, known in sorted(self._known_offsets().items())
-                   for t, o in known.items()] or [TopicPartition(self.app.inbox_topic, min(self._owned), 0)]
+        # What the group holds now, not what this instance last saw committed: a commit abandoned at its
+        # deadline may have committed (init_transactions above settled it), and re-committing older
+        # offsets would rewind the group over records already in the changelog.
+        lane = Lane("group-offsets")
+        try:
+            held = await lane.call(partial(self._group_offsets, set(self._owned)), 15, "reading the group's offsets")
+        finally:
+            lane.close()
+        offsets = held or [TopicPartition(self.app.inbox_topic, min(self._owned), 0)]
         group = self._group_metadata
         try:
             await self._producer_lanes[slot].call(lambda: txn.probe(producer, offsets, group, self._txn_s),
@@ -552,8 +557,18 @@ class Engine:
         self._turn = (slot + 1) % len(self._producers)
         log.info("ownership of partitions %s confirmed", sorted(self._owned))
 
-    def _known_offsets(self) -> dict[int, dict[str, int]]:
-        return {p: o for p, o in self._last_committed.items() if p in self._owned and o}
+    def _group_offsets(self, partitions: set[int]) -> list[TopicPartition]:
+        """On a lane of its own: the offsets the group holds for `partitions`, read by a consumer that
+        never joins the group (the group's own consumer may be busy in a rebalance callback)."""
+        c = Consumer(kio.consumer_config(self.bootstrap, self.app, self._consumer_extra))
+        try:
+            committed = c.committed(self._tps(partitions), timeout=10)
+        finally:
+            c.close()
+        failed = [tp.error for tp in committed if tp.error is not None]
+        if failed:
+            raise KafkaException(failed[0])
+        return [tp for tp in committed if tp.offset >= 0]
 
     # -- partitions ------------------------------------------------------------------------------
 
@@ -712,7 +727,6 @@ class Engine:
                                 store=self._stores[p], step_executor=self.step_executor, on_work=self._on_work,
                                 trimmer=self._trimmer)
             w.set_committed(by_partition[p])
-            self._last_committed[p] = by_partition[p]
             self.workers[p] = w
             w.load()
         self._ticked = time.monotonic()  # loading is work on this loop, not a stall

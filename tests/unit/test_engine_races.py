@@ -92,6 +92,7 @@ def test_a_partition_activated_while_a_rebuild_runs_is_rewound_before_it_is_proc
         probe_go.wait(10)
 
     monkeypatch.setattr(txn, "probe", probe)
+    monkeypatch.setattr(Engine, "_group_offsets", lambda _self, _partitions: [])
 
     async def test(e: Engine) -> None:
         consumer = _FakeConsumer()
