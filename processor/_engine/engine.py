@@ -106,6 +106,7 @@ class Engine:
         self._turn = 0
         self._error: BaseException | None = None
         self._rebuilding = False
+        self._reconfirm = False  # a reason to rebuild came up while an ownership check was under way
         self._rebuild_task: asyncio.Task[None] | None = None
         self._fences: deque[float] = deque()
         self._ticked = time.monotonic()
@@ -486,7 +487,8 @@ class Engine:
 
     def _begin_rebuild(self, why: str) -> None:
         self._epoch += 1
-        if self._rebuilding:
+        if self._rebuilding:  # an ownership check under way may predate this (a freeze): check again
+            self._reconfirm = True
             return
         self._rebuilding = True
         self.rebuilds += 1
@@ -504,8 +506,10 @@ class Engine:
             backoff, tries, said = 0.2, 0, 0.0
             while not self._stop.is_set() and generation == self._assign_generation:
                 try:
+                    self._reconfirm = False
                     await self._confirm_ownership()
-                    break
+                    if not self._reconfirm:
+                        break
                 except (Stuck, txn.TxnFailed, KafkaException) as e:
                     tries += 1
                     if time.monotonic() - said > 30:  # one line per 30 s while the broker or group is away

@@ -201,3 +201,37 @@ def test_a_partition_given_back_while_its_stopped_restore_still_runs_is_restored
         await _until(lambda: 0 in e._restored, "partition 0 to be restored again", timeout=5)
 
     _run(tmp_path, test)
+
+
+def test_a_stall_noticed_while_the_ownership_check_is_under_way_is_checked_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ownership check that was in flight when the process froze may have committed before the freeze:
+    it proves nothing about ownership after it. The rebuild must confirm again before restoring."""
+    probes: list[threading.Event] = []
+
+    def probe(*_: Any) -> None:
+        go = threading.Event()
+        probes.append(go)
+        go.wait(10)
+
+    monkeypatch.setattr(txn, "probe", probe)
+    monkeypatch.setattr(Engine, "_group_offsets", lambda _self, _partitions: [])
+    monkeypatch.setattr(Engine, "_start_restore", lambda _self, p, *, seek: restored.append(p))
+    restored: list[int] = []
+
+    async def test(e: Engine) -> None:
+        e._stores[0] = MemoryStore()
+        e._owned = {0}
+        e.workers[0] = _worker(e, e._stores[0])  # type: ignore[arg-type]
+        e._begin_rebuild("a commit failed")
+        await _until(lambda: len(probes) == 1, "the ownership check")
+        e._stalled_for = 8.0  # the watchdog saw the process frozen meanwhile ...
+        assert e._check_stall()  # ... and the poll loop, on waking, asks before doing any work
+        probes[0].set()  # the check committed (before the freeze, for all we know)
+        await _until(lambda: len(probes) == 2 or not e._rebuilding, "the rebuild to go on")
+        assert len(probes) == 2 and not restored, "restored after a check that may predate the freeze"
+        probes[1].set()
+        await _until(lambda: not e._rebuilding, "the rebuild to finish")
+        assert restored == [0]
+
+    _run(tmp_path, test)
