@@ -106,6 +106,7 @@ class Engine:
         self._turn = 0
         self._error: BaseException | None = None
         self._rebuilding = False
+        self._reconfirm = False  # a reason to rebuild came up while an ownership check was under way
         self._rebuild_task: asyncio.Task[None] | None = None
         self._fences: deque[float] = deque()
         self._ticked = time.monotonic()
@@ -114,7 +115,6 @@ class Engine:
         self.commits = 0
         self.rebuilds = 0
         self._group_metadata: object | None = None
-        self._last_committed: dict[int, dict[str, int]] = {}  # offsets the group holds, as far as we know
         self.timings = CommitTimings()
         self.ready = asyncio.Event()
 
@@ -431,9 +431,9 @@ class Engine:
                 return False
             self.timings.add("cycle", time.perf_counter() - started)
             self.commits += 1
-            for s in slices:
-                self.workers[s.partition].committed(s)
-                self._last_committed.setdefault(s.partition, {}).update(s.offsets)
+            for w, s in zip(workers, slices, strict=True):
+                if self.workers.get(s.partition) is w:  # not dropped meanwhile by a release past its deadline
+                    w.committed(s)
             if foreign:
                 self._begin_rebuild(f"changelog partitions {sorted(foreign)} hold records this instance did not "
                                     "write after its store's offset")
@@ -487,7 +487,8 @@ class Engine:
 
     def _begin_rebuild(self, why: str) -> None:
         self._epoch += 1
-        if self._rebuilding:
+        if self._rebuilding:  # an ownership check under way may predate this (a freeze): check again
+            self._reconfirm = True
             return
         self._rebuilding = True
         self.rebuilds += 1
@@ -505,8 +506,10 @@ class Engine:
             backoff, tries, said = 0.2, 0, 0.0
             while not self._stop.is_set() and generation == self._assign_generation:
                 try:
+                    self._reconfirm = False
                     await self._confirm_ownership()
-                    break
+                    if not self._reconfirm:
+                        break
                 except (Stuck, txn.TxnFailed, KafkaException) as e:
                     tries += 1
                     if time.monotonic() - said > 30:  # one line per 30 s while the broker or group is away
@@ -536,8 +539,15 @@ class Engine:
         slot = self._turn
         producer = self._producers[slot]
         assert producer is not None
-        offsets = [TopicPartition(t, p, o) for p, known in sorted(self._known_offsets().items())
-                   for t, o in known.items()] or [TopicPartition(self.app.inbox_topic, min(self._owned), 0)]
+        # What the group holds now, not what this instance last saw committed: a commit abandoned at its
+        # deadline may have committed (init_transactions above settled it), and re-committing older
+        # offsets would rewind the group over records already in the changelog.
+        lane = Lane("group-offsets")
+        try:
+            held = await lane.call(partial(self._group_offsets, set(self._owned)), 15, "reading the group's offsets")
+        finally:
+            lane.close()
+        offsets = held or [TopicPartition(self.app.inbox_topic, min(self._owned), 0)]
         group = self._group_metadata
         try:
             await self._producer_lanes[slot].call(lambda: txn.probe(producer, offsets, group, self._txn_s),
@@ -551,8 +561,18 @@ class Engine:
         self._turn = (slot + 1) % len(self._producers)
         log.info("ownership of partitions %s confirmed", sorted(self._owned))
 
-    def _known_offsets(self) -> dict[int, dict[str, int]]:
-        return {p: o for p, o in self._last_committed.items() if p in self._owned and o}
+    def _group_offsets(self, partitions: set[int]) -> list[TopicPartition]:
+        """On a lane of its own: the offsets the group holds for `partitions`, read by a consumer that
+        never joins the group (the group's own consumer may be busy in a rebalance callback)."""
+        c = Consumer(kio.consumer_config(self.bootstrap, self.app, self._consumer_extra))
+        try:
+            committed = c.committed(self._tps(partitions), timeout=10)
+        finally:
+            c.close()
+        failed = [tp.error for tp in committed if tp.error is not None]
+        if failed:
+            raise KafkaException(failed[0])
+        return [tp for tp in committed if tp.offset >= 0]
 
     # -- partitions ------------------------------------------------------------------------------
 
@@ -598,19 +618,25 @@ class Engine:
         for p in sorted(numbers):
             if p in self.workers:  # still active from before (never after an eager revoke)
                 continue
-            if p not in self._restoring and p not in self._restored:
+            r = self._restoring.get(p)
+            if (r is None or r.stop) and p not in self._restored:  # a stopped restore still running: a new one
                 self._start_restore(p, seek=False)
         log.info("assignment %s: restoring from the changelog", sorted(numbers))
 
     def _start_restore(self, p: int, *, seek: bool) -> None:
+        before = self._restoring.get(p)  # stopped but still running: the new one starts after it ends
         r = _Restore(partition=p, seek=seek)
         self._restoring[p] = r
-        r.task = asyncio.get_running_loop().create_task(self._restore(r), name=f"restore {p}")
+        r.task = asyncio.get_running_loop().create_task(
+            self._restore(r, after=before.task if before is not None else None), name=f"restore {p}")
 
-    async def _restore(self, r: _Restore) -> None:
+    async def _restore(self, r: _Restore, after: asyncio.Task[None] | None = None) -> None:
         """Bring partition `r.partition`'s store to the changelog's end, on a lane of its own; the
-        partition stays paused meanwhile. Retries until it succeeds or the partition is released."""
+        partition stays paused meanwhile. Retries until it succeeds or the partition is released.
+        Never two at once on one store: a restore starts after the one it replaces (`after`) ended."""
         p = r.partition
+        if after is not None:
+            await asyncio.wait([after])
         backoff = 0.5
         while not r.stop:
             try:
@@ -695,13 +721,16 @@ class Engine:
         except KafkaException as e:
             log.warning("rewinding partitions %s failed (%s); retrying", sorted(ready), e)
             return
+        if self._rebuilding:  # it began while we waited on the consumer and did not see these partitions;
+            for r in ready.values():  # their records are dropped until it ends: rewind them then
+                r.seek = True
+            return
         for p in sorted(ready):
             del self._restored[p]
             w = PartitionWorker(app=self.app, partition=p, partitions_total=self.partitions_total,
                                 store=self._stores[p], step_executor=self.step_executor, on_work=self._on_work,
                                 trimmer=self._trimmer)
             w.set_committed(by_partition[p])
-            self._last_committed[p] = by_partition[p]
             self.workers[p] = w
             w.load()
         self._ticked = time.monotonic()  # loading is work on this loop, not a stall

@@ -81,6 +81,7 @@ class Lane:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
             self.abandon()
+            fut.add_done_callback(_retrieve)  # it may still end, often in an error once its client is fenced
             raise Stuck(f"{what} did not return within {timeout:.1f}s") from None
 
     def call_sync(self, fn: Callable[[], T], timeout: float, what: str) -> T:
@@ -101,3 +102,9 @@ class Lane:
     def close(self) -> None:
         """End the thread once the calls already submitted are done."""
         self._calls.put(None)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Take an abandoned call's outcome, so asyncio does not log it as an error never retrieved."""
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("an abandoned call ended with %r", fut.exception())

@@ -223,3 +223,25 @@ def test_one_partition_held_back_by_an_open_transaction_does_not_stop_the_others
         zombie.abort_transaction(30)
     wait_until(lambda: set(counts_by_key(kafka.drain(out))) == set(names), 60, "partition 0 after the abort")
     _stop_all(proc)
+
+
+def test_a_commit_whose_outcome_was_unknown_is_not_rewound_by_the_ownership_check(
+        kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
+    """A commit cycle that committed in Kafka but whose call never returned (abandoned at its deadline)
+    is in the changelog and the group's offsets; the rebuild's ownership check must not move those
+    offsets back to the ones before it, or its records are read again: dead letters written twice."""
+    env, inp, out = _counter(kafka, tmp_path)
+    dlq = f"{env['COUNTER_APP']}.dlq"
+    proc = spawn("tests.apps.counter:app", env)
+    # The 2nd cycle commits in Kafka, then its lane never returns.
+    proc.start({"PROCESSOR_TEST_FAULTS": "after_kafka_commit=2:hang"}).wait_ready()
+    kafka.produce(inp, [(b"key-0", b"not json 0")])
+    wait_until(lambda: len(kafka.drain(dlq)) == 1, 60, "the first dead letter")
+    kafka.produce(inp, [(b"key-0", f"not json {i}".encode()) for i in range(1, 11)])
+    proc.wait_log("hanging for good")
+    proc.wait_log("did not return within", timeout=30)
+    kafka.produce(inp, [(b"key-0", orjson.dumps({"i": 0}))])  # behind them: once it is out, they were read
+    wait_until(lambda: counts_by_key(kafka.drain(out)).get("key-0") == [1], 90, "the good record's output")
+    letters = [r.value for r in kafka.drain(dlq)]
+    assert sorted(letters) == sorted(f"not json {i}".encode() for i in range(11)), letters
+    _stop_all(proc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from concurrent.futures import Future
@@ -73,3 +74,24 @@ def test_a_call_past_its_deadline_abandons_its_lane_and_the_caller_goes_on() -> 
 
     asyncio.run(main())
     forever.set()
+
+
+def test_an_abandoned_call_that_fails_later_leaves_no_unretrieved_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A stuck librdkafka call often returns once its client is fenced (with an error): that is expected
+    and must not log asyncio's 'Future exception was never retrieved' traceback at ERROR."""
+    release = threading.Event()
+    lane = Lane("test")
+
+    def late_failure() -> None:
+        release.wait(5)
+        raise RuntimeError("fenced by a newer instance")
+
+    async def main() -> None:
+        with pytest.raises(Stuck):
+            await lane.call(late_failure, 0.1, "a late call")
+        release.set()
+        await asyncio.sleep(0.2)
+
+    asyncio.run(main())
+    gc.collect()
+    assert "never retrieved" not in caplog.text
