@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -44,14 +44,16 @@ from processor._engine.metrics import CommitTimings
 from processor._engine.partition import CycleSlice, InRecord, PartitionWorker
 from processor._errors import ConfigurationError, ProcessorError
 from state.changelog import RestoreCancelled, RestoreError, restore
-from state.store import PartitionStore, Store
+from state.store import PartitionStore, Store, StoreClosedError, StoreFormatError
 
 log = logging.getLogger("processor.engine")
+T = TypeVar("T")
 
 POLL_S = 120.0          # a poll runs rebalance callbacks, which may commit and drop partitions
 STALL_S = 4.0           # a freeze this long may have outlived the 6 s session: confirm ownership
 SHUTDOWN_S = 30.0       # SIGTERM to exit, whatever Kafka does meanwhile
-FENCES_TO_GIVE_UP = 5   # fences of our own ids within FENCE_WINDOW_S: another instance has our id
+FENCES_TO_GIVE_UP = 5   # young transactions fenced within FENCE_WINDOW_S: another instance has our id
+CONSUMER_FENCES_TO_GIVE_UP = 10  # consumers fenced (FENCED_INSTANCE_ID) within FENCE_WINDOW_S
 FENCE_WINDOW_S = 120.0
 
 
@@ -108,7 +110,8 @@ class Engine:
         self._rebuilding = False
         self._reconfirm = False  # a reason to rebuild came up while an ownership check was under way
         self._rebuild_task: asyncio.Task[None] | None = None
-        self._fences: deque[float] = deque()
+        self._producer_fences: deque[float] = deque()
+        self._consumer_fences: deque[float] = deque()
         self._ticked = time.monotonic()
         self._stalled_for = 0.0
         self.partitions_total = 0
@@ -319,7 +322,8 @@ class Engine:
         timeout ends in a fatal FENCED_INSTANCE_ID, and the state-dir lock already rules out a second
         process with our instance id on this host."""
         self._consumer_failed = None
-        self._note_fence(why)
+        if "FENCED_INSTANCE_ID" in why or "fenced" in why.lower():
+            self._note_fence(self._consumer_fences, CONSUMER_FENCES_TO_GIVE_UP, why)
         log.warning("%s: dropping partitions %s and starting a new consumer", why, sorted(self._owned))
         self._epoch += 1
         await self._release(set(self._owned) | set(self._restoring) | set(self.workers), commit=False,
@@ -348,15 +352,16 @@ class Engine:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def _note_fence(self, why: str) -> None:
-        """Count fences of our own ids; many in a short time mean another instance runs with ours."""
+    def _note_fence(self, fences: deque[float], limit: int, why: str) -> None:
+        """Count fences of our own ids; many in a short time mean another instance runs with ours
+        (one broker outage costs at most one of each kind)."""
         now = time.monotonic()
-        self._fences.append(now)
-        while self._fences and self._fences[0] < now - FENCE_WINDOW_S:
-            self._fences.popleft()
-        if len(self._fences) >= FENCES_TO_GIVE_UP and self._error is None:
+        fences.append(now)
+        while fences and fences[0] < now - FENCE_WINDOW_S:
+            fences.popleft()
+        if len(fences) >= limit and self._error is None:
             self._error = ProcessorError(
-                f"fenced {len(self._fences)} times in {FENCE_WINDOW_S:.0f}s (last: {why}): another process "
+                f"fenced {len(fences)} times in {FENCE_WINDOW_S:.0f}s (last: {why}): another process "
                 f"seems to run with instance id {self.instance_id!r}; every instance needs its own")
             self.request_stop()
 
@@ -391,53 +396,70 @@ class Engine:
     async def commit_cycle(self, partitions: set[int] | None = None, *, deadline: Deadline | None = None) -> bool:
         """Commit everything pending (of `partitions`, default all) in one transaction. False when
         nothing could be committed: the transaction failed (a rebuild is under way) or work must wait."""
-        async with self._commit_lock:
-            if self._check_stall():
+        if deadline is None:
+            await self._commit_lock.acquire()
+        else:
+            try:  # a revoke gives up on committing rather than outlive its deadline
+                await asyncio.wait_for(self._commit_lock.acquire(), max(0.0, deadline.left() - 1.0))
+            except TimeoutError:
                 return False
-            workers = [w for p, w in self.workers.items() if (partitions is None or p in partitions) and w.has_work()]
-            if not workers:
-                return True
-            slot = self._turn
-            producer = self._producers[slot]
-            if producer is None:
-                self._begin_rebuild("no usable transactional producer")
-                return False
-            slices = [w.seal() for w in workers]
-            offsets = _fence_offsets(workers, slices, self.app.inbox_topic)
-            group = self._group_metadata
-            timeout = self._txn_s if deadline is None else min(self._txn_s, deadline.left())
-            started = time.perf_counter()
-            try:
-                written = await self._producer_lanes[slot].call(
-                    lambda: txn.commit(producer, changelog=self.app.changelog_topic, slices=slices, offsets=offsets,
-                                       group=group, timings=self.timings, flush_timeout=self._txn_s),
-                    timeout, "a commit cycle's Kafka transaction")
-            except Stuck as e:
-                self._lose_producer(slot)
-                self._begin_rebuild(str(e))
-                return False
-            except txn.TxnFailed as e:
-                await self._settle_failed(slot, e, deadline)
-                self._begin_rebuild(f"transaction failed ({e})")
-                return False
-            self._turn = (slot + 1) % len(self._producers)
-            stores: dict[int, Store] = {s.partition: self._stores[s.partition] for s in slices}
-            try:
-                foreign = await asyncio.get_running_loop().run_in_executor(
-                    self._apply_pool, self._apply, slices, written, stores)
-            except Exception as e:
-                log.exception("applying a committed cycle to LMDB failed")
-                self._begin_rebuild(f"apply failed ({e})")
-                return False
-            self.timings.add("cycle", time.perf_counter() - started)
-            self.commits += 1
-            for w, s in zip(workers, slices, strict=True):
-                if self.workers.get(s.partition) is w:  # not dropped meanwhile by a release past its deadline
-                    w.committed(s)
-            if foreign:
-                self._begin_rebuild(f"changelog partitions {sorted(foreign)} hold records this instance did not "
-                                    "write after its store's offset")
+        try:
+            return await self._commit_locked(partitions, deadline)
+        finally:
+            self._commit_lock.release()
+
+    async def _commit_locked(self, partitions: set[int] | None, deadline: Deadline | None) -> bool:
+        if self._check_stall():
+            return False
+        if deadline is not None and deadline.left() < 1.0:
+            return False  # too late to commit: the next owner resumes from the last commit
+        workers = [w for p, w in self.workers.items() if (partitions is None or p in partitions) and w.has_work()]
+        if not workers:
             return True
+        slot = self._turn
+        producer = self._producers[slot]
+        if producer is None:
+            self._begin_rebuild("no usable transactional producer")
+            return False
+        slices = [w.seal() for w in workers]
+        offsets = _fence_offsets(workers, slices, self.app.inbox_topic)
+        group = self._group_metadata
+        timeout = self._txn_s if deadline is None else min(self._txn_s, deadline.left())
+        started = time.perf_counter()
+        try:
+            written = await self._producer_lanes[slot].call(
+                lambda: txn.commit(producer, changelog=self.app.changelog_topic, slices=slices, offsets=offsets,
+                                   group=group, timings=self.timings, flush_timeout=self._txn_s),
+                timeout, "a commit cycle's Kafka transaction")
+        except Stuck as e:
+            # Whatever stuck this call (a broker or coordinator gone) is likely to stick the
+            # other producer too: replace them all now rather than find out one deadline later.
+            for i in range(len(self._producers)):
+                self._lose_producer(i)
+            self._begin_rebuild(str(e))
+            return False
+        except txn.TxnFailed as e:
+            await self._settle_failed(slot, e, deadline, age_s=time.perf_counter() - started)
+            self._begin_rebuild(f"transaction failed ({e})")
+            return False
+        self._turn = (slot + 1) % len(self._producers)
+        stores: dict[int, Store] = {s.partition: self._stores[s.partition] for s in slices}
+        try:
+            foreign = await _uncancellable(asyncio.get_running_loop().run_in_executor(
+                self._apply_pool, self._apply, slices, written, stores))
+        except Exception as e:
+            log.exception("applying a committed cycle to LMDB failed")
+            self._begin_rebuild(f"apply failed ({e})")
+            return False
+        self.timings.add("cycle", time.perf_counter() - started)
+        self.commits += 1
+        for w, s in zip(workers, slices, strict=True):
+            if self.workers.get(s.partition) is w:  # not dropped meanwhile by a release past its deadline
+                w.committed(s)
+        if foreign:
+            self._begin_rebuild(f"changelog partitions {sorted(foreign)} hold records this instance did not "
+                                "write after its store's offset")
+        return True
 
     def _apply(self, slices: list[CycleSlice], written: txn.Written, stores: dict[int, Store]) -> set[int]:
         """On the apply thread, after the transaction committed: write each overlay into its store
@@ -464,11 +486,12 @@ class Engine:
         return foreign
 
     async def _settle_failed(self, slot: int, e: txn.TxnFailed, deadline: Deadline | None, *,
-                             quiet: bool = False) -> None:
+                             age_s: float, quiet: bool = False) -> None:
         """After a failed transaction: abort it, or give up on the producer."""
         (log.debug if quiet else log.warning)("transaction on %s failed: %s", self.transactional_id(slot), e)
-        if e.code in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
-            self._note_fence(str(e))
+        if e.code in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED) and age_s < 0.8 * self._txn_s:
+            # Fenced though the broker cannot have timed it out: another producer with our id started.
+            self._note_fence(self._producer_fences, FENCES_TO_GIVE_UP, str(e))
         if e.outcome is txn.Outcome.PRODUCER_LOST:
             self._lose_producer(slot)
             return
@@ -556,7 +579,7 @@ class Engine:
             self._lose_producer(slot)
             raise
         except txn.TxnFailed as e:
-            await self._settle_failed(slot, e, None, quiet=True)
+            await self._settle_failed(slot, e, None, age_s=0.0, quiet=True)
             raise
         self._turn = (slot + 1) % len(self._producers)
         log.info("ownership of partitions %s confirmed", sorted(self._owned))
@@ -651,10 +674,16 @@ class Engine:
                 log.warning("partition %d: restore failed (%s); retrying in %.1fs", p, e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
-            except Stuck as e:
+            except (Stuck, StoreFormatError) as e:
                 self._error = self._error or ProcessorError(f"partition {p}: {e}")
                 self.request_stop()
                 return
+            except Exception as e:  # a broker error, a closed store: never leave the partition paused
+                log.exception("partition %d: restore failed; retrying in %.1fs", p, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                if isinstance(e, StoreClosedError):
+                    self._stores.pop(p, None)
         if self._restoring.get(p) is r:
             del self._restoring[p]
             if not r.stop:
@@ -793,6 +822,21 @@ class Engine:
     async def _close_stores_later(self, numbers: set[int]) -> None:
         async with self._commit_lock:
             self._close_stores(numbers)
+
+
+async def _uncancellable(fut: asyncio.Future[T]) -> T:
+    """Await `fut` to its end even when cancelled meanwhile (then re-raise the cancellation): an
+    LMDB apply must not be left running while its caller lets go of the commit lock."""
+    cancelled = False
+    while not fut.done():
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if not fut.done():
+                cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return fut.result()
 
 
 def _fence_offsets(workers: list[PartitionWorker], slices: list[CycleSlice], inbox: str) -> list[TopicPartition]:
