@@ -1,0 +1,550 @@
+"""The chaos runner: its own broker, N processor instances of tests/apps/chaos.py as real processes, a
+paced workload, and a seeded schedule of faults — SIGKILL, SIGKILL with the state dir deleted, a
+freeze longer than the session timeout, an instance kept down until its partitions move, and broker
+restarts (clean and SIGKILL). After the schedule it lets the outputs settle, stops every instance with
+SIGTERM and hands everything to the verifier (verify.py). Every wait has a deadline.
+
+    python -m tests.chaos.runner [--profile short|long] [--seed N] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from tests.chaos import verify
+from tests.chaos.broker import OwnBroker, free_port_pair
+from tests.chaos.workload import OutputObserver, Rates, Topics, Workload, spread_keys
+from tests.e2e.harness import ProcessorProcess
+from tests.kafka_support import Kafka, _warm
+
+KINDS = ("kill", "kill_wipe", "freeze", "down", "broker_stop", "broker_kill")
+SESSION_TIMEOUT = 6.0  # the engine's consumer session timeout (docs/architecture.md)
+SIGTERM_BOUND = 60.0   # how long a clean stop may take
+MAX_RESTARTS = 10      # restarts of an instance that exited on its own, before giving up on it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Profile:
+    name: str
+    instances: int
+    partitions: int
+    faults: Mapping[str, int]
+    rates: Rates
+    keys: int = 24
+    callees: int = 12
+    pause: tuple[float, float] = (1.0, 5.0)      # after recovery, before the next fault
+    freeze: tuple[float, float] = (8.0, 15.0)    # SIGSTOP .. SIGCONT (> SESSION_TIMEOUT)
+    down: tuple[float, float] = (10.0, 15.0)     # SIGKILL .. restart, long enough for partitions to move
+    outage: tuple[float, float] = (5.0, 12.0)    # broker stop/kill .. start
+    recover_timeout: float = 120.0              # from a fault's end until outputs flow on every partition
+    settle_timeout: float = 180.0               # after the workload stops, until every input has its output
+    budget: float = 600.0                       # the whole fault schedule; no fault is started after it
+
+    @property
+    def fault_count(self) -> int:
+        return sum(self.faults.values())
+
+
+SHORT = Profile(name="short", instances=3, partitions=6, budget=300.0,
+                faults=MappingProxyType({"kill": 3, "kill_wipe": 2, "freeze": 2, "down": 1,
+                                         "broker_stop": 1, "broker_kill": 1}),
+                freeze=(8.0, 11.0), down=(10.0, 12.0), outage=(5.0, 9.0), pause=(1.0, 3.0),
+                rates=Rates(counts=6.0, sleeps=0.3, asks=0.5, foreign_share=0.2))
+LONG = Profile(name="long", instances=3, partitions=6, budget=3600.0,
+               faults=MappingProxyType({"kill": 16, "kill_wipe": 8, "freeze": 10, "down": 8,
+                                        "broker_stop": 4, "broker_kill": 4}),
+               rates=Rates(counts=8.0, sleeps=0.4, asks=0.6, foreign_share=0.2))
+PROFILES = {"short": SHORT, "long": LONG}
+
+
+def profile_from_env() -> Profile:
+    """PROCESSOR_CHAOS=short (default) or long."""
+    name = os.environ.get("PROCESSOR_CHAOS", "short") or "short"
+    if name not in PROFILES:
+        raise ValueError(f"PROCESSOR_CHAOS={name!r}: use one of {sorted(PROFILES)}")
+    return PROFILES[name]
+
+
+def seed_from_env() -> int:
+    """PROCESSOR_CHAOS_SEED replays a run's schedule and workload; otherwise a fresh seed."""
+    s = os.environ.get("PROCESSOR_CHAOS_SEED")
+    return int(s) if s else random.SystemRandom().randrange(1 << 31)
+
+
+@dataclass(slots=True, kw_only=True)
+class Fault:
+    n: int
+    kind: str
+    target: str          # instance id, or "broker"
+    at: float = 0.0      # wall time of injection (SIGKILL, SIGSTOP, broker stop/kill)
+    ended: float = 0.0   # wall time the fault was lifted (restart issued, SIGCONT, broker ready)
+    held: float = 0.0    # how long it was held (freeze, downtime, outage)
+    failover: float | None = None   # injection -> every partition emits outputs of new inputs again
+    recovery: float | None = None   # fault lifted -> the same
+    slowest: int | None = None      # the partition that came back last
+
+
+@dataclass(slots=True, kw_only=True)
+class Exit:
+    instance: str
+    run: int
+    code: int | None
+    at: float
+    log: Path
+
+
+@dataclass(slots=True)
+class Result:
+    profile: Profile
+    seed: int
+    work: Path
+    started: float = field(default_factory=time.time)
+    finished: float = 0.0
+    faults: list[Fault] = field(default_factory=list)
+    unexpected_exits: list[Exit] = field(default_factory=list)
+    sigterm: dict[str, int | None] = field(default_factory=dict)
+    verdict: verify.Verdict = field(default_factory=verify.Verdict)
+    warnings: list[str] = field(default_factory=list)
+    lag: dict[str, int] = field(default_factory=dict)
+    instances: list[ProcessorProcess] = field(default_factory=list)
+    broker_log: str = ""
+    workload: str = ""
+
+    @property
+    def violations(self) -> list[str]:
+        return self.verdict.violations
+
+    def summary(self) -> str:
+        lines = [f"chaos profile {self.profile.name}  seed {self.seed}  {self.profile.instances} instances  "
+                 f"{self.profile.partitions} partitions  {self.finished - self.started:.0f}s  (work dir {self.work})",
+                 f"{'fault':<12} {'n':>3}  {'failover p50':>12} {'max':>7}  {'recovery p50':>12} {'max':>7}  "
+                 f"{'held p50':>8}  no-recovery"]
+        for kind in (*KINDS, "all"):
+            fs = [f for f in self.faults if kind in ("all", f.kind)]
+            if not fs:
+                continue
+            fo = [f.failover for f in fs if f.failover is not None]
+            rc = [f.recovery for f in fs if f.recovery is not None]
+            lines.append(f"{kind:<12} {len(fs):>3}  {_p50(fo):>12} {_max(fo):>7}  {_p50(rc):>12} {_max(rc):>7}  "
+                         f"{_p50([f.held for f in fs]):>8}  {sum(1 for f in fs if f.failover is None):>3}")
+        v = self.verdict
+        lines.append(f"inputs: {v.inputs['count']} counter records, {v.inputs['sleep']} sleepers, "
+                     f"{v.inputs['call']} call chains   {self.workload}")
+        lines.append(f"outputs: duplicates {v.duplicates}  losses {v.losses}  phantoms {v.phantoms}   "
+                     f"lag {sum(self.lag.values())}")
+        exits = ", ".join(f"{e.instance}#{e.run}={e.code}" for e in self.unexpected_exits) or "none"
+        terms = " ".join(f"{i}={c}" for i, c in sorted(self.sigterm.items()))
+        lines.append(f"instance exits not caused by a kill: {len(self.unexpected_exits)} ({exits})   "
+                     f"exit codes on SIGTERM: {terms}")
+        lines.append(f"violations: {len(self.violations)}")
+        lines.extend(f"  - {x}" for x in self.violations)
+        lines.extend(f"  warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+    def fault_log(self) -> str:
+        lines = [f"{'#':>3} {'fault':<12} {'target':<7} {'at':>7} {'held':>6} {'failover':>9} {'recovery':>9}  slowest"]
+        for f in self.faults:
+            lines.append(f"{f.n:>3} {f.kind:<12} {f.target:<7} {f.at - self.started:>6.1f}s {f.held:>5.1f}s "
+                         f"{_fmt(f.failover):>9} {_fmt(f.recovery):>9}  p{f.slowest}")
+        return "\n".join(lines)
+
+    def diagnostics(self, tail: int = 40) -> str:
+        """Error lines of every instance log, the tail of each instance's last log, the broker's tail."""
+        out = []
+        for p in self.instances:
+            for run in range(1, p.runs + 1):
+                path = p.log_dir / f"{p.instance_id}-{run}.log"
+                if not path.exists():
+                    continue
+                text = path.read_text(errors="replace").splitlines()
+                notable = [ln for ln in text if _NOTABLE.search(ln)]
+                if notable:
+                    out.append(f"--- {path.name}: {len(notable)} notable lines (first 12)")
+                    out.extend(f"    {ln[:300]}" for ln in notable[:12])
+            out.append(f"--- tail of {p.log_path.name}")
+            out.extend(f"    {ln[:300]}" for ln in p.log().splitlines()[-tail:])
+        out.append("--- tail of the chaos broker's server.log")
+        out.extend(f"    {ln[:300]}" for ln in self.broker_log.splitlines())
+        return "\n".join(out)
+
+
+_NOTABLE = re.compile(r"WARNING|ERROR|CRITICAL|Traceback|Error:|fatal|fenced", re.IGNORECASE)
+_ASSIGNED = re.compile(r"assigned partitions \[([\d, ]*)\]")
+
+
+def _p50(xs: list[float]) -> str:
+    return _fmt(statistics.median(xs)) if xs else "-"
+
+
+def _max(xs: list[float]) -> str:
+    return _fmt(max(xs)) if xs else "-"
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}s"
+
+
+class ChaosRun:
+    """One run of a profile with one seed, in `work` (broker data, state dirs, logs)."""
+
+    def __init__(self, profile: Profile, seed: int, work: Path, *, port: int | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
+        self.profile, self.seed, self.work = profile, seed, work
+        self.rng = random.Random(seed)
+        self.result = Result(profile, seed, work)
+        self._say = say or (lambda s: print(s, flush=True))
+        self.broker = OwnBroker(work / "kafka", port or free_port_pair(int(os.environ.get("CHAOS_KAFKA_PORT", 19292))))
+        self.broker_up = False
+        self.app = "chaos"
+        P = profile.partitions
+        self.topics = Topics(counts="chaos-counts", sleeps="chaos-sleeps", asks="chaos-asks", output="chaos-out",
+                             partitions=P)
+        self.env = {"CHAOS_APP": self.app, "CHAOS_COUNTS": self.topics.counts, "CHAOS_SLEEPS": self.topics.sleeps,
+                    "CHAOS_ASKS": self.topics.asks, "CHAOS_OUTPUT": self.topics.output}
+        self.instances = [ProcessorProcess(spec="tests.apps.chaos:app", bootstrap=self.broker.bootstrap,
+                                           state_dir=work / f"state-i{n}", instance_id=f"i{n}", env=self.env,
+                                           log_dir=work / "logs")
+                          for n in range(1, profile.instances + 1)]
+        self.result.instances = self.instances
+        self._killed: set[str] = set()   # instances we took down on purpose (not yet restarted)
+        self._restarts: Counter[str] = Counter()
+        self._restart_after_broker: set[str] = set()  # exited while the broker was away
+        self.workload: Workload | None = None
+        self.observer: OutputObserver | None = None
+
+    def say(self, msg: str) -> None:
+        self._say(f"[{time.time() - self.result.started:7.1f}s] {msg}")
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    def run(self) -> Result:
+        self.say(f"chaos seed {self.seed} (PROCESSOR_CHAOS_SEED={self.seed} replays it), profile "
+                 f"{self.profile.name}: {dict(self.profile.faults)}; work dir {self.work}")
+        (self.work / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            self._setup()
+            if self._wait_flowing(time.time(), "the first outputs"):
+                self._schedule()
+            self._settle()
+            self._stop_all()
+            self._verify()
+        finally:
+            self._teardown()
+            self.result.finished = time.time()
+        return self.result
+
+    def _setup(self) -> None:
+        took = self.broker.start()
+        self.broker_up = True
+        self.say(f"chaos broker ready on {self.broker.bootstrap} in {took:.1f}s")
+        kafka = _warm(Kafka(bootstrap=self.broker.bootstrap, origin="chaos"))
+        for t in (self.topics.counts, self.topics.sleeps, self.topics.asks, self.topics.output):
+            kafka.create_topic(t, self.profile.partitions)
+        first, *rest = self.instances
+        first.start().wait_ready(120)  # the first one creates the internal topics; the rest join
+        for p in rest:
+            p.start()
+        for p in rest:
+            p.wait_ready(120)
+        self.say(f"{len(self.instances)} instances ready")
+        P = self.profile.partitions
+        keys, callees = spread_keys("c", self.profile.keys, P), spread_keys("b", self.profile.callees, P)
+        self.observer = OutputObserver(self.broker.bootstrap, self.topics.output, P)
+        self.observer.start()
+        cap = self.profile.budget + self.profile.fault_count * (self.profile.recover_timeout + 30)
+        self.workload = Workload(self.broker.bootstrap, self.topics, self.profile.rates, self.seed + 1,
+                                 keys=keys, callees=callees, cap_seconds=cap)
+        self.workload.start()
+
+    def _schedule(self) -> None:
+        kinds = [k for k, n in self.profile.faults.items() for _ in range(n)]
+        self.rng.shuffle(kinds)
+        deadline = time.monotonic() + self.profile.budget
+        for n, kind in enumerate(kinds, 1):
+            if time.monotonic() > deadline:
+                self.result.verdict.fail(f"schedule: {len(kinds) - n + 1} faults not injected: the "
+                                         f"{self.profile.budget:.0f}s budget ran out (slow recoveries)")
+                return
+            self._pause(self.rng.uniform(*self.profile.pause))
+            target = "broker" if kind.startswith("broker") else self.rng.choice(self.instances).instance_id
+            fault = Fault(n=n, kind=kind, target=target)
+            self.result.faults.append(fault)
+            getattr(self, f"_inject_{kind}")(fault)
+            ok = self._wait_flowing(fault.at, f"recovery from fault #{n} ({kind} {target})", fault)
+            self.say(f"fault #{n}/{len(kinds)} {kind} {target}: held {fault.held:.1f}s, failover "
+                     f"{_fmt(fault.failover)}, recovery {_fmt(fault.recovery)} (slowest p{fault.slowest})")
+            if not ok:
+                return  # a hang: stop injecting; the settle, stop and verify steps still report
+
+    # -- faults ----------------------------------------------------------------------------------
+
+    def _instance(self, fault: Fault) -> ProcessorProcess:
+        return next(p for p in self.instances if p.instance_id == fault.target)
+
+    def _kill(self, p: ProcessorProcess) -> None:
+        self._killed.add(p.instance_id)
+        if p.running():
+            p.kill()
+
+    def _restart(self, p: ProcessorProcess) -> None:
+        self._killed.discard(p.instance_id)
+        p.start()
+
+    def _inject_kill(self, fault: Fault) -> None:
+        p = self._instance(fault)
+        fault.at = time.time()
+        self._kill(p)
+        self._restart(p)
+        fault.ended = time.time()
+
+    def _inject_kill_wipe(self, fault: Fault) -> None:
+        p = self._instance(fault)
+        fault.at = time.time()
+        self._kill(p)
+        shutil.rmtree(p.state_dir, ignore_errors=True)
+        self._restart(p)
+        fault.ended = time.time()
+
+    def _inject_down(self, fault: Fault) -> None:
+        p = self._instance(fault)
+        fault.held = self.rng.uniform(*self.profile.down)
+        fault.at = time.time()
+        self._kill(p)
+        self._pause(fault.held)
+        self._restart(p)
+        fault.ended = time.time()
+
+    def _inject_freeze(self, fault: Fault) -> None:
+        p = self._instance(fault)
+        fault.held = self.rng.uniform(*self.profile.freeze)
+        if not p.running():  # it exited on its own (already recorded): freeze it once it is back
+            self._watch()
+        fault.at = time.time()
+        if p.running():
+            p.freeze()
+            self._pause(fault.held)
+            p.thaw()
+        fault.ended = time.time()
+
+    def _inject_broker_stop(self, fault: Fault) -> None:
+        self._broker_outage(fault, self.broker.stop)
+
+    def _inject_broker_kill(self, fault: Fault) -> None:
+        self._broker_outage(fault, self.broker.kill)
+
+    def _broker_outage(self, fault: Fault, take_down: Callable[[], None]) -> None:
+        outage = self.rng.uniform(*self.profile.outage)
+        fault.at = time.time()
+        self.broker_up = False
+        take_down()
+        self._pause(max(0.0, fault.at + outage - time.time()))
+        took = self.broker.start()
+        self.broker_up = True
+        fault.ended = time.time()
+        fault.held = fault.ended - fault.at
+        self.say(f"broker back after {fault.held:.1f}s (start took {took:.1f}s)")
+
+    # -- waiting and watching --------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Note every instance that exited without being killed (a violation) and restart it, as a
+        supervisor would, so the run goes on and finds more."""
+        for p in self.instances:
+            if p.instance_id in self._killed or p.proc is None or p.running():
+                continue
+            code = p.proc.returncode
+            self.result.unexpected_exits.append(Exit(instance=p.instance_id, run=p.runs, code=code, at=time.time(),
+                                                     log=p.log_path))
+            last = p.log().strip().splitlines()[-1:] or ["(empty log)"]
+            self.say(f"!! {p.instance_id} (run {p.runs}) exited by itself with {code}: {last[0][:200]}")
+            if self._restarts[p.instance_id] >= MAX_RESTARTS:
+                self._killed.add(p.instance_id)  # leave it down; the verdict will say so
+                self.say(f"!! {p.instance_id} exited {MAX_RESTARTS} times; not restarting it again")
+            elif self.broker_up:
+                self._restarts[p.instance_id] += 1
+                p.start()
+            else:
+                self._killed.add(p.instance_id)
+                self._restart_after_broker.add(p.instance_id)
+
+    def _pause(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(0.2, left))
+            self._watch()
+        if self.broker_up and self._restart_after_broker:
+            for p in self.instances:
+                if p.instance_id in self._restart_after_broker:
+                    self._restarts[p.instance_id] += 1
+                    self._restart(p)
+            self._restart_after_broker.clear()
+
+    def _wait(self, cond: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                return False
+            self._pause(0.2)
+        return True
+
+    def _wait_flowing(self, since: float, what: str, fault: Fault | None = None) -> bool:
+        """Wait until every partition emitted a counter output of an input produced after `since`."""
+        assert self.observer is not None
+        obs = self.observer
+        ok = self._wait(lambda: all(a is not None for a in obs.flowing_since(since).values()),
+                        self.profile.recover_timeout)
+        arrivals = obs.flowing_since(since)
+        if not ok:
+            stuck = sorted(p for p, a in arrivals.items() if a is None)
+            self.result.verdict.fail(f"liveness: no outputs on partitions {stuck} for inputs after {what} within "
+                                     f"{self.profile.recover_timeout:.0f}s (a hang)")
+            return False
+        if fault is not None:
+            last = max(arrivals.items(), key=lambda kv: kv[1] or 0.0)
+            fault.slowest = last[0]
+            fault.failover = (last[1] or 0.0) - fault.at
+            fault.recovery = max(0.0, (last[1] or 0.0) - fault.ended)
+        return True
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _settle(self) -> None:
+        assert self.workload is not None and self.observer is not None
+        self.workload.finish()
+        w, obs = self.workload, self.observer
+        with w.lock:
+            want = set().union(*w.delivered.values())
+            sent_by_kind = {k: len(v) for k, v in w.delivered.items()}
+            self.result.warnings.extend(w.errors[:5])
+        self.result.workload = (f"(produced {w.sent}, delivered {sent_by_kind}; observer saw {obs.count()} outputs"
+                                f" before the stop)")
+        self.say(f"workload stopped: {sent_by_kind}; waiting for every input's output")
+        if not self._wait(lambda: obs.seen(want) == want, self.profile.settle_timeout):
+            missing = sorted(want - obs.seen(want))
+            self.result.verdict.fail(f"liveness: {len(missing)} inputs still without output "
+                                     f"{self.profile.settle_timeout:.0f}s after the workload stopped", missing)
+        self.result.workload = (f"(produced {w.sent}, delivered {sent_by_kind}; observer saw {obs.count()} outputs)")
+
+    def _stop_all(self) -> None:
+        self._watch()
+        alive = [p for p in self.instances if p.running()]
+        for p in alive:
+            assert p.proc is not None
+            p.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + SIGTERM_BOUND
+        for p in alive:
+            assert p.proc is not None
+            while p.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            code = p.proc.poll()
+            self.result.sigterm[p.instance_id] = code
+            if code is None:
+                self.result.verdict.fail(f"shutdown: {p.instance_id} still running {SIGTERM_BOUND:.0f}s after SIGTERM")
+                p.ensure_dead()
+            elif code != 0:
+                self.result.verdict.fail(f"shutdown: {p.instance_id} exited {code} on SIGTERM",
+                                         p.log().splitlines()[-5:])
+        for p in self.instances:
+            if p.instance_id not in self.result.sigterm:
+                self.result.sigterm[p.instance_id] = None
+                self.result.verdict.fail(f"shutdown: {p.instance_id} was not running at the end")
+        self.say(f"instances stopped: {self.result.sigterm}")
+
+    def _verify(self) -> None:
+        v, t, P, bs = self.result.verdict, self.topics, self.profile.partitions, self.broker.bootstrap
+        counts = [(k, e) for _, _, k, e in verify.decode(verify.read_topic(bs, t.counts, P))]
+        sleeps = [e for *_, e in verify.decode(verify.read_topic(bs, t.sleeps, P))]
+        asks = [e for *_, e in verify.decode(verify.read_topic(bs, t.asks, P))]
+        outputs = [verify.Out(partition=p, offset=o, value=e)
+                   for p, o, _, e in verify.decode(verify.read_topic(bs, t.output, P))]
+        checked = verify.check_outputs(counts=counts, sleeps=sleeps, asks=asks, outputs=outputs, partitions=P)
+        v.violations.extend(checked.violations)
+        v.duplicates, v.losses, v.phantoms, v.inputs = (checked.duplicates, checked.losses, checked.phantoms,
+                                                        checked.inputs)
+        assert self.workload is not None
+        on_topic = {str(e["id"]) for _, e in counts} | {str(e["id"]) for e in sleeps} | {str(e["id"]) for e in asks}
+        gone = sorted(set().union(*self.workload.delivered.values()) - on_topic)
+        if gone:
+            v.fail(f"broker: {len(gone)} acknowledged input records are not on the input topics", gone)
+
+        owned: dict[int, str] = {}
+        state: list[tuple[int, str, str, str, object]] = []
+        rows = []
+        for p in self.instances:
+            found = _ASSIGNED.findall(p.log())
+            mine = {int(x) for x in found[-1].split(",") if x.strip()} if found else set()
+            clash = sorted(q for q in mine if q in owned)
+            if clash:
+                v.fail(f"state: partitions {clash} claimed at the end by both {p.instance_id} and "
+                       f"{[owned[q] for q in clash]}")
+            owned.update({q: p.instance_id for q in mine})
+            s, r = verify.read_owned_state(p.state_dir, self.app, mine)
+            state += s
+            rows += r
+        verify.check_state(v, counts=counts, asks=asks, state=state, owned=owned, partitions=P)
+        verify.check_invocations(v, rows)
+
+        self.result.lag = verify.unconsumed(bs, self.app, [t.counts, t.sleeps, t.asks, f"{self.app}.inbox"], P)
+        if self.result.lag:
+            v.fail(f"lag: {sum(self.result.lag.values())} committed input/inbox records after the group's "
+                   f"committed offsets", [f"{k}: {n}" for k, n in sorted(self.result.lag.items())])
+        for e in self.result.unexpected_exits:
+            tail = [ln for ln in e.log.read_text(errors="replace").splitlines() if _NOTABLE.search(ln)][-3:]
+            v.fail(f"exit: {e.instance} (run {e.run}, {e.log.name}) exited with {e.code} without being killed",
+                   tail)
+        if self.observer is not None:
+            self.result.warnings.extend(self.observer.errors[:5])
+
+    def _teardown(self) -> None:
+        for p in self.instances:
+            try:
+                p.ensure_dead()
+            except Exception as e:  # keep tearing down; the broker must go too
+                self.result.warnings.append(f"teardown of {p.instance_id}: {e}")
+        if self.workload is not None and self.workload.is_alive():
+            self.workload.stop_event.set()
+        if self.observer is not None:
+            self.observer.stop()
+        self.result.broker_log = self.broker.log_tail(15)
+        try:
+            self.broker.stop()
+        except Exception as e:
+            self.result.warnings.append(f"stopping the chaos broker: {e}")
+            pid = self.broker.pid()
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.chaos.runner", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", choices=sorted(PROFILES), default=os.environ.get("PROCESSOR_CHAOS", "short"))
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--dir", type=Path, default=None, help="work dir (default: a new temp dir, kept)")
+    args = ap.parse_args(argv)
+    work = args.dir or Path(tempfile.mkdtemp(prefix="chaos-"))
+    result = ChaosRun(PROFILES[args.profile], args.seed if args.seed is not None else seed_from_env(), work).run()
+    print(result.fault_log())
+    print(result.summary())
+    if result.violations:
+        print(result.diagnostics())
+    return 1 if result.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
