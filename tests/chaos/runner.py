@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import logging
 import os
 import random
 import re
@@ -28,7 +30,7 @@ from types import MappingProxyType
 
 from tests.chaos import verify
 from tests.chaos.broker import OwnBroker, free_port_pair
-from tests.chaos.workload import OutputObserver, Rates, Topics, Workload, spread_keys
+from tests.chaos.workload import CLIENT_LOG, OutputObserver, Rates, Topics, Workload, spread_keys
 from tests.e2e.harness import ProcessorProcess
 from tests.kafka_support import Kafka, _warm
 
@@ -77,7 +79,22 @@ def profile_from_env() -> Profile:
     name = os.environ.get("PROCESSOR_CHAOS", "short") or "short"
     if name not in PROFILES:
         raise ValueError(f"PROCESSOR_CHAOS={name!r}: use one of {sorted(PROFILES)}")
-    return PROFILES[name]
+    return faults_from_env(PROFILES[name])
+
+
+def faults_from_env(profile: Profile) -> Profile:
+    """PROCESSOR_CHAOS_FAULTS="kill=4,freeze=2" replaces the profile's fault mix (a diagnosis aid: e.g.
+    leave out broker restarts to see what else fails while they still hang the engine)."""
+    spec = os.environ.get("PROCESSOR_CHAOS_FAULTS", "").strip()
+    if not spec:
+        return profile
+    faults: dict[str, int] = {}
+    for part in spec.split(","):
+        kind, _, n = part.strip().partition("=")
+        if kind not in KINDS or not n.isdigit():
+            raise ValueError(f"PROCESSOR_CHAOS_FAULTS: {part!r} is not KIND=N with KIND one of {KINDS}")
+        faults[kind] = int(n)
+    return dataclasses.replace(profile, name=f"{profile.name}+custom", faults=MappingProxyType(faults))
 
 
 def seed_from_env() -> int:
@@ -171,16 +188,36 @@ class Result:
                 path = p.log_dir / f"{p.instance_id}-{run}.log"
                 if not path.exists():
                     continue
-                text = path.read_text(errors="replace").splitlines()
+                text = _quiet(path.read_text(errors="replace").splitlines())
                 notable = [ln for ln in text if _NOTABLE.search(ln)]
                 if notable:
                     out.append(f"--- {path.name}: {len(notable)} notable lines (first 12)")
                     out.extend(f"    {ln[:300]}" for ln in notable[:12])
             out.append(f"--- tail of {p.log_path.name}")
-            out.extend(f"    {ln[:300]}" for ln in p.log().splitlines()[-tail:])
+            out.extend(f"    {ln[:300]}" for ln in _quiet(p.log().splitlines())[-tail:])
         out.append("--- tail of the chaos broker's server.log")
         out.extend(f"    {ln[:300]}" for ln in self.broker_log.splitlines())
         return "\n".join(out)
+
+
+_NOISE = re.compile(r"\|FAIL\|.*(Connection refused|Disconnected|Connect to)")
+
+
+def _quiet(lines: list[str]) -> list[str]:
+    """Log lines without librdkafka's connect/disconnect chatter during broker outages (a count instead)."""
+    out: list[str] = []
+    dropped = 0
+    for ln in lines:
+        if _NOISE.search(ln):
+            dropped += 1
+            continue
+        if dropped:
+            out.append(f"({dropped} librdkafka connect/disconnect lines)")
+            dropped = 0
+        out.append(ln)
+    if dropped:
+        out.append(f"({dropped} librdkafka connect/disconnect lines)")
+    return out
 
 
 _NOTABLE = re.compile(r"WARNING|ERROR|CRITICAL|Traceback|Error:|fatal|fenced", re.IGNORECASE)
@@ -236,6 +273,9 @@ class ChaosRun:
         self.say(f"chaos seed {self.seed} (PROCESSOR_CHAOS_SEED={self.seed} replays it), profile "
                  f"{self.profile.name}: {dict(self.profile.faults)}; work dir {self.work}")
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
+        client_log = logging.FileHandler(self.work / "logs" / "clients.log")
+        client_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        CLIENT_LOG.addHandler(client_log)
         try:
             self._setup()
             if self._wait_flowing(time.time(), "the first outputs"):
@@ -246,6 +286,8 @@ class ChaosRun:
         finally:
             self._teardown()
             self.result.finished = time.time()
+            CLIENT_LOG.removeHandler(client_log)
+            client_log.close()
         return self.result
 
     def _setup(self) -> None:
@@ -433,11 +475,13 @@ class ChaosRun:
             self.result.warnings.extend(w.errors[:5])
         self.result.workload = (f"(produced {w.sent}, delivered {sent_by_kind}; observer saw {obs.count()} outputs"
                                 f" before the stop)")
-        self.say(f"workload stopped: {sent_by_kind}; waiting for every input's output")
-        if not self._wait(lambda: obs.seen(want) == want, self.profile.settle_timeout):
+        # After a hang was already seen, waiting the full settle time only delays the report.
+        timeout = self.profile.settle_timeout if not self.result.violations else 30.0
+        self.say(f"workload stopped: {sent_by_kind}; waiting up to {timeout:.0f}s for every input's output")
+        if not self._wait(lambda: obs.seen(want) == want, timeout):
             missing = sorted(want - obs.seen(want))
             self.result.verdict.fail(f"liveness: {len(missing)} inputs still without output "
-                                     f"{self.profile.settle_timeout:.0f}s after the workload stopped", missing)
+                                     f"{timeout:.0f}s after the workload stopped", missing)
         self.result.workload = (f"(produced {w.sent}, delivered {sent_by_kind}; observer saw {obs.count()} outputs)")
 
     def _stop_all(self) -> None:
@@ -538,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, default=None, help="work dir (default: a new temp dir, kept)")
     args = ap.parse_args(argv)
     work = args.dir or Path(tempfile.mkdtemp(prefix="chaos-"))
-    result = ChaosRun(PROFILES[args.profile], args.seed if args.seed is not None else seed_from_env(), work).run()
+    seed = args.seed if args.seed is not None else seed_from_env()
+    result = ChaosRun(faults_from_env(PROFILES[args.profile]), seed, work).run()
     print(result.fault_log())
     print(result.summary())
     if result.violations:

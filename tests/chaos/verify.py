@@ -18,6 +18,7 @@ from processor._engine.routing import partition_for_key
 from processor._serde import JsonSerde
 from state import keys as store_keys
 from state.store import PartitionStore
+from tests.chaos.workload import CLIENT_LOG
 
 EXAMPLES = 6  # evidence lines per kind of violation
 
@@ -192,7 +193,8 @@ def _runs(xs: list[int]) -> str:
 
 
 def _consumer(bootstrap: str, group: str) -> Consumer:
-    return Consumer({"bootstrap.servers": bootstrap, "broker.address.family": "v4", "group.id": group,
+    return Consumer({"bootstrap.servers": bootstrap, "broker.address.family": "v4", "logger": CLIENT_LOG,
+                     "group.id": group,
                      "enable.auto.commit": False, "isolation.level": "read_committed",
                      "auto.offset.reset": "earliest"})
 

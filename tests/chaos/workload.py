@@ -4,6 +4,7 @@ observer that reads the output topic with ``read_committed`` and notes when each
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -49,8 +50,14 @@ def spread_keys(prefix: str, n: int, partitions: int) -> list[str]:
     return sorted((k for b in buckets.values() for k in b), key=lambda k: int(k.rsplit("-", 1)[1]))
 
 
+# librdkafka's own log lines of the suite's clients (hundreds of "connection refused" per broker
+# outage); the runner sends them to <work>/logs/clients.log instead of the test output.
+CLIENT_LOG = logging.getLogger("tests.chaos.clients")
+CLIENT_LOG.propagate = False
+
+
 def _base(bootstrap: str) -> dict[str, Any]:
-    return {"bootstrap.servers": bootstrap, "broker.address.family": "v4"}
+    return {"bootstrap.servers": bootstrap, "broker.address.family": "v4", "logger": CLIENT_LOG}
 
 
 class Workload(threading.Thread):
