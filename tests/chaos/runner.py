@@ -63,14 +63,14 @@ class Profile:
 
 
 SHORT = Profile(name="short", instances=3, partitions=6, budget=300.0,
-                faults=MappingProxyType({"kill": 3, "kill_wipe": 2, "freeze": 2, "down": 1,
+                faults=MappingProxyType({"kill": 3, "kill_wipe": 2, "freeze": 3, "down": 2,
                                          "broker_stop": 1, "broker_kill": 1}),
                 freeze=(8.0, 11.0), down=(10.0, 12.0), outage=(5.0, 9.0), pause=(1.0, 3.0),
-                rates=Rates(counts=6.0, sleeps=0.3, asks=0.5, foreign_share=0.2))
+                rates=Rates(counts=6.0, sleeps=1.0, asks=0.5, foreign_share=0.2))
 LONG = Profile(name="long", instances=3, partitions=6, budget=3600.0,
                faults=MappingProxyType({"kill": 16, "kill_wipe": 8, "freeze": 10, "down": 8,
                                         "broker_stop": 4, "broker_kill": 4}),
-               rates=Rates(counts=8.0, sleeps=0.4, asks=0.6, foreign_share=0.2))
+               rates=Rates(counts=8.0, sleeps=1.0, asks=0.6, foreign_share=0.2))
 PROFILES = {"short": SHORT, "long": LONG}
 
 
@@ -158,7 +158,7 @@ class Result:
             fo = [f.failover for f in fs if f.failover is not None]
             rc = [f.recovery for f in fs if f.recovery is not None]
             lines.append(f"{kind:<12} {len(fs):>3}  {_p50(fo):>12} {_max(fo):>7}  {_p50(rc):>12} {_max(rc):>7}  "
-                         f"{_p50([f.held for f in fs]):>8}  {sum(1 for f in fs if f.failover is None):>3}")
+                         f"{_p50([f.held for f in fs if f.held]):>8}  {sum(1 for f in fs if f.failover is None):>3}")
         v = self.verdict
         lines.append(f"inputs: {v.inputs['count']} counter records, {v.inputs['sleep']} sleepers, "
                      f"{v.inputs['call']} call chains   {self.workload}")
@@ -176,7 +176,8 @@ class Result:
     def fault_log(self) -> str:
         lines = [f"{'#':>3} {'fault':<12} {'target':<7} {'at':>7} {'held':>6} {'failover':>9} {'recovery':>9}  slowest"]
         for f in self.faults:
-            lines.append(f"{f.n:>3} {f.kind:<12} {f.target:<7} {f.at - self.started:>6.1f}s {f.held:>5.1f}s "
+            held = f"{f.held:>5.1f}s" if f.held else "     -"
+            lines.append(f"{f.n:>3} {f.kind:<12} {f.target:<7} {f.at - self.started:>6.1f}s {held} "
                          f"{_fmt(f.failover):>9} {_fmt(f.recovery):>9}  p{f.slowest}")
         return "\n".join(lines)
 
