@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from processor._engine.routing import partition_for_key
 from tests.chaos import verify
 from tests.chaos.broker import OwnBroker, free_port_pair
 from tests.chaos.workload import CLIENT_LOG, OutputObserver, Rates, Topics, Workload, spread_keys
@@ -62,7 +63,7 @@ class Profile:
         return sum(self.faults.values())
 
 
-SHORT = Profile(name="short", instances=3, partitions=6, budget=300.0,
+SHORT = Profile(name="short", instances=3, partitions=6, budget=300.0, settle_timeout=90.0,
                 faults=MappingProxyType({"kill": 3, "kill_wipe": 2, "freeze": 3, "down": 2,
                                          "broker_stop": 1, "broker_kill": 1}),
                 freeze=(8.0, 11.0), down=(10.0, 12.0), outage=(5.0, 9.0), pause=(1.0, 3.0),
@@ -543,6 +544,7 @@ class ChaosRun:
             rows += r
         verify.check_state(v, counts=counts, asks=asks, state=state, owned=owned, partitions=P)
         verify.check_invocations(v, rows)
+        self._explain_losses(outputs, sleeps, asks, owned)
 
         self.result.lag = verify.unconsumed(bs, self.app, [t.counts, t.sleeps, t.asks, f"{self.app}.inbox"], P)
         if self.result.lag:
@@ -554,6 +556,25 @@ class ChaosRun:
                    tail)
         if self.observer is not None:
             self.result.warnings.extend(self.observer.errors[:5])
+
+    def _explain_losses(self, outputs: list[verify.Out], sleeps: list[dict[str, object]],
+                        asks: list[dict[str, object]], owned: dict[int, str]) -> None:
+        """For sleepers and call chains without output (keyed by their id): where their invocation row
+        is — in the final owner's store, only in another instance's stale copy, or nowhere."""
+        done = {str(o.value.get("id")) for o in outputs}
+        lost = sorted(str(e["id"]) for e in [*sleeps, *asks] if str(e["id"]) not in done)[:verify.EXAMPLES]
+        P = self.profile.partitions
+        lines = []
+        for ev_id in lost:
+            part = partition_for_key(ev_id.encode(), P)
+            found = []
+            for p in self.instances:
+                _, rows = verify.read_owned_state(p.state_dir, self.app, {part})
+                found += [f"{p.instance_id}: {r.status.value}" for _, r in rows if r.key == ev_id]
+            lines.append(f"{ev_id} (partition {part}, final owner {owned.get(part)}): invocation row in "
+                         f"{', '.join(found) or 'no store'}")
+        if lines:
+            self.result.verdict.fail("where the lost invocations are", lines)
 
     def _teardown(self) -> None:
         for p in self.instances:
