@@ -223,7 +223,17 @@ def _quiet(lines: list[str]) -> list[str]:
 
 
 _NOTABLE = re.compile(r"WARNING|ERROR|CRITICAL|Traceback|Error:|fatal|fenced", re.IGNORECASE)
-_ASSIGNED = re.compile(r"assigned partitions \[([\d, ]*)\]")
+_OWNERSHIP = re.compile(r"(assigned|released) partitions \[([\d, ]*)\]")
+
+
+def _owned_at_stop(log: str) -> set[int]:
+    """The partitions an instance held at the end of `log`: its last assignment minus what it released
+    since (the engine logs the whole assignment on assign, and what it dropped on revoke or loss)."""
+    owned: set[int] = set()
+    for what, numbers in _OWNERSHIP.findall(log):
+        parts = {int(x) for x in numbers.split(",") if x.strip()}
+        owned = parts if what == "assigned" else owned - parts
+    return owned
 
 
 def _p50(xs: list[float]) -> str:
@@ -263,6 +273,7 @@ class ChaosRun:
         self._killed: set[str] = set()   # instances we took down on purpose (not yet restarted)
         self._restarts: Counter[str] = Counter()
         self._restart_after_broker: set[str] = set()  # exited while the broker was away
+        self._log_cut: dict[str, int] = {}  # length of each instance's log when SIGTERM was sent
         self.workload: Workload | None = None
         self.observer: OutputObserver | None = None
 
@@ -489,6 +500,8 @@ class ChaosRun:
     def _stop_all(self) -> None:
         self._watch()
         alive = [p for p in self.instances if p.running()]
+        # Ownership at the stop is read from the logs up to here: the SIGTERM revokes everything.
+        self._log_cut = {p.instance_id: len(p.log()) for p in self.instances}
         for p in alive:
             assert p.proc is not None
             p.proc.send_signal(signal.SIGTERM)
@@ -529,17 +542,17 @@ class ChaosRun:
             v.fail(f"broker: {len(gone)} acknowledged input records are not on the input topics", gone)
 
         owned: dict[int, str] = {}
+        for p in self.instances:
+            mine = _owned_at_stop(p.log()[:self._log_cut.get(p.instance_id, 0)])
+            clash = sorted(q for q in mine if q in owned)
+            if clash:
+                v.fail(f"state: partitions {clash} owned at the stop by {p.instance_id} and also by "
+                       f"{sorted({owned[q] for q in clash})} (by their logs); reading the first")
+            owned |= {q: p.instance_id for q in mine if q not in owned}
         state: list[tuple[int, str, str, str, object]] = []
         rows = []
         for p in self.instances:
-            found = _ASSIGNED.findall(p.log())
-            mine = {int(x) for x in found[-1].split(",") if x.strip()} if found else set()
-            clash = sorted(q for q in mine if q in owned)
-            if clash:
-                v.fail(f"state: partitions {clash} claimed at the end by both {p.instance_id} and "
-                       f"{[owned[q] for q in clash]}")
-            owned.update({q: p.instance_id for q in mine})
-            s, r = verify.read_owned_state(p.state_dir, self.app, mine)
+            s, r = verify.read_owned_state(p.state_dir, self.app, {q for q, i in owned.items() if i == p.instance_id})
             state += s
             rows += r
         verify.check_state(v, counts=counts, asks=asks, state=state, owned=owned, partitions=P)
