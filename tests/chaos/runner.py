@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -195,6 +196,10 @@ class Result:
                 if notable:
                     out.append(f"--- {path.name}: {len(notable)} notable lines (first 12)")
                     out.extend(f"    {ln[:300]}" for ln in notable[:12])
+            dump = _stack_dump(p.log())
+            if dump:
+                out.append(f"--- Python stacks of {p.log_path.name} at SIGABRT (hung after SIGTERM)")
+                out.extend(f"    {ln[:300]}" for ln in dump)
             out.append(f"--- tail of {p.log_path.name}")
             out.extend(f"    {ln[:300]}" for ln in _quiet(p.log().splitlines())[-tail:])
         out.append("--- tail of the chaos broker's server.log")
@@ -220,6 +225,23 @@ def _quiet(lines: list[str]) -> list[str]:
     if dropped:
         out.append(f"({dropped} librdkafka connect/disconnect lines)")
     return out
+
+
+def _stack_dump(log: str, limit: int = 150) -> list[str]:
+    """faulthandler's dump (from "Fatal Python error" on), leaving out idle pool threads (whose
+    innermost frame is the executor's ``_worker`` waiting for work)."""
+    lines = log.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("Fatal Python error")), None)
+    if start is None:
+        return []
+    blocks: list[list[str]] = [[]]
+    for ln in lines[start:start + 2000]:
+        if ln.startswith(("Thread 0x", "Current thread 0x", "Extension modules")):
+            blocks.append([])
+        blocks[-1].append(ln)
+    idle = [b for b in blocks if len(b) > 1 and "concurrent/futures/thread.py" in b[1] and "_worker" in b[1]]
+    out = [ln for b in blocks if b not in idle for ln in b]
+    return [*out[:limit], f"({len(idle)} idle pool threads left out)"]
 
 
 _NOTABLE = re.compile(r"WARNING|ERROR|CRITICAL|Traceback|Error:|fatal|fenced", re.IGNORECASE)
@@ -264,7 +286,9 @@ class ChaosRun:
         self.topics = Topics(counts="chaos-counts", sleeps="chaos-sleeps", asks="chaos-asks", output="chaos-out",
                              partitions=P)
         self.env = {"CHAOS_APP": self.app, "CHAOS_COUNTS": self.topics.counts, "CHAOS_SLEEPS": self.topics.sleeps,
-                    "CHAOS_ASKS": self.topics.asks, "CHAOS_OUTPUT": self.topics.output}
+                    "CHAOS_ASKS": self.topics.asks, "CHAOS_OUTPUT": self.topics.output,
+                    # SIGABRT of a hung instance then writes every thread's Python stack to its log.
+                    "PYTHONFAULTHANDLER": "1"}
         self.instances = [ProcessorProcess(spec="tests.apps.chaos:app", bootstrap=self.broker.bootstrap,
                                            state_dir=work / f"state-i{n}", instance_id=f"i{n}", env=self.env,
                                            log_dir=work / "logs")
@@ -513,7 +537,11 @@ class ChaosRun:
             code = p.proc.poll()
             self.result.sigterm[p.instance_id] = code
             if code is None:
-                self.result.verdict.fail(f"shutdown: {p.instance_id} still running {SIGTERM_BOUND:.0f}s after SIGTERM")
+                self.result.verdict.fail(f"shutdown: {p.instance_id} still running {SIGTERM_BOUND:.0f}s after SIGTERM "
+                                         f"(sent SIGABRT: its threads' Python stacks are in {p.log_path.name})")
+                p.proc.send_signal(signal.SIGABRT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.proc.wait(timeout=15)
                 p.ensure_dead()
             elif code != 0:
                 self.result.verdict.fail(f"shutdown: {p.instance_id} exited {code} on SIGTERM",
