@@ -376,6 +376,7 @@ class ChaosRun:
         return next(p for p in self.instances if p.instance_id == fault.target)
 
     def _kill(self, p: ProcessorProcess) -> None:
+        self._watch()  # an exit of its own just before our SIGKILL must still count
         self._killed.add(p.instance_id)
         if p.running():
             p.kill()
