@@ -1,8 +1,8 @@
 """Verification app of the chaos suite (tests/chaos): per-key counters with a step, durable sleeps and
 calls across partitions, all emitting to one output topic. Topic and app names come from the
 environment so every run gets its own. Every output names the invocation that emitted it, whose id
-carries the partition it ran on (``inv-<partition>-...``): the verifier uses it to say where a
-duplicate came from."""
+carries the partition it ran on (``inv-<partition>-...``), and the process that committed it: the
+verifier uses them to say where a duplicate came from."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import processor as p
 app = p.App(os.environ.get("CHAOS_APP", "chaos"),
             suspend_after=timedelta(seconds=float(os.environ.get("CHAOS_SUSPEND", "2"))))
 OUTPUT = os.environ.get("CHAOS_OUTPUT", "chaos-out")
+PID = os.getpid()  # which process committed an output: the runner maps it to the instance and its life
 
 
 def _next(n: int) -> int:
@@ -30,7 +31,7 @@ async def count(ctx: p.ObjectContext, event: dict[str, Any]) -> int:
     n = await ctx.run("next", _next, (await ctx.get("count") or 0) + 1)
     ctx.set("count", n)
     ctx.emit(OUTPUT, {"kind": "count", "key": ctx.key, "count": n, "id": event["id"], "src": event["src"],
-                      "t": event["t"], "inv": ctx.invocation_id}, key=ctx.key)
+                      "t": event["t"], "inv": ctx.invocation_id, "pid": PID}, key=ctx.key)
     return n
 
 
@@ -43,7 +44,8 @@ async def nap(ctx: p.ObjectContext, event: dict[str, Any]) -> None:
     then exactly one output."""
     ms = int(ctx.random().uniform(1000, 4000))
     await ctx.sleep(timedelta(milliseconds=ms))
-    ctx.emit(OUTPUT, {"kind": "sleep", "id": event["id"], "ms": ms, "inv": ctx.invocation_id}, key=event["id"])
+    ctx.emit(OUTPUT, {"kind": "sleep", "id": event["id"], "ms": ms, "inv": ctx.invocation_id,
+                          "pid": PID}, key=event["id"])
 
 
 answerer = app.virtual_object("answerer")
@@ -70,7 +72,7 @@ async def ask(ctx: p.ObjectContext, event: dict[str, Any]) -> None:
     """Calls `answer` on a key of another partition (chosen by the workload) and emits the answer once."""
     got = await ctx.call(answer, {"x": event["x"], "id": event["id"]}, key=event["callee"])
     ctx.emit(OUTPUT, {"kind": "call", "id": event["id"], "callee": event["callee"], "x": event["x"],
-                      "answer": got, "inv": ctx.invocation_id}, key=event["id"])
+                      "answer": got, "inv": ctx.invocation_id, "pid": PID}, key=event["id"])
 
 
 app.subscribe(os.environ.get("CHAOS_COUNTS", "chaos-counts"), count)

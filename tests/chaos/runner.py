@@ -298,6 +298,7 @@ class ChaosRun:
         self._restarts: Counter[str] = Counter()
         self._restart_after_broker: set[str] = set()  # exited while the broker was away
         self._log_cut: dict[str, int] = {}  # length of each instance's log when SIGTERM was sent
+        self._who: dict[int, str] = {}  # pid -> "<instance>#<life>", to name who committed an output
         self.workload: Workload | None = None
         self.observer: OutputObserver | None = None
 
@@ -335,9 +336,9 @@ class ChaosRun:
         for t in (self.topics.counts, self.topics.sleeps, self.topics.asks, self.topics.output):
             kafka.create_topic(t, self.profile.partitions)
         first, *rest = self.instances
-        first.start().wait_ready(120)  # the first one creates the internal topics; the rest join
+        self._launch(first).wait_ready(120)  # the first one creates the internal topics; the rest join
         for p in rest:
-            p.start()
+            self._launch(p)
         for p in rest:
             p.wait_ready(120)
         self.say(f"{len(self.instances)} instances ready")
@@ -381,9 +382,15 @@ class ChaosRun:
         if p.running():
             p.kill()
 
+    def _launch(self, p: ProcessorProcess) -> ProcessorProcess:
+        p.start()
+        assert p.pid is not None
+        self._who[p.pid] = f"{p.instance_id}#{p.runs}"
+        return p
+
     def _restart(self, p: ProcessorProcess) -> None:
         self._killed.discard(p.instance_id)
-        p.start()
+        self._launch(p)
 
     def _inject_kill(self, fault: Fault) -> None:
         p = self._instance(fault)
@@ -457,7 +464,7 @@ class ChaosRun:
                 self.say(f"!! {p.instance_id} exited {MAX_RESTARTS} times; not restarting it again")
             elif self.broker_up:
                 self._restarts[p.instance_id] += 1
-                p.start()
+                self._launch(p)
             else:
                 self._killed.add(p.instance_id)
                 self._restart_after_broker.add(p.instance_id)
@@ -558,7 +565,7 @@ class ChaosRun:
         counts = [(k, e) for _, _, k, e in verify.decode(verify.read_topic(bs, t.counts, P))]
         sleeps = [e for *_, e in verify.decode(verify.read_topic(bs, t.sleeps, P))]
         asks = [e for *_, e in verify.decode(verify.read_topic(bs, t.asks, P))]
-        outputs = [verify.Out(partition=p, offset=o, value=e)
+        outputs = [verify.Out(partition=p, offset=o, value={**e, "by": self._who.get(e.get("pid", 0), "?")})
                    for p, o, _, e in verify.decode(verify.read_topic(bs, t.output, P))]
         checked = verify.check_outputs(counts=counts, sleeps=sleeps, asks=asks, outputs=outputs, partitions=P)
         v.violations.extend(checked.violations)

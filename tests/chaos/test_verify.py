@@ -15,7 +15,7 @@ P = 6
 def _clean() -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]], list[dict[str, Any]], list[Out]]:
     counts = [(k, {"id": f"m{i}{k}", "src": "m", "t": 0.0}) for i in range(3) for k in ("c-0", "c-1")]
     sleeps = [{"id": "s1"}, {"id": "s2"}]
-    asks = [{"id": "a1", "x": 3, "callee": "b-0"}, {"id": "a2", "x": 4, "callee": "b-0"}]
+    asks: list[dict[str, Any]] = [{"id": "a1", "x": 3, "callee": "b-0"}, {"id": "a2", "x": 4, "callee": "b-0"}]
     outs: list[Out] = []
     n: dict[str, int] = {}
     for k, e in counts:
@@ -56,7 +56,7 @@ def test_a_missing_sleep_output_is_a_loss() -> None:
 
 
 def test_a_count_emitted_twice_by_two_partitions_is_a_gap_in_the_sequence() -> None:
-    outs = [o for o in _clean()[3]]
+    outs = list(_clean()[3])
     i = next(i for i, o in enumerate(outs) if o.value.get("key") == "c-0" and o.value["count"] == 2)
     outs[i] = Out(partition=outs[i].partition, offset=outs[i].offset, value={**outs[i].value, "count": 1})
     v = _check(outs)

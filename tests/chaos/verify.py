@@ -100,7 +100,7 @@ def check_outputs(*, counts: list[tuple[str, dict[str, Any]]], sleeps: list[dict
         got_counts = [int(o.value.get("count", -1)) for o in seq.get(k, [])]
         if got_counts != list(range(1, n_by_key[k] + 1)):
             bad.append(f"{k} (partition {partition_for_key(k.encode(), partitions)}): {n_by_key[k]} inputs, "
-                       f"counts {_runs(got_counts)}; emitted by partitions "
+                       f"counts {_runs(got_counts, 160)}; emitted by partitions "
                        f"{sorted({_inv_partition(o.value.get('inv')) for o in seq.get(k, [])})}")
     if bad:
         v.fail(f"count: {len(bad)} keys whose counts are not 1..n in order", bad)
@@ -167,15 +167,21 @@ def check_invocations(verdict: Verdict, rows: list[tuple[int, InvocationRow]]) -
 
 
 def _where(o: Out) -> str:
-    return f"out p{o.partition}@{o.offset} by partition {_inv_partition(o.value.get('inv'))} {_brief(o.value)}"
+    by = f" by {o.value['by']}" if "by" in o.value else ""
+    return f"out p{o.partition}@{o.offset}{by} (partition {_inv_partition(o.value.get('inv'))}) {_brief(o.value)}"
 
 
 def _brief(value: dict[str, Any]) -> str:
     return ", ".join(f"{k}={value[k]}" for k in ("key", "count", "callee", "ms") if k in value)
 
 
-def _runs(xs: list[int]) -> str:
-    """[1,2,3,5,5,6] -> '1-3,5,5-6' (compact evidence for long count sequences)."""
+def _runs(xs: list[int], limit: int = 1000) -> str:
+    """[1,2,3,5,5,6] -> '1-3,5,5-6' (compact evidence for long count sequences), cut at `limit` chars."""
+    text = _runs_full(xs)
+    return text if len(text) <= limit else text[:limit].rsplit(",", 1)[0] + ",..."
+
+
+def _runs_full(xs: list[int]) -> str:
     if not xs:
         return "[]"
     out, start, prev = [], xs[0], xs[0]
