@@ -366,7 +366,8 @@ class ChaosRun:
             self.result.faults.append(fault)
             getattr(self, f"_inject_{kind}")(fault)
             ok = self._wait_flowing(fault.at, f"recovery from fault #{n} ({kind} {target})", fault)
-            self.say(f"fault #{n}/{len(kinds)} {kind} {target}: held {fault.held:.1f}s, failover "
+            held = f"held {fault.held:.1f}s, " if fault.held else ""
+            self.say(f"fault #{n}/{len(kinds)} {kind} {target}: {held}failover "
                      f"{_fmt(fault.failover)}, recovery {_fmt(fault.recovery)} (slowest p{fault.slowest})")
             if not ok:
                 return  # a hang: stop injecting; the settle, stop and verify steps still report
