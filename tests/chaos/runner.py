@@ -11,263 +11,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import os
 import random
-import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from types import MappingProxyType
 
 from processor._engine.routing import partition_for_key
 from tests.chaos import verify
 from tests.chaos.broker import OwnBroker, free_port_pair
-from tests.chaos.workload import CLIENT_LOG, OutputObserver, Rates, Topics, Workload, spread_keys
+from tests.chaos.profiles import PROFILES, Profile, faults_from_env, seed_from_env
+from tests.chaos.report import NOTABLE, Exit, Fault, Result, fmt, owned_at_stop
+from tests.chaos.workload import CLIENT_LOG, OutputObserver, Topics, Workload, spread_keys
 from tests.e2e.harness import ProcessorProcess
 from tests.kafka_support import Kafka, _warm
 
-KINDS = ("kill", "kill_wipe", "freeze", "down", "broker_stop", "broker_kill")
-SESSION_TIMEOUT = 6.0  # the engine's consumer session timeout (docs/architecture.md)
 SIGTERM_BOUND = 60.0   # how long a clean stop may take
 MAX_RESTARTS = 10      # restarts of an instance that exited on its own, before giving up on it
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Profile:
-    name: str
-    instances: int
-    partitions: int
-    faults: Mapping[str, int]
-    rates: Rates
-    keys: int = 24
-    callees: int = 12
-    pause: tuple[float, float] = (1.0, 5.0)      # after recovery, before the next fault
-    freeze: tuple[float, float] = (8.0, 15.0)    # SIGSTOP .. SIGCONT (> SESSION_TIMEOUT)
-    down: tuple[float, float] = (10.0, 15.0)     # SIGKILL .. restart, long enough for partitions to move
-    outage: tuple[float, float] = (5.0, 12.0)    # broker stop/kill .. start
-    recover_timeout: float = 120.0              # from a fault's end until outputs flow on every partition
-    settle_timeout: float = 180.0               # after the workload stops, until every input has its output
-    budget: float = 600.0                       # the whole fault schedule; no fault is started after it
-
-    @property
-    def fault_count(self) -> int:
-        return sum(self.faults.values())
-
-
-SHORT = Profile(name="short", instances=3, partitions=6, budget=300.0, settle_timeout=90.0,
-                faults=MappingProxyType({"kill": 3, "kill_wipe": 2, "freeze": 3, "down": 2,
-                                         "broker_stop": 1, "broker_kill": 1}),
-                freeze=(8.0, 11.0), down=(10.0, 12.0), outage=(5.0, 9.0), pause=(1.0, 3.0),
-                rates=Rates(counts=6.0, sleeps=1.0, asks=0.5, foreign_share=0.2))
-LONG = Profile(name="long", instances=3, partitions=6, budget=3600.0,
-               faults=MappingProxyType({"kill": 16, "kill_wipe": 8, "freeze": 10, "down": 8,
-                                        "broker_stop": 4, "broker_kill": 4}),
-               rates=Rates(counts=8.0, sleeps=1.0, asks=0.6, foreign_share=0.2))
-PROFILES = {"short": SHORT, "long": LONG}
-
-
-def profile_from_env() -> Profile:
-    """PROCESSOR_CHAOS=short (default) or long."""
-    name = os.environ.get("PROCESSOR_CHAOS", "short") or "short"
-    if name not in PROFILES:
-        raise ValueError(f"PROCESSOR_CHAOS={name!r}: use one of {sorted(PROFILES)}")
-    return faults_from_env(PROFILES[name])
-
-
-def faults_from_env(profile: Profile) -> Profile:
-    """PROCESSOR_CHAOS_FAULTS="kill=4,freeze=2" replaces the profile's fault mix (a diagnosis aid: e.g.
-    leave out broker restarts to see what else fails while they still hang the engine)."""
-    spec = os.environ.get("PROCESSOR_CHAOS_FAULTS", "").strip()
-    if not spec:
-        return profile
-    faults: dict[str, int] = {}
-    for part in spec.split(","):
-        kind, _, n = part.strip().partition("=")
-        if kind not in KINDS or not n.isdigit():
-            raise ValueError(f"PROCESSOR_CHAOS_FAULTS: {part!r} is not KIND=N with KIND one of {KINDS}")
-        faults[kind] = int(n)
-    return dataclasses.replace(profile, name=f"{profile.name}+custom", faults=MappingProxyType(faults))
-
-
-def seed_from_env() -> int:
-    """PROCESSOR_CHAOS_SEED replays a run's schedule and workload; otherwise a fresh seed."""
-    s = os.environ.get("PROCESSOR_CHAOS_SEED")
-    return int(s) if s else random.SystemRandom().randrange(1 << 31)
-
-
-@dataclass(slots=True, kw_only=True)
-class Fault:
-    n: int
-    kind: str
-    target: str          # instance id, or "broker"
-    at: float = 0.0      # wall time of injection (SIGKILL, SIGSTOP, broker stop/kill)
-    ended: float = 0.0   # wall time the fault was lifted (restart issued, SIGCONT, broker ready)
-    held: float = 0.0    # how long it was held (freeze, downtime, outage)
-    failover: float | None = None   # injection -> every partition emits outputs of new inputs again
-    recovery: float | None = None   # fault lifted -> the same
-    slowest: int | None = None      # the partition that came back last
-
-
-@dataclass(slots=True, kw_only=True)
-class Exit:
-    instance: str
-    run: int
-    code: int | None
-    at: float
-    log: Path
-
-
-@dataclass(slots=True)
-class Result:
-    profile: Profile
-    seed: int
-    work: Path
-    started: float = field(default_factory=time.time)
-    finished: float = 0.0
-    faults: list[Fault] = field(default_factory=list)
-    unexpected_exits: list[Exit] = field(default_factory=list)
-    sigterm: dict[str, int | None] = field(default_factory=dict)
-    verdict: verify.Verdict = field(default_factory=verify.Verdict)
-    warnings: list[str] = field(default_factory=list)
-    lag: dict[str, int] = field(default_factory=dict)
-    instances: list[ProcessorProcess] = field(default_factory=list)
-    broker_log: str = ""
-    workload: str = ""
-
-    @property
-    def violations(self) -> list[str]:
-        return self.verdict.violations
-
-    def summary(self) -> str:
-        lines = [f"chaos profile {self.profile.name}  seed {self.seed}  {self.profile.instances} instances  "
-                 f"{self.profile.partitions} partitions  {self.finished - self.started:.0f}s  (work dir {self.work})",
-                 f"{'fault':<12} {'n':>3}  {'failover p50':>12} {'max':>7}  {'recovery p50':>12} {'max':>7}  "
-                 f"{'held p50':>8}  no-recovery"]
-        for kind in (*KINDS, "all"):
-            fs = [f for f in self.faults if kind in ("all", f.kind)]
-            if not fs:
-                continue
-            fo = [f.failover for f in fs if f.failover is not None]
-            rc = [f.recovery for f in fs if f.recovery is not None]
-            lines.append(f"{kind:<12} {len(fs):>3}  {_p50(fo):>12} {_max(fo):>7}  {_p50(rc):>12} {_max(rc):>7}  "
-                         f"{_p50([f.held for f in fs if f.held]):>8}  {sum(1 for f in fs if f.failover is None):>3}")
-        v = self.verdict
-        lines.append(f"inputs: {v.inputs['count']} counter records, {v.inputs['sleep']} sleepers, "
-                     f"{v.inputs['call']} call chains   {self.workload}")
-        lines.append(f"outputs: duplicates {v.duplicates}  losses {v.losses}  phantoms {v.phantoms}   "
-                     f"lag {sum(self.lag.values())}")
-        exits = ", ".join(f"{e.instance}#{e.run}={e.code}" for e in self.unexpected_exits) or "none"
-        terms = " ".join(f"{i}={c}" for i, c in sorted(self.sigterm.items()))
-        lines.append(f"instance exits not caused by a kill: {len(self.unexpected_exits)} ({exits})   "
-                     f"exit codes on SIGTERM: {terms}")
-        lines.append(f"violations: {len(self.violations)}")
-        lines.extend(f"  - {x}" for x in self.violations)
-        lines.extend(f"  warning: {w}" for w in self.warnings)
-        return "\n".join(lines)
-
-    def fault_log(self) -> str:
-        lines = [f"{'#':>3} {'fault':<12} {'target':<7} {'at':>7} {'held':>6} {'failover':>9} {'recovery':>9}  slowest"]
-        for f in self.faults:
-            held = f"{f.held:>5.1f}s" if f.held else "     -"
-            lines.append(f"{f.n:>3} {f.kind:<12} {f.target:<7} {f.at - self.started:>6.1f}s {held} "
-                         f"{_fmt(f.failover):>9} {_fmt(f.recovery):>9}  p{f.slowest}")
-        return "\n".join(lines)
-
-    def diagnostics(self, tail: int = 40) -> str:
-        """Error lines of every instance log, the tail of each instance's last log, the broker's tail."""
-        out = []
-        for p in self.instances:
-            for run in range(1, p.runs + 1):
-                path = p.log_dir / f"{p.instance_id}-{run}.log"
-                if not path.exists():
-                    continue
-                text = _quiet(path.read_text(errors="replace").splitlines())
-                notable = [ln for ln in text if _NOTABLE.search(ln)]
-                if notable:
-                    out.append(f"--- {path.name}: {len(notable)} notable lines (first 12)")
-                    out.extend(f"    {ln[:300]}" for ln in notable[:12])
-            dump = _stack_dump(p.log())
-            if dump:
-                out.append(f"--- Python stacks of {p.log_path.name} at SIGABRT (hung after SIGTERM)")
-                out.extend(f"    {ln[:300]}" for ln in dump)
-            out.append(f"--- tail of {p.log_path.name}")
-            out.extend(f"    {ln[:300]}" for ln in _quiet(p.log().splitlines())[-tail:])
-        out.append("--- tail of the chaos broker's server.log")
-        out.extend(f"    {ln[:300]}" for ln in self.broker_log.splitlines())
-        return "\n".join(out)
-
-
-_NOISE = re.compile(r"\|FAIL\|.*(Connection refused|Disconnected|Connect to)")
-
-
-def _quiet(lines: list[str]) -> list[str]:
-    """Log lines without librdkafka's connect/disconnect chatter during broker outages (a count instead)."""
-    out: list[str] = []
-    dropped = 0
-    for ln in lines:
-        if _NOISE.search(ln):
-            dropped += 1
-            continue
-        if dropped:
-            out.append(f"({dropped} librdkafka connect/disconnect lines)")
-            dropped = 0
-        out.append(ln)
-    if dropped:
-        out.append(f"({dropped} librdkafka connect/disconnect lines)")
-    return out
-
-
-def _stack_dump(log: str, limit: int = 150) -> list[str]:
-    """faulthandler's dump (from "Fatal Python error" on), leaving out idle pool threads (whose
-    innermost frame is the executor's ``_worker`` waiting for work)."""
-    lines = log.splitlines()
-    start = next((i for i, ln in enumerate(lines) if ln.startswith("Fatal Python error")), None)
-    if start is None:
-        return []
-    blocks: list[list[str]] = [[]]
-    for ln in lines[start:start + 2000]:
-        if ln.startswith(("Thread 0x", "Current thread 0x", "Extension modules")):
-            blocks.append([])
-        blocks[-1].append(ln)
-    idle = [b for b in blocks if len(b) > 1 and "concurrent/futures/thread.py" in b[1] and "_worker" in b[1]]
-    out = [ln for b in blocks if b not in idle for ln in b]
-    return [*out[:limit], f"({len(idle)} idle pool threads left out)"]
-
-
-_NOTABLE = re.compile(r"WARNING|ERROR|CRITICAL|Traceback|Error:|fatal|fenced", re.IGNORECASE)
-_OWNERSHIP = re.compile(r"(assigned|released) partitions \[([\d, ]*)\]")
-
-
-def _owned_at_stop(log: str) -> set[int]:
-    """The partitions an instance held at the end of `log`: its last assignment minus what it released
-    since (the engine logs the whole assignment on assign, and what it dropped on revoke or loss)."""
-    owned: set[int] = set()
-    for what, numbers in _OWNERSHIP.findall(log):
-        parts = {int(x) for x in numbers.split(",") if x.strip()}
-        owned = parts if what == "assigned" else owned - parts
-    return owned
-
-
-def _p50(xs: list[float]) -> str:
-    return _fmt(statistics.median(xs)) if xs else "-"
-
-
-def _max(xs: list[float]) -> str:
-    return _fmt(max(xs)) if xs else "-"
-
-
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}s"
 
 
 class ChaosRun:
@@ -368,7 +135,7 @@ class ChaosRun:
             ok = self._wait_flowing(fault.at, f"recovery from fault #{n} ({kind} {target})", fault)
             held = f"held {fault.held:.1f}s, " if fault.held else ""
             self.say(f"fault #{n}/{len(kinds)} {kind} {target}: {held}failover "
-                     f"{_fmt(fault.failover)}, recovery {_fmt(fault.recovery)} (slowest p{fault.slowest})")
+                     f"{fmt(fault.failover)}, recovery {fmt(fault.recovery)} (slowest p{fault.slowest})")
             if not ok:
                 return  # a hang: stop injecting; the settle, stop and verify steps still report
 
@@ -580,7 +347,7 @@ class ChaosRun:
 
         owned: dict[int, str] = {}
         for p in self.instances:
-            mine = _owned_at_stop(p.log()[:self._log_cut.get(p.instance_id, 0)])
+            mine = owned_at_stop(p.log()[:self._log_cut.get(p.instance_id, 0)])
             clash = sorted(q for q in mine if q in owned)
             if clash:
                 v.fail(f"state: partitions {clash} owned at the stop by {p.instance_id} and also by "
@@ -601,7 +368,7 @@ class ChaosRun:
             v.fail(f"lag: {sum(self.result.lag.values())} committed input/inbox records after the group's "
                    f"committed offsets", [f"{k}: {n}" for k, n in sorted(self.result.lag.items())])
         for e in self.result.unexpected_exits:
-            tail = [ln for ln in e.log.read_text(errors="replace").splitlines() if _NOTABLE.search(ln)][-3:]
+            tail = [ln for ln in e.log.read_text(errors="replace").splitlines() if NOTABLE.search(ln)][-3:]
             v.fail(f"exit: {e.instance} (run {e.run}, {e.log.name}) exited with {e.code} without being killed",
                    tail)
         if self.observer is not None:

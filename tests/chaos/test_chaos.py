@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.runner import ChaosRun, profile_from_env, seed_from_env
+from tests.chaos.profiles import profile_from_env, seed_from_env
+from tests.chaos.runner import ChaosRun
 
 pytestmark = pytest.mark.chaos
 
