@@ -60,17 +60,23 @@ def profile_from_env() -> Profile:
 
 def faults_from_env(profile: Profile) -> Profile:
     """PROCESSOR_CHAOS_FAULTS="kill=4,freeze=2" replaces the profile's fault mix (a diagnosis aid: e.g.
-    leave out broker restarts to see what else fails while they still hang the engine)."""
+    leave out broker restarts to see what else fails while they still hang the engine).
+    PROCESSOR_CHAOS_FOREIGN_SHARE=0 turns the non-murmur2 producer off (or sets its share of the
+    counter records), to look at the other invariants while forwarding is not built."""
     spec = os.environ.get("PROCESSOR_CHAOS_FAULTS", "").strip()
-    if not spec:
-        return profile
-    faults: dict[str, int] = {}
-    for part in spec.split(","):
-        kind, _, n = part.strip().partition("=")
-        if kind not in KINDS or not n.isdigit():
-            raise ValueError(f"PROCESSOR_CHAOS_FAULTS: {part!r} is not KIND=N with KIND one of {KINDS}")
-        faults[kind] = int(n)
-    return dataclasses.replace(profile, name=f"{profile.name}+custom", faults=MappingProxyType(faults))
+    share = os.environ.get("PROCESSOR_CHAOS_FOREIGN_SHARE", "").strip()
+    if spec:
+        faults: dict[str, int] = {}
+        for part in spec.split(","):
+            kind, _, n = part.strip().partition("=")
+            if kind not in KINDS or not n.isdigit():
+                raise ValueError(f"PROCESSOR_CHAOS_FAULTS: {part!r} is not KIND=N with KIND one of {KINDS}")
+            faults[kind] = int(n)
+        profile = dataclasses.replace(profile, name=f"{profile.name}+faults", faults=MappingProxyType(faults))
+    if share:
+        rates = dataclasses.replace(profile.rates, foreign_share=float(share))
+        profile = dataclasses.replace(profile, name=f"{profile.name}+foreign={share}", rates=rates)
+    return profile
 
 
 def seed_from_env() -> int:
