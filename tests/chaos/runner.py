@@ -96,7 +96,18 @@ class ChaosRun:
         return self.result
 
     def _setup(self) -> None:
-        took = self.broker.start()
+        for _ in range(3):  # another suite may grab the same free port between our check and its start
+            try:
+                took = self.broker.start()
+                break
+            except RuntimeError as e:
+                if "is taken" not in str(e):
+                    raise
+                self.broker = OwnBroker(self.broker.work, free_port_pair(self.broker.port + 2))
+                for p in self.instances:
+                    p.bootstrap = self.broker.bootstrap
+        else:
+            raise RuntimeError("no free port for the chaos broker after 3 tries")
         self.broker_up = True
         self.say(f"chaos broker ready on {self.broker.bootstrap} in {took:.1f}s")
         kafka = _warm(Kafka(bootstrap=self.broker.bootstrap, origin="chaos"))
