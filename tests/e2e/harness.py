@@ -83,5 +83,24 @@ class ProcessorProcess:
 
     def ensure_dead(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen process still dies of SIGKILL; be tidy anyway
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def freeze(self) -> None:
+        """SIGSTOP: every thread stops at once, sockets stay open (a GC pause, a VM stall)."""
+        assert self.proc is not None and self.proc.poll() is None, "not running"
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after freeze(): the process carries on where it stopped."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
