@@ -526,6 +526,10 @@ class Engine:
                 for p in active:
                     self.workers.pop(p).discard()
                 self._flow.append(("pause", self._tps(active)))
+            # Fresh producers for every rebuild: after a broker outage librdkafka producers were seen
+            # to hang on their first call again, one deadline each; init_transactions settles the old.
+            for slot in range(len(self._producers)):
+                self._lose_producer(slot)
             backoff, tries, said = 0.2, 0, 0.0
             while not self._stop.is_set() and generation == self._assign_generation:
                 try:

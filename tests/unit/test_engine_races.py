@@ -28,6 +28,7 @@ def _engine(tmp_path: Path) -> Engine:
     e = Engine(p.App("races", partitions=1), bootstrap_servers="unused:1", state_dir=tmp_path)
     e._loop = asyncio.get_running_loop()
     e._producers = [object(), object()]  # type: ignore[list-item]
+    e._new_producer = lambda slot: object()  # type: ignore[assignment,method-assign,return-value]
     e._group_metadata = object()
     e.partitions_total = 1
     return e
