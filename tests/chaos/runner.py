@@ -364,13 +364,11 @@ class ChaosRun:
                 v.fail(f"state: partitions {clash} owned at the stop by {p.instance_id} and also by "
                        f"{sorted({owned[q] for q in clash})} (by their logs); reading the first")
             owned |= {q: p.instance_id for q in mine if q not in owned}
-        state: list[tuple[int, str, str, str, object]] = []
-        rows = []
-        for p in self.instances:
-            s, r = verify.read_owned_state(p.state_dir, self.app, {q for q, i in owned.items() if i == p.instance_id})
-            state += s
-            rows += r
-        verify.check_state(v, counts=counts, asks=asks, state=state, owned=owned, partitions=P)
+        # The final state as the changelog holds it (what any next owner restores), not the instances'
+        # stores: a rebalance at the stop may have left a partition mid-restore in its last owner's store.
+        state, rows = verify.materialize_state(bs, self.app, P, self.work / "materialized")
+        verify.check_state(v, counts=counts, asks=asks, state=state, partitions=P,
+                           owned={q: "from the changelog" for q in range(P)})
         verify.check_invocations(v, rows)
         self._explain_losses(outputs, sleeps, asks, owned)
 
@@ -410,8 +408,11 @@ class ChaosRun:
                 p.ensure_dead()
             except Exception as e:  # keep tearing down; the broker must go too
                 self.result.warnings.append(f"teardown of {p.instance_id}: {e}")
-        if self.workload is not None and self.workload.is_alive():
+        if self.workload is not None:
             self.workload.stop_event.set()
+            self.workload.join(timeout=10)
+            with contextlib.suppress(AttributeError):  # closed already
+                self.workload.close()
         if self.observer is not None:
             self.observer.stop()
         self.result.broker_log = self.broker.log_tail(15)

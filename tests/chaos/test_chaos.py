@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.chaos.broker import free_port_pair
 from tests.chaos.profiles import profile_from_env, seed_from_env
 from tests.chaos.runner import ChaosRun
 
@@ -23,7 +24,9 @@ RUNS = int(os.environ.get("PROCESSOR_CHAOS_RUNS", "1"))
 def test_outputs_stay_exactly_once_and_instances_live_under_random_faults(tmp_path: Path, run: int) -> None:
     if shutil.which("java") is None:
         pytest.skip("the chaos suite runs a broker of its own with deploy/kafka/broker.sh, which needs Java")
-    result = ChaosRun(profile_from_env(), seed_from_env(), tmp_path).run()
+    # A broker port of its own per run: nothing left of an earlier run can reach this run's broker.
+    port = free_port_pair(int(os.environ.get("CHAOS_KAFKA_PORT", 19292)) + 20 * (run - 1))
+    result = ChaosRun(profile_from_env(), seed_from_env(), tmp_path, port=port).run()
     print(result.fault_log())
     print(result.summary())
     if result.violations:

@@ -17,6 +17,7 @@ from processor._engine.records import InvocationRow, Status
 from processor._engine.routing import partition_for_key
 from processor._serde import JsonSerde
 from state import keys as store_keys
+from state.changelog import restore
 from state.store import PartitionStore
 from tests.chaos.workload import CLIENT_LOG
 
@@ -128,8 +129,9 @@ def check_outputs(*, counts: list[tuple[str, dict[str, Any]]], sleeps: list[dict
 
 def check_state(verdict: Verdict, *, counts: list[tuple[str, dict[str, Any]]], asks: list[dict[str, Any]],
                 state: list[tuple[int, str, str, str, Any]], owned: dict[int, str], partitions: int) -> None:
-    """The final state read from the last owners' stores: `count` of every counter key and `answered`
-    of every callee equal what the inputs make them, each on the key's own (murmur2) partition only."""
+    """The final state (materialized from the changelog; `owned` names where each partition was read):
+    `count` of every counter key and `answered` of every callee equal what the inputs make them, each on
+    the key's own (murmur2) partition only."""
     missing = sorted(set(range(partitions)) - set(owned))
     if missing:
         verdict.fail(f"state: partitions {missing} owned by no instance at the end")
@@ -150,7 +152,7 @@ def check_state(verdict: Verdict, *, counts: list[tuple[str, dict[str, Any]]], a
                          f" ({', '.join(f'p{p}={val}' for p, val in found)})")
         if at_home != [n] and home in owned:
             wrong.append(f"{obj}/{key} {name} = {at_home[0] if at_home else None} (want {n}) on partition {home}"
-                         f" in {owned[home]}'s store")
+                         f" ({owned[home]})")
     if wrong:
         verdict.fail(f"state: {len(wrong)} keys whose final state is wrong", wrong)
     if split:
@@ -263,7 +265,6 @@ def read_owned_state(state_dir: Path, app: str, partitions: set[int]
                      ) -> tuple[list[tuple[int, str, str, str, Any]], list[tuple[int, InvocationRow]]]:
     """(partition, object, key, name, value) of every state entry, and every invocation row, in the
     stores of `partitions` under `state_dir` (read-only)."""
-    serde = JsonSerde()
     state: list[tuple[int, str, str, str, Any]] = []
     rows: list[tuple[int, InvocationRow]] = []
     for p in sorted(partitions):
@@ -272,10 +273,35 @@ def read_owned_state(state_dir: Path, app: str, partitions: set[int]
             continue
         store = PartitionStore.open(path, readonly=True)
         try:
-            for k, v in store.scan(store_keys.STATE):
-                obj, key, name = store_keys.parse_state_key(k)
-                state.append((p, obj, key, name, serde.deserialize(v)))
-            rows.extend((p, InvocationRow.decode(v)) for _, v in store.scan(store_keys.INVOCATION))
+            _read_store(store, p, state, rows)
         finally:
             store.close()
     return state, rows
+
+
+def materialize_state(bootstrap: str, app: str, partitions: int, work: Path
+                      ) -> tuple[list[tuple[int, str, str, str, Any]], list[tuple[int, InvocationRow]]]:
+    """What :func:`read_owned_state` returns, but for every partition as its changelog holds it: each is
+    restored into a fresh store under `work`, as a new owner would. Unlike the instances' own stores,
+    this does not depend on who owned what when the instances were stopped (a last rebalance may still
+    have been restoring)."""
+    state: list[tuple[int, str, str, str, Any]] = []
+    rows: list[tuple[int, InvocationRow]] = []
+    for p in range(partitions):
+        store = PartitionStore.open(work / str(p))
+        try:
+            restore(store, consumer_config={"bootstrap.servers": bootstrap}, topic=f"{app}.changelog",
+                    partition=p, deadline_s=120)
+            _read_store(store, p, state, rows)
+        finally:
+            store.close()
+    return state, rows
+
+
+def _read_store(store: PartitionStore, p: int, state: list[tuple[int, str, str, str, Any]],
+                rows: list[tuple[int, InvocationRow]]) -> None:
+    serde = JsonSerde()
+    for k, v in store.scan(store_keys.STATE):
+        obj, key, name = store_keys.parse_state_key(k)
+        state.append((p, obj, key, name, serde.deserialize(v)))
+    rows.extend((p, InvocationRow.decode(v)) for _, v in store.scan(store_keys.INVOCATION))

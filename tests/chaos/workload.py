@@ -4,6 +4,7 @@ observer that reads the output topic with ``read_committed`` and notes when each
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import threading
@@ -141,6 +142,15 @@ class Workload(threading.Thread):
             others = [c for c in self.callees if partition_for_key(c.encode(), self.topics.partitions) != here]
             ev = {"id": ev_id, "x": self.rng.randrange(1, 10_000), "callee": self.rng.choice(others), "t": t}
             self._send(self.murmur2, self.topics.asks, kind, ev_id, ev)
+
+    def close(self) -> None:
+        """Purge and destroy both producers: left alive, they would reconnect to whatever broker
+        comes up next on the same port and (auto-)create topics there."""
+        for p in (self.murmur2, self.foreign):
+            p.purge()
+            p.flush(0)
+        del self.murmur2, self.foreign
+        gc.collect()
 
     def finish(self, timeout: float = 120.0) -> None:
         """Stop producing and wait (bounded) for every delivery report."""
