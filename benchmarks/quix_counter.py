@@ -45,6 +45,7 @@ class QuixProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> QuixProcess:
+        self.env["BENCH_DEADLINE"] = str(time.time() + self.ctx.remaining())  # the app stops itself then
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", APP], env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=REPO)

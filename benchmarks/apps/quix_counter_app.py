@@ -3,7 +3,8 @@
 Run as its own process: `python -m benchmarks.apps.quix_counter_app`. Per event one `state.get`, one
 `state.set` (RocksDB, backed by Quix's changelog topic) and one output record {"key", "count"}; the
 record key is the input key. Environment: BENCH_BOOTSTRAP, BENCH_APP (consumer group), BENCH_INPUT,
-BENCH_OUTPUT, BENCH_STATE_DIR, BENCH_COMMIT_INTERVAL (seconds, or "default" for Quix's own).
+BENCH_OUTPUT, BENCH_STATE_DIR, BENCH_COMMIT_INTERVAL (seconds, or "default" for Quix's own), and
+BENCH_DEADLINE (a time.time()): then, or as soon as its parent (the benchmark) is gone, it stops itself.
 
 Prints `bench: assigned <time.time()>` at its first partition assignment (the benchmark's clock starts
 there, as at the engine's "assigned partitions" line) and `bench: first event <time.time()> cpu <process
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -32,6 +34,16 @@ class _Assigned(logging.Handler):
         if not self.seen and str(record.msg).startswith("Rebalancing: assigning"):
             self.seen = True
             print(f"bench: assigned {record.created:.6f}", flush=True)
+
+
+def _watchdog(app: Application, deadline: float, parent: int) -> None:
+    """Stop the app at the deadline or when the benchmark process is gone; exit hard if that hangs."""
+    while time.time() < deadline and os.getppid() == parent:
+        time.sleep(0.5)
+    print("bench: deadline passed or the benchmark is gone: stopping", flush=True)
+    app.stop()
+    time.sleep(30)  # a clean stop commits and returns well within this
+    os._exit(3)
 
 
 def main() -> None:
@@ -63,6 +75,8 @@ def main() -> None:
         return {"key": event["key"], "count": n}
 
     app.dataframe(source).apply(count, stateful=True).to_topic(output)
+    deadline = float(os.environ["BENCH_DEADLINE"])
+    threading.Thread(target=_watchdog, args=(app, deadline, os.getppid()), daemon=True).start()
     print(f"bench: running quixstreams with commit interval {app.config.commit_interval} s", flush=True)
     app.run()
     print("bench: stopped", flush=True)
