@@ -150,6 +150,39 @@ class OutputReader:
         self.consumer.close()
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far, all its threads (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
+
+
+def records_written(ctx: BenchContext, topics: Mapping[str, str]) -> tuple[int, dict[str, int], str]:
+    """Data records written to `topics` ({label: topic}, absent ones count 0), counted read_uncommitted
+    (aborted ones were written too). Returns (total, {label: transaction markers in its busiest partition},
+    a note splitting them); markers are end offset - data records, one per transaction per partition."""
+    c = Consumer(ctx.config(**{"group.id": ctx.unique("ends")}))
+    total, markers, parts = 0, {}, []
+    existing = ctx.admin.list_topics(timeout=10).topics
+    try:
+        for label, topic in topics.items():
+            if topic not in existing:
+                markers[label] = 0
+                parts.append(f"{label} 0 (no topic)")
+                continue
+            ps = sorted(existing[topic].partitions)
+            ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in ps}
+            data = dict.fromkeys(ps, 0)
+            for p, _k, _v in ctx.drain(topic, isolation="read_uncommitted", timeout=120):
+                data[p] += 1
+            total += sum(data.values())
+            markers[label] = max(ends[p] - data[p] for p in ps)
+            parts.append(f"{label} {sum(data.values())} (end offsets {sum(ends.values())})")
+    finally:
+        c.close()
+    return total, markers, ("records written (read_uncommitted): " + " + ".join(parts)
+                            + "; end offset - records = transaction markers")
+
+
 def fmt_warnings(lines: list[str], limit: int = 2) -> str:
     if not lines:
         return "no warnings in the processor log"
