@@ -1,4 +1,4 @@
-"""Restore a partition's store from its compacted changelog (DESIGN §6).
+"""Restore a partition's store from its compacted changelog (docs/architecture.md, "Restore and rebalance").
 
 The changelog holds one record per store write (key = store key, value = bytes or None for a
 delete), produced by the engine inside Kafka transactions. Restore reads partition `p` with a

@@ -1,4 +1,4 @@
-"""Uncommitted writes in memory, layered over the committed store (DESIGN §4).
+"""Uncommitted writes in memory, layered over the committed store (docs/architecture.md, "The commit cycle").
 
 A commit cycle writes into the *open* overlay. :meth:`PartitionState.seal` turns it into a
 *sealed* overlay while its Kafka transaction commits and opens a fresh one for the next cycle;

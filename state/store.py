@@ -1,4 +1,4 @@
-"""The durable per-partition store: one LMDB environment per owned partition (DESIGN §3).
+"""The durable per-partition store: one LMDB environment per owned partition (docs/architecture.md, "Partitions").
 
 The store only ever holds committed data. Writes arrive in batches through :meth:`Store.apply`,
 each batch in one write transaction together with the changelog offset it brings the store up to,

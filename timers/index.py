@@ -1,4 +1,4 @@
-"""Durable timers with only a near window in memory (DESIGN §5).
+"""Durable timers with only a near window in memory (docs/architecture.md, "Timers").
 
 Every timer is a row in the partition's state under ``timer_key(due_ms, invocation_id, seq)``, so a
 scan of the ``TIMER`` namespace is a scan in due order. The index keeps a heap of the timers due

@@ -717,6 +717,17 @@ class Engine:
             log.info("partition %d: restored %d changelog records in %.2fs", p, stats.records,
                      time.monotonic() - r.started)
 
+    async def _consumer_step(self, fn: Callable[[], T], what: str, partitions: Iterable[int]) -> T | None:
+        """One activation step on the consumer lane; None when it failed (retried at the next poll;
+        a stuck consumer is replaced)."""
+        try:
+            return await self._consumer_lane.call(fn, 15, what)
+        except Stuck as e:
+            self._consumer_failed = str(e)
+        except KafkaException as e:
+            log.warning("%s of partitions %s failed (%s); retrying", what, sorted(partitions), e)
+        return None
+
     async def _activate(self) -> None:
         """On the poll loop, between polls: restored partitions get their committed offsets (rewinding
         where records were dropped), a worker loaded from the store, and are resumed."""
@@ -724,14 +735,9 @@ class Engine:
         consumer = self._consumer
         assert consumer is not None
         tps = self._tps(ready)
-        try:
-            committed = await self._consumer_lane.call(lambda: consumer.committed(tps, timeout=10), 15,
-                                                       "reading committed offsets")
-        except Stuck as e:
-            self._consumer_failed = str(e)
-            return
-        except KafkaException as e:
-            log.warning("reading committed offsets of partitions %s failed (%s); retrying", sorted(ready), e)
+        committed = await self._consumer_step(lambda: consumer.committed(tps, timeout=10),
+                                              "reading committed offsets", ready)
+        if committed is None:
             return
         by_partition: dict[int, dict[str, int]] = {p: {} for p in ready}
         for tp in committed:
@@ -741,18 +747,13 @@ class Engine:
                  for tp in committed if ready[tp.partition].seek]
         resume = [tp for tp in tps if not (self._inputs_paused and tp.topic in self.app.bindings)]
 
-        def rewind_and_resume() -> None:
+        def rewind_and_resume() -> bool:
             for tp in seeks:
                 consumer.seek(tp)
             consumer.resume(resume)
+            return True
 
-        try:
-            await self._consumer_lane.call(rewind_and_resume, 15, "rewinding and resuming partitions")
-        except Stuck as e:
-            self._consumer_failed = str(e)
-            return
-        except KafkaException as e:
-            log.warning("rewinding partitions %s failed (%s); retrying", sorted(ready), e)
+        if await self._consumer_step(rewind_and_resume, "rewinding and resuming partitions", ready) is None:
             return
         if self._rebuilding:  # it began while we waited on the consumer and did not see these partitions;
             for r in ready.values():  # their records are dropped until it ends: rewind them then

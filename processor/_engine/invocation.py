@@ -2,7 +2,7 @@
 
 Every context action goes through the sans-IO core (replay or execute); executed actions write
 journal rows into the partition's open overlay, and results that handler code may act on are
-released only after the cycle holding them commits (DESIGN §4.4).
+released only after the cycle holding them commits (docs/architecture.md).
 """
 
 from __future__ import annotations
