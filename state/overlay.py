@@ -40,8 +40,11 @@ class Overlay:
     def __init__(self) -> None:
         """An empty, open overlay."""
         self._data: dict[bytes, bytes | None] = {}
-        self._sorted: list[bytes] = []  # keys known sorted; _new holds keys added since
-        self._new: list[bytes] = []
+        # Per namespace (first key byte): keys known sorted, and keys added since. A scan sorts only
+        # its own namespace, so scanning a small namespace (subscribers, inboxes) while another one
+        # grows (journals, state) costs nothing like a sort of the whole cycle.
+        self._sorted: dict[bytes, list[bytes]] = {}
+        self._new: dict[bytes, list[bytes]] = {}
         self._sealed = False
 
     @property
@@ -63,7 +66,12 @@ class Overlay:
         # Reject bad keys now: failing in store.apply would be after the Kafka commit.
         check_key(key)
         if key not in self._data:
-            self._new.append(key)
+            ns = key[:1]
+            new = self._new.get(ns)
+            if new is None:
+                self._new[ns] = [key]
+            else:
+                new.append(key)
         self._data[key] = value
 
     def lookup(self, key: bytes) -> bytes | Missing | None:
@@ -79,15 +87,22 @@ class Overlay:
 
     def keys_in(self, prefix: bytes, start: bytes | None = None) -> list[bytes]:
         """Sorted touched keys with `prefix`, from `start` (inclusive) if given."""
-        if self._new:
-            self._sorted.extend(self._new)
-            self._sorted.sort()  # a sorted run plus a short tail: cheap for timsort
-            self._new = []
+        if prefix:
+            keys = self._namespace(prefix[:1])
+        else:
+            keys = sorted(k for ns in {*self._new, *self._sorted} for k in self._namespace(ns))
         lo, hi = scan_bounds(prefix, start)
-        keys = self._sorted
         i = bisect.bisect_left(keys, lo)
         j = len(keys) if hi is None else bisect.bisect_left(keys, hi, lo=i)
         return keys[i:j]
+
+    def _namespace(self, ns: bytes) -> list[bytes]:
+        keys = self._sorted.setdefault(ns, [])
+        new = self._new.pop(ns, None)
+        if new:
+            keys.extend(new)
+            keys.sort()  # a sorted run plus a short tail: cheap for timsort
+        return keys
 
     def _seal(self) -> None:
         self._sealed = True
@@ -137,6 +152,10 @@ class PartitionState:
     def dirty(self) -> bool:
         """Whether the open overlay holds writes."""
         return len(self._open) > 0
+
+    def open_writes(self) -> int:
+        """How many keys the open overlay holds."""
+        return len(self._open)
 
     def sealed(self) -> int:
         """How many sealed overlays are waiting for :meth:`applied`."""

@@ -18,6 +18,7 @@ reload. The fencing argument is in docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -88,6 +89,7 @@ class Engine:
         self._assign_generation = 0
         self._stop = asyncio.Event()
         self._work = asyncio.Event()
+        self._sealed = asyncio.Event()  # set whenever a cycle is sealed: a full cycle lets input flow again
         self._commit_lock = asyncio.Lock()
         self._epoch = 0  # bumped whenever records already fetched must not be routed
         self._inputs_paused = False
@@ -264,12 +266,16 @@ class Engine:
                 await self._replace_consumer(self._consumer_failed)
             if self._restored and not self._rebuilding:
                 await self._activate()
+            if self._cycle_full():
+                await self._wait_for_seal()
+                continue
             epoch = self._epoch
             flow, self._flow = [*self._flow, *self._backpressure()], []
             consumer = self._consumer
             assert consumer is not None
             try:
-                msgs = await self._consumer_lane.call(partial(_fetch, consumer, flow), POLL_S, "consumer poll")
+                msgs = await self._consumer_lane.call(partial(_fetch, consumer, flow, self._fetch_max), POLL_S,
+                                                      "consumer poll")
             except Stuck as e:
                 self._consumer_failed = str(e)
                 continue
@@ -281,6 +287,24 @@ class Engine:
                     w.fire_timers(now)
             if self._error is not None:
                 raise self._error
+
+    @property
+    def _fetch_max(self) -> int:
+        """Records one poll takes: a tenth of a cycle's bound, so a fetch routed into an almost full
+        cycle overshoots it by little."""
+        return max(1, min(1000, self.app.config.max_cycle_records // 10))
+
+    def _cycle_full(self) -> bool:
+        """Whether the open cycle holds ``max_cycle_records`` writes and outputs: then nothing new is
+        routed until it is sealed, so no transaction grows past what commits well within
+        ``transaction.timeout.ms`` (and no apply to LMDB takes long)."""
+        return sum(w.open_records() for w in self.workers.values()) >= self.app.config.max_cycle_records
+
+    async def _wait_for_seal(self) -> None:
+        self._sealed.clear()
+        self._on_work()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._sealed.wait(), 0.5)
 
     def _backpressure(self) -> list[tuple[str, list[TopicPartition]]]:
         """Pause the input topics while too many invocations are in flight (the inbox keeps flowing:
@@ -422,6 +446,7 @@ class Engine:
             self._begin_rebuild("no usable transactional producer")
             return False
         slices = [w.seal() for w in workers]
+        self._sealed.set()
         offsets = _fence_offsets(workers, slices, self.app.inbox_topic)
         group = self._group_metadata
         timeout = self._txn_s if deadline is None else min(self._txn_s, deadline.left())
@@ -875,7 +900,7 @@ def _lock_state_dir(root: Path) -> TextIO:
     return f
 
 
-def _fetch(consumer: Consumer, flow: list[tuple[str, list[TopicPartition]]]) -> list[Message]:
+def _fetch(consumer: Consumer, flow: list[tuple[str, list[TopicPartition]]], most: int) -> list[Message]:
     """On the consumer lane: apply pause/resume decisions, then block for the first record (or
     50 ms) and take whatever else is already there. A plain ``consume(n, timeout)`` waits for all n
     records or the whole timeout: +50 ms per idle pickup."""
@@ -888,7 +913,7 @@ def _fetch(consumer: Consumer, flow: list[tuple[str, list[TopicPartition]]]) -> 
     first = consumer.poll(0.05)
     if first is None:
         return []
-    return [first, *consumer.consume(999, 0)]
+    return [first, *consumer.consume(most - 1, 0)] if most > 1 else [first]
 
 
 __all__ = ["ConfigurationError", "Engine"]

@@ -357,6 +357,10 @@ class PartitionWorker(Messaging):
         return bool(self.state.dirty() or self._outputs or self._releases
                     or self._positions != self._committed_positions)
 
+    def open_records(self) -> int:
+        """Records the open cycle would write: store writes and outputs."""
+        return self.state.open_writes() + len(self._outputs)
+
     def seal(self) -> CycleSlice:
         s = CycleSlice(partition=self.partition, overlay=self.state.seal(), outputs=self._outputs,
                        offsets={t: o for t, o in self._positions.items()
