@@ -113,7 +113,8 @@ class AppConfig:
     """Tunables of an app; every field can be passed to ``App(name, ...)`` as a keyword."""
 
     serde: Serde[Any] = field(default_factory=JsonSerde)
-    retention: timedelta = timedelta(days=1)
+    retention: timedelta = timedelta(days=1)     # how long an invoked invocation's outcome stays for callers
+    journal_retention: timedelta = timedelta(0)  # how long finished journals (and topic records' rows) stay
     invocation_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(
         initial_interval=timedelta(milliseconds=500), max_interval=timedelta(seconds=60)))
     step_retry: RetryPolicy = field(default_factory=RetryPolicy)

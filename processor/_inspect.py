@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from processor._engine.core import Entry
+from processor._engine.core import Entry, decode_journal
 from processor._engine.records import InvocationRow
 from state import keys
 from state.store import PartitionStore
@@ -36,7 +36,7 @@ def invocations(state_dir: Path, app: str) -> list[tuple[int, InvocationRow]]:
 def journal(state_dir: Path, app: str, invocation_id: str) -> list[Entry]:
     for _, s in _stores(state_dir, app):
         if s.get(keys.invocation_key(invocation_id)) is not None:
-            return [Entry.decode(v) for _, v in s.scan(keys.journal_prefix(invocation_id))]
+            return decode_journal(v for _, v in s.scan(keys.journal_prefix(invocation_id)))
     raise KeyError(invocation_id)
 
 

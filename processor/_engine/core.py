@@ -9,6 +9,7 @@ whatever order they finished in.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -147,6 +148,39 @@ class InvocationCore:
     def random_seed(self) -> int:
         """A seed derived from the invocation id: the same on every replay."""
         return int.from_bytes(hashlib.blake2b(self.invocation_id.encode(), digest_size=8).digest(), "big")
+
+
+_CHUNK = 0xC1  # first byte of a journal chunk; a lone entry starts with its schema version (< 0x80)
+_LEN = struct.Struct(">I")
+
+
+def encode_chunk(entries: Iterable[Entry]) -> bytes:
+    """One journal record: the entries an invocation recorded or completed in one commit cycle."""
+    parts = [bytes([_CHUNK])]
+    for e in entries:
+        data = e.encode()
+        parts.append(_LEN.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def decode_journal(records: Iterable[bytes]) -> list[Entry]:
+    """An invocation's journal from its records in key order (chunks, or single entries as written
+    before chunks): a later record's entry replaces an earlier one with the same seq (a completed
+    wait, a retried step). Entries in seq order."""
+    by_seq: dict[int, Entry] = {}
+    for data in records:
+        if not data or data[0] != _CHUNK:
+            e = Entry.decode(data)
+            by_seq[e.seq] = e
+            continue
+        pos, end = 1, len(data)
+        while pos < end:
+            (n,) = _LEN.unpack_from(data, pos)
+            e = Entry.decode(data[pos + 4:pos + 4 + n])
+            by_seq[e.seq] = e
+            pos += 4 + n
+    return [by_seq[s] for s in sorted(by_seq)]
 
 
 def retry_entry(entry: Entry, *, attempts: int, retry_at_ms: int, failure: Failure) -> Entry:

@@ -56,6 +56,7 @@ SHUTDOWN_S = 30.0       # SIGTERM to exit, whatever Kafka does meanwhile
 FENCES_TO_GIVE_UP = 5   # young transactions fenced within FENCE_WINDOW_S: another instance has our id
 CONSUMER_FENCES_TO_GIVE_UP = 10  # consumers fenced (FENCED_INSTANCE_ID) within FENCE_WINDOW_S
 FENCE_WINDOW_S = 120.0
+MAX_LINGER_S = 0.1      # the longest a cycle waits for handlers still making progress before it seals
 
 
 @dataclass(slots=True, eq=False)
@@ -89,6 +90,7 @@ class Engine:
         self._assign_generation = 0
         self._stop = asyncio.Event()
         self._work = asyncio.Event()
+        self._work_done = 0  # counts every write, output and touched invocation: handlers progressing
         self._sealed = asyncio.Event()  # set whenever a cycle is sealed: a full cycle lets input flow again
         self._commit_lock = asyncio.Lock()
         self._epoch = 0  # bumped whenever records already fetched must not be routed
@@ -392,6 +394,7 @@ class Engine:
     # -- the commit cycle ------------------------------------------------------------------------
 
     def _on_work(self) -> None:
+        self._work_done += 1
         self._work.set()
 
     async def _commit_loop(self) -> None:
@@ -406,13 +409,29 @@ class Engine:
                 return
 
     async def _linger(self) -> None:
-        """Before sealing a cycle, let just-released handlers run and wait (briefly) for step bodies
-        already executing: their results then ride this cycle instead of the next one."""
-        for _ in range(6):  # released handler -> finish -> next invocation -> its first step: a few hops
+        """Before sealing a cycle, let the handlers that can make progress make it, and wait
+        (briefly) for step bodies already executing: their results and the invocations queued behind
+        them then ride this cycle instead of the next one, and an invocation that finishes here
+        writes nothing of itself (docs/decisions/006-what-a-cycle-writes.md). Stops when a loop turn
+        makes no progress, the cycle is full, or after MAX_LINGER_S."""
+        now = time.monotonic()
+        bodies_until = now + self.app.config.commit_linger_ms / 1000
+        until = now + MAX_LINGER_S
+        quiet_turns = 0
+        while now < until and not self._cycle_full():
+            before = self._work_done
             await asyncio.sleep(0)
-        deadline = time.monotonic() + self.app.config.commit_linger_ms / 1000
-        while any(w.bodies_running for w in self.workers.values()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.0002)
+            now = time.monotonic()
+            if self._work_done != before:
+                quiet_turns = 0
+                continue
+            quiet_turns += 1  # released handler -> finish -> next invocation -> its first step: a few hops
+            if quiet_turns < 6:
+                continue
+            if now < bodies_until and any(w.bodies_running for w in self.workers.values()):
+                await asyncio.sleep(0.0002)
+                continue
+            return
 
     def _has_work(self) -> bool:
         return not self._rebuilding and any(w.has_work() for w in self.workers.values())

@@ -1,8 +1,9 @@
 """One invocation attempt in memory: runs the user's handler against its journal.
 
-Every context action goes through the sans-IO core (replay or execute); executed actions write
-journal rows into the partition's open overlay, and results that handler code may act on are
-released only after the cycle holding them commits (docs/architecture.md).
+Every context action goes through the sans-IO core (replay or execute); executed actions are kept as
+*unsaved* journal entries that the partition writes as one record when it seals a cycle the
+invocation outlives (one that finishes within its cycle writes no journal at all), and results that
+handler code may act on are released only after the cycle holding them commits (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import contextvars
 import inspect
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Executor
@@ -30,7 +30,7 @@ from processor._context import (
     WorkflowContext,
     WorkflowSharedContext,
 )
-from processor._engine.core import Entry, Execute, Failure, InvocationCore, Replay, retry_entry
+from processor._engine.core import Entry, Execute, Failure, InvocationCore, Replay, decode_journal, retry_entry
 from processor._engine.records import InvocationRow, TimerKind
 from processor._engine.waits import CANCELLED, Waits, failure_error
 from processor._errors import NondeterminismError, SerdeError, StepFailedError, TerminalError, _Abandon
@@ -40,7 +40,6 @@ from processor._serde import Serde
 from state import keys
 
 log = logging.getLogger("processor.invocation")
-_U32 = struct.Struct(">I")  # journal key = journal_prefix(id) + seq, as state.keys.journal_key builds it
 
 
 class Host(Protocol):
@@ -52,6 +51,7 @@ class Host(Protocol):
     partition: int
 
     def now_ms(self) -> int: ...
+    def touched(self, rt: InvocationRuntime) -> None: ...
     def read(self, key: bytes) -> bytes | None: ...
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
     def write(self, key: bytes, value: bytes | None) -> None: ...
@@ -113,10 +113,12 @@ class InvocationRuntime:
         self.key = row.key
         self._input_serde = input_serde
         self._serde: Serde[Any] = host.app.config.serde
-        self._journal_prefix = keys.journal_prefix(row.id)
         # A fresh invocation (created by this process, never run) has no journal to read.
-        entries = [] if fresh else [Entry.decode(v) for _, v in host.scan(self._journal_prefix)]
-        self.core = InvocationCore(row.id, entries)
+        records = [] if fresh else list(host.scan(keys.journal_prefix(row.id)))
+        self.core = InvocationCore(row.id, decode_journal(v for _, v in records))
+        self.next_chunk = keys.parse_journal_key(records[-1][0])[1] + 1 if records else 0
+        self.unsaved: list[Entry] = []  # recorded or completed since the partition last saved them
+        self.row_dirty = True
         self.alive = True
         self._divergence: NondeterminismError | None = None
         self._task: asyncio.Task[None] | None = None
@@ -228,7 +230,18 @@ class InvocationRuntime:
         if not self.alive:
             return
         self.core.record(entry)
-        self.host.write(self._journal_prefix + _U32.pack(entry.seq), entry.encode())
+        self.unsaved.append(entry)
+        self.host.touched(self)
+
+    def completed(self, entry: Entry) -> None:
+        """A pending wait of this invocation completed (the partition saves it with the journal)."""
+        self.core.complete(entry)
+        self.unsaved.append(entry)
+        self.host.touched(self)
+
+    def take_unsaved(self) -> list[Entry]:
+        out, self.unsaved = self.unsaved, []
+        return out
 
     def decode_value(self, data: bytes | None) -> Any:
         return None if data is None else self._serde.deserialize(data)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import schemas
 from processor._app import App, Binding, HandlerDef, HandlerKind
 from processor._engine import forwarding, routing
-from processor._engine.core import Entry, Failure, invocation_id_for_record
+from processor._engine.core import Entry, Failure, decode_journal, encode_chunk, invocation_id_for_record
 from processor._engine.records import InvocationRow, Status, TimerKind, encode_timer
 from processor._errors import TerminalError
 from schemas import SchemaError
@@ -53,6 +53,7 @@ class Messaging:
     timers: TimerIndex
     runtimes: dict[str, InvocationRuntime]
     _queues: dict[tuple[str, str], deque[str]]
+    _queued_rows: dict[str, InvocationRow]
     _outputs: list[OutRecord]
     _on_work: Callable[[], None]
     forwards: forwarding.ForwardStats = forwarding.FORWARDS
@@ -65,7 +66,10 @@ class Messaging:
         def create(self, row: InvocationRow, h: HandlerDef) -> None: ...
         def admit(self, msg: InRecord, binding: Binding) -> None: ...
         def start(self, row: InvocationRow) -> None: ...
-        def finish_row(self, row: InvocationRow, result: bytes | None, failure: Failure | None) -> None: ...
+        def finish_row(self, row: InvocationRow, result: bytes | None, failure: Failure | None, *,
+                       rt: InvocationRuntime | None = None) -> None: ...
+        def save(self, rt: InvocationRuntime) -> None: ...
+        def touched(self, rt: InvocationRuntime) -> None: ...
         def schedule_timer(self, due_ms: int, invocation_id: str, seq: int, kind: TimerKind,
                            attempt: int = 0) -> None: ...
 
@@ -132,6 +136,20 @@ class Messaging:
 
     def answer(self, row: InvocationRow) -> None:
         """A finished invocation answers every caller waiting for it and, if asked, the Clients."""
+        if self._may_have_subscribers(row):
+            self._answer_subscribers(row)
+        if row.notify:
+            self.publish_result(row)
+
+    def _may_have_subscribers(self, row: InvocationRow) -> bool:
+        """Callers subscribe by invoking an id: a command's invocation, or a workflow's run. A topic
+        record's invocation has an id no invoke can name."""
+        if row.source_topic is None:
+            return True
+        h = self.app.handler(row.target)
+        return h is None or h.kind is HandlerKind.WORKFLOW_RUN
+
+    def _answer_subscribers(self, row: InvocationRow) -> None:
         prefix = keys.subscriber_prefix(row.id)
         for k, v in list(self.state.scan(prefix)):
             _, caller, seq = keys.parse_subscriber_key(k)
@@ -142,8 +160,6 @@ class Messaging:
                     "response", invocation_id=caller, seq=seq, payload=row.result,
                     failure=failure_dict(row.failure)))
             self.write(k, None)
-        if row.notify:
-            self.publish_result(row)
 
     def publish_result(self, row: InvocationRow | None, invocation_id: str | None = None) -> None:
         from processor._engine.partition import OutRecord
@@ -175,8 +191,27 @@ class Messaging:
             self.dead_letter(msg, problem[1], problem[0])
 
     def _row(self, invocation_id: str) -> InvocationRow | None:
+        """The invocation's current row: in memory (running, or queued and never saved), else stored."""
+        rt = self.runtimes.get(invocation_id)
+        if rt is not None:
+            return rt.row
+        row = self._queued_rows.get(invocation_id)
+        if row is not None:
+            return row
         data = self.state.get(keys.invocation_key(invocation_id))
         return None if data is None else InvocationRow.decode(data)
+
+    def _journal(self, invocation_id: str) -> list[Entry]:
+        """The journal of an invocation that is not in memory."""
+        return decode_journal(v for _, v in self.state.scan(keys.journal_prefix(invocation_id)))
+
+    def _append_journal(self, invocation_id: str, entries: list[Entry]) -> None:
+        """Add a journal record to an invocation that is not in memory."""
+        last = None
+        for k, _ in self.state.scan(keys.journal_prefix(invocation_id)):
+            last = k
+        n = 0 if last is None else keys.parse_journal_key(last)[1] + 1
+        self.write(keys.journal_key(invocation_id, n), encode_chunk(entries))
 
     def _cmd_invoke(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
         target = f"{cmd['service']}/{cmd['handler']}"
@@ -263,13 +298,17 @@ class Messaging:
 
     def _update_row(self, invocation_id: str, change: Callable[[InvocationRow], InvocationRow]) -> None:
         rt = self.runtimes.get(invocation_id)
-        row = rt.row if rt is not None else self._row(invocation_id)
-        if row is None:
-            return
-        row = change(row)
         if rt is not None:
-            rt.row = row
-        self.write(keys.invocation_key(row.id), row.encode())
+            rt.row = change(rt.row)
+            rt.row_dirty = True
+            self.touched(rt)
+            return
+        if invocation_id in self._queued_rows:
+            self._queued_rows[invocation_id] = change(self._queued_rows[invocation_id])
+            return
+        row = self._row(invocation_id)
+        if row is not None:
+            self.write(keys.invocation_key(row.id), change(row).encode())
 
     def _cmd_attach(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
         inv = cmd["invocation_id"] or ""
@@ -316,10 +355,11 @@ class Messaging:
 
     def _complete_pending(self, inv: str, seq: int, kind: str, value: bytes | None,
                           failure: Failure | None) -> tuple[str, str] | None:
-        data = self.state.get(keys.journal_key(inv, seq))
-        if data is None:
+        rt = self.runtimes.get(inv)
+        journal = rt.core.journal() if rt is not None else self._journal(inv)
+        entry = next((e for e in journal if e.seq == seq), None)
+        if entry is None:
             return "UnknownTarget", f"no {kind} #{seq} of invocation {inv} (finished and purged, or never made)"
-        entry = Entry.decode(data)
         if entry.kind != kind:
             return "UnknownTarget", f"#{seq} of invocation {inv} is a {entry.kind}, not a {kind}"
         if not entry.pending:
@@ -347,8 +387,7 @@ class Messaging:
         wakes it), or, with none pending, flag the row so its next runtime delivers the cancellation."""
         from processor._engine.waits import CANCELLED
 
-        pending = [e for e in (Entry.decode(v) for _, v in self.state.scan(keys.journal_prefix(row.id)))
-                   if e.pending]
+        pending = [e for e in self._journal(row.id) if e.pending]
         if not pending:
             self._update_row(row.id, lambda r: replace(r, cancelled=True))
         for entry in pending:
@@ -385,11 +424,11 @@ class Messaging:
 
     def complete_entry(self, invocation_id: str, entry: Entry) -> None:
         """Journal the completion of a pending wait and wake (or resume) its invocation."""
-        self.write(keys.journal_key(invocation_id, entry.seq), entry.encode())
         rt = self.runtimes.get(invocation_id)
         if rt is not None:
             rt.waits.completed(entry)
             return
+        self._append_journal(invocation_id, [entry])
         row = self._row(invocation_id)
         if row is not None and row.status is Status.SUSPENDED:
             # Woken in the same commit as the completion: a crash right after it still finds a RUNNING
@@ -409,8 +448,9 @@ class Messaging:
             if rt.waits.suspendable(idle_s):
                 rt.drop()
                 del self.runtimes[inv]
-                row = rt.row.moved(Status.SUSPENDED)
-                self.write(keys.invocation_key(inv), row.encode())
+                rt.row = rt.row.moved(Status.SUSPENDED)
+                rt.row_dirty = True
+                self.save(rt)
                 evicted += 1
         return evicted
 

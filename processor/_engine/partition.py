@@ -18,7 +18,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from processor._app import App, Binding, HandlerDef, HandlerKind
-from processor._engine.core import Failure, invocation_id_for_record
+from processor._engine.core import Failure, encode_chunk, invocation_id_for_record
 from processor._engine.invocation import InvocationRuntime
 from processor._engine.memtrim import Trimmer
 from processor._engine.messaging import Messaging
@@ -93,6 +93,14 @@ class PartitionWorker(Messaging):
         self._releases: list[Callable[[], None]] = []
         self.runtimes: dict[str, InvocationRuntime] = {}
         self._queues: dict[tuple[str, str], deque[str]] = {}
+        # Invocations in flight are written to the store only when a cycle they outlive is sealed
+        # (docs/architecture.md, "What a cycle writes"): `_durable` holds the ids whose row and slot
+        # (inbox or active key) the store or a sealed overlay has, `_dirty` the in-memory ones with
+        # unsaved changes, `_queued_rows` rows queued behind their key that were never saved.
+        self._durable: set[str] = set()
+        self._dirty: dict[str, InvocationRuntime] = {}
+        self._queued_rows: dict[str, InvocationRow] = {}
+        self._keep_journals = app.config.journal_retention.total_seconds() > 0
         self._inbox_seq = 0
         self.bodies_running = 0
         self.queued = 0  # exclusive invocations waiting behind another of their key
@@ -102,6 +110,10 @@ class PartitionWorker(Messaging):
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)
+
+    def touched(self, rt: InvocationRuntime) -> None:
+        self._dirty[rt.invocation_id] = rt
+        self._on_work()
 
     def read(self, key: bytes) -> bytes | None:
         return self.state.get(key)
@@ -141,12 +153,15 @@ class PartitionWorker(Messaging):
         for k, v in self.state.scan(keys.INBOX):
             obj, key, _seq = keys.parse_inbox_key(k)
             self._queues.setdefault((obj, key), deque()).append(v.decode())
+            self._durable.add(v.decode())
         self.queued = sum(len(q) - 1 for q in self._queues.values())
+        active = [keys.parse_active_key(k) for k, _ in self.state.scan(keys.ACTIVE)]
+        self._durable.update(active)
         resumed = 0
         for q in self._queues.values():
             resumed += self._resume(q[0])
-        for k, _ in list(self.state.scan(keys.ACTIVE)):
-            resumed += self._resume(keys.parse_active_key(k))
+        for inv in active:
+            resumed += self._resume(inv)
         if resumed:
             log.info("partition %d: resumed %d in-flight invocation(s)", self.partition, resumed)
 
@@ -200,7 +215,7 @@ class PartitionWorker(Messaging):
             inv_id, _ = self.callee_id(h, key_str, ())
         else:
             inv_id = invocation_id_for_record(topic, msg.partition, offset, owner=self.partition)
-        if self.state.get(keys.invocation_key(inv_id)) is not None:
+        if self._row(inv_id) is not None:
             return  # this record (or this workflow key) already started its invocation
         self.create(InvocationRow(
             id=inv_id, service=h.service, handler=h.name, key=key_str if h.keyed else None,
@@ -229,21 +244,17 @@ class PartitionWorker(Messaging):
     # -- invocation lifecycle --------------------------------------------------------------------
 
     def create(self, row: InvocationRow, h: HandlerDef) -> None:
+        """A new invocation: run it now, or queue it behind the running one of its key. Nothing is
+        written yet: a cycle it outlives saves it (``save``)."""
         if h.kind.exclusive:
-            key = row.key
-            assert key is not None
-            self._inbox_seq += 1
-            self.write(keys.meta_key("inbox-seq"), _U64.pack(self._inbox_seq))
-            self.write(keys.inbox_key(h.service, key, self._inbox_seq), row.id.encode())
-            row = replace(row, inbox_seq=self._inbox_seq)
-            q = self._queues.setdefault((h.service, key), deque())
+            assert row.key is not None
+            q = self._queues.setdefault((h.service, row.key), deque())
             q.append(row.id)
-            self.queued += len(q) > 1
             if len(q) > 1:
-                self.write(keys.invocation_key(row.id), row.encode())
+                self.queued += 1
+                self._queued_rows[row.id] = row
+                self._on_work()
                 return
-        else:
-            self.write(keys.active_key(row.id), b"")
         self.start(row)
 
     def start(self, row: InvocationRow) -> None:
@@ -253,10 +264,11 @@ class PartitionWorker(Messaging):
                                                 message=f"no handler {row.target} in this deploy"))
             return
         fresh = row.status is Status.QUEUED  # never ran, so it has no journal to read
+        self._queued_rows.pop(row.id, None)
         row = row.moved(Status.RUNNING)
-        self.write(keys.invocation_key(row.id), row.encode())
         rt = InvocationRuntime(self, row, h, self._input_serde(row, h), fresh=fresh)
         self.runtimes[row.id] = rt
+        self.touched(rt)
         rt.start()
 
     def _input_serde(self, row: InvocationRow, h: HandlerDef) -> Serde[Any]:
@@ -267,36 +279,117 @@ class PartitionWorker(Messaging):
 
     def finished(self, rt: InvocationRuntime, *, result: bytes | None, failure: Failure | None) -> None:
         self.runtimes.pop(rt.invocation_id, None)
-        self.finish_row(rt.row, result, failure)
+        self._dirty.pop(rt.invocation_id, None)
+        self.finish_row(rt.row, result, failure, rt=rt)
 
-    def finish_row(self, row: InvocationRow, result: bytes | None, failure: Failure | None) -> None:
+    def finish_row(self, row: InvocationRow, result: bytes | None, failure: Failure | None, *,
+                   rt: InvocationRuntime | None = None) -> None:
+        """Finish `row` for good: answer its callers, keep its row for ``retention`` where someone
+        may still ask for it, and delete what a save wrote of it (nothing, if it never outlived a cycle)."""
         now = self.now_ms()
         status = Status.COMPLETED if failure is None else Status.FAILED
         row = row.moved(status, result=result, failure=failure, finished_ms=now, retry_at_ms=None)
+        durable = row.id in self._durable
+        self._durable.discard(row.id)
+        self._queued_rows.pop(row.id, None)
         self.answer(row)
-        self.write(keys.invocation_key(row.id), row.encode())
-        retention = int(self.app.config.retention.total_seconds() * 1000)
-        self.schedule_timer(now + retention, row.id, INVOCATION_SEQ, TimerKind.PURGE)
+        if self._keeps_row(row):
+            self.write(keys.invocation_key(row.id), row.encode())
+            retention = self.app.config.retention if row.source_topic is None else self.app.config.journal_retention
+            self.schedule_timer(now + int(max(retention, self.app.config.journal_retention).total_seconds() * 1000),
+                                row.id, INVOCATION_SEQ, TimerKind.PURGE)
+        elif durable:
+            self.write(keys.invocation_key(row.id), None)
+        if self._keep_journals:
+            if rt is not None:
+                self._save_journal(rt, everything=not durable)
+        elif durable:
+            self._delete_journal(row.id, rt)
         if failure is not None:
             log.warning("invocation %s (%s) failed: %s: %s", row.id, row.target, failure.type, failure.message)
-        self._release_slot(row)
+        self._release_slot(row, durable)
 
-    def _release_slot(self, row: InvocationRow) -> None:
-        if row.inbox_seq is None:
-            self.write(keys.active_key(row.id), None)
+    def _keeps_row(self, row: InvocationRow) -> bool:
+        """A finished row stays (for ``retention``) where a caller or Client may ask for it: invoked by
+        a command, or a workflow's one run per key. A topic record's invocation has no one to answer:
+        its row stays only while journals are kept (``journal_retention``)."""
+        if row.source_topic is None or self._keep_journals:
+            return True
+        h = self.app.handler(row.target)
+        return h is not None and h.kind is HandlerKind.WORKFLOW_RUN
+
+    def _release_slot(self, row: InvocationRow, durable: bool) -> None:
+        if durable:
+            if row.inbox_seq is not None and row.key is not None:
+                self.write(keys.inbox_key(row.service, row.key, row.inbox_seq), None)
+            else:
+                self.write(keys.active_key(row.id), None)
+        if row.key is None:
             return
-        assert row.key is not None
-        self.write(keys.inbox_key(row.service, row.key, row.inbox_seq), None)
         q = self._queues.get((row.service, row.key))
         if q and q[0] == row.id:
             q.popleft()
             self.queued -= bool(q)
             if q:
-                data = self.state.get(keys.invocation_key(q[0]))
-                if data is not None:
-                    self.start(InvocationRow.decode(data))
+                nxt = self._row(q[0])
+                if nxt is not None:
+                    self.start(nxt)
             else:
                 del self._queues[(row.service, row.key)]
+
+    # -- saving invocations that outlive their cycle ----------------------------------------------
+
+    def save(self, rt: InvocationRuntime) -> None:
+        """Write what the store lacks of in-flight `rt`: its row, its slot and its journal growth as one
+        record. At every seal for touched invocations, and whenever one leaves memory."""
+        self._dirty.pop(rt.invocation_id, None)
+        if rt.invocation_id not in self._durable:
+            rt.row = self._claim_slot(rt.row)
+            rt.row_dirty = True
+        if rt.row_dirty:
+            rt.row_dirty = False
+            self.write(keys.invocation_key(rt.invocation_id), rt.row.encode())
+        self._save_journal(rt)
+
+    def _claim_slot(self, row: InvocationRow) -> InvocationRow:
+        """Write the slot that makes a load find in-flight `row` again: its place in its key's inbox
+        (exclusive handlers), or its active key. Returns the row with its inbox seq."""
+        self._durable.add(row.id)
+        h = self.app.handler(row.target)
+        if h is None or not h.kind.exclusive or row.key is None:
+            self.write(keys.active_key(row.id), b"")
+            return row
+        self._inbox_seq += 1
+        self.write(keys.meta_key("inbox-seq"), _U64.pack(self._inbox_seq))
+        self.write(keys.inbox_key(row.service, row.key, self._inbox_seq), row.id.encode())
+        return replace(row, inbox_seq=self._inbox_seq)
+
+    def _save_journal(self, rt: InvocationRuntime, *, everything: bool = False) -> None:
+        entries = rt.core.journal() if everything else rt.take_unsaved()
+        rt.unsaved = []
+        if entries:
+            last = {e.seq: e for e in entries}  # an entry changed twice in a cycle: its last state
+            self.write(keys.journal_key(rt.invocation_id, rt.next_chunk), encode_chunk(last.values()))
+            rt.next_chunk += 1
+
+    def _delete_journal(self, invocation_id: str, rt: InvocationRuntime | None) -> None:
+        if rt is not None:
+            for n in range(rt.next_chunk):
+                self.write(keys.journal_key(invocation_id, n), None)
+        else:
+            for k, _ in list(self.state.scan(keys.journal_prefix(invocation_id))):
+                self.write(k, None)
+
+    def _save_touched(self) -> None:
+        """Before a seal: save every in-flight invocation this cycle touched, and every queued one."""
+        for rt in list(self._dirty.values()):
+            if self.runtimes.get(rt.invocation_id) is rt:
+                self.save(rt)
+        self._dirty.clear()
+        for row in list(self._queued_rows.values()):
+            row = self._claim_slot(row)
+            self.write(keys.invocation_key(row.id), row.encode())
+        self._queued_rows.clear()
 
     def backing_off(self, rt: InvocationRuntime, error: BaseException) -> None:
         self.runtimes.pop(rt.invocation_id, None)
@@ -305,21 +398,24 @@ class PartitionWorker(Messaging):
         attempt = row.attempt + 1
         delay = self.app.config.invocation_retry.next_delay_ms(attempt, now - row.created_ms)
         if delay is None:
-            self.finish_row(row, None, Failure(
+            self._dirty.pop(rt.invocation_id, None)
+            self.finish_row(row, None, rt=rt, failure=Failure(
                 type=type(error).__name__,
                 message=f"invocation failed after {attempt} attempt(s): {error}"))
             return
         log.warning("invocation %s (%s) attempt %d raised %s: %s; retrying in %d ms", row.id, row.target,
                     attempt, type(error).__name__, error, delay, exc_info=error)
-        row = row.moved(Status.BACKING_OFF, attempt=attempt, retry_at_ms=now + delay)
-        self.write(keys.invocation_key(row.id), row.encode())
+        rt.row = row.moved(Status.BACKING_OFF, attempt=attempt, retry_at_ms=now + delay)
+        rt.row_dirty = True
+        self.save(rt)  # it leaves memory: the retry timer reads its row
         self.schedule_timer(now + delay, row.id, INVOCATION_SEQ, TimerKind.INVOCATION_RETRY, attempt)
 
     def paused(self, rt: InvocationRuntime, reason: str) -> None:
         self.runtimes.pop(rt.invocation_id, None)
         log.error("invocation %s (%s) paused: %s", rt.row.id, rt.row.target, reason)
-        row = rt.row.moved(Status.PAUSED, paused_reason=reason)
-        self.write(keys.invocation_key(row.id), row.encode())
+        rt.row = rt.row.moved(Status.PAUSED, paused_reason=reason)
+        rt.row_dirty = True
+        self.save(rt)
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -354,7 +450,7 @@ class PartitionWorker(Messaging):
     # -- the commit cycle ------------------------------------------------------------------------
 
     def has_work(self) -> bool:
-        return bool(self.state.dirty() or self._outputs or self._releases
+        return bool(self.state.dirty() or self._outputs or self._releases or self._dirty or self._queued_rows
                     or self._positions != self._committed_positions)
 
     def open_records(self) -> int:
@@ -362,6 +458,7 @@ class PartitionWorker(Messaging):
         return self.state.open_writes() + len(self._outputs)
 
     def seal(self) -> CycleSlice:
+        self._save_touched()
         s = CycleSlice(partition=self.partition, overlay=self.state.seal(), outputs=self._outputs,
                        offsets={t: o for t, o in self._positions.items()
                                 if self._committed_positions.get(t) != o},
@@ -392,10 +489,19 @@ class PartitionWorker(Messaging):
             rt.drop()
         self.runtimes.clear()
         self._queues.clear()
+        self._durable.clear()
+        self._dirty.clear()
+        self._queued_rows.clear()
         self.queued = 0
         self.state.discard()
         self._outputs, self._releases = [], []
         self._positions = dict(self._committed_positions)
+
+    def rows(self) -> list[InvocationRow]:
+        """Every invocation row this partition knows, the in-memory version where there is one."""
+        mine = {rt.invocation_id: rt.row for rt in self.runtimes.values()} | self._queued_rows
+        stored = [InvocationRow.decode(v) for k, v in self.state.scan(keys.INVOCATION)]
+        return [*mine.values(), *(r for r in stored if r.id not in mine)]
 
     def in_flight(self) -> int:
         """Invocations this partition is working through: in memory, or queued behind their key."""

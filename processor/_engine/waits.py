@@ -93,8 +93,8 @@ class Waits:
         return DurableFuture(fut, rt, d.seq)
 
     def completed(self, entry: Entry) -> None:
-        """The partition journaled the completion of pending entry ``entry.seq``."""
-        self.rt.core.complete(entry)
+        """Pending entry ``entry.seq`` completed (the partition saves it with the journal)."""
+        self.rt.completed(entry)
         self.last_active = time.monotonic()
         fut = self.pending.get(entry.seq)
         if fut is not None:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import timedelta
 
 import processor as p
 
-app = p.App(os.environ["DIVERGE_APP"])
+KEEP_JOURNALS = timedelta(days=1)  # the tests read finished invocations' rows and journals
+app = p.App(os.environ["DIVERGE_APP"], journal_retention=KEEP_JOURNALS)
 obj = app.virtual_object("account")
 OUTPUT = os.environ["DIVERGE_OUTPUT"]
 FIRST_STEP = os.environ.get("DIVERGE_FIRST_STEP", "a")

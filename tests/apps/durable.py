@@ -13,7 +13,9 @@ from typing import Any
 
 import processor as p
 
-app = p.App(os.environ["DURABLE_APP"], suspend_after=timedelta(seconds=float(os.environ.get("DURABLE_SUSPEND", "5"))))
+KEEP_JOURNALS = timedelta(days=1)  # the tests read finished invocations' rows and journals
+app = p.App(os.environ["DURABLE_APP"], journal_retention=KEEP_JOURNALS,
+            suspend_after=timedelta(seconds=float(os.environ.get("DURABLE_SUSPEND", "5"))))
 EFFECTS = Path(os.environ["DURABLE_EFFECTS"])
 OUTPUT = os.environ["DURABLE_OUTPUT"]
 

@@ -1,4 +1,4 @@
-"""Test app: a counter whose finished invocations are kept for two seconds only."""
+"""Test app: a counter whose finished invocations (rows and journals) are kept for two seconds only."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import processor as p
 
-app = p.App(os.environ["RETENTION_APP"], retention=timedelta(seconds=2))
+app = p.App(os.environ["RETENTION_APP"], retention=timedelta(seconds=2), journal_retention=timedelta(seconds=2))
 counter = app.virtual_object("counter")
 OUTPUT = os.environ["RETENTION_OUTPUT"]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import processor as p
 
-app = p.App(os.environ["RETRIES_APP"],
+KEEP_JOURNALS = timedelta(days=1)  # the tests read finished invocations' rows and journals
+app = p.App(os.environ["RETRIES_APP"], journal_retention=KEEP_JOURNALS,
             invocation_retry=p.RetryPolicy(initial_interval=timedelta(milliseconds=100),
                                            max_interval=timedelta(seconds=1)))
 svc = app.service("retries")

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import processor as p
 
-app = p.App(os.environ["ROUTED_APP"])
+KEEP_JOURNALS = timedelta(days=1)  # the tests read finished invocations' rows and journals
+app = p.App(os.environ["ROUTED_APP"], journal_retention=KEEP_JOURNALS)
 OUTPUT = os.environ["ROUTED_OUTPUT"]
 EFFECTS = Path(os.environ["ROUTED_EFFECTS"])
 STEP_S = float(os.environ.get("ROUTED_STEP_S", "0"))

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import processor as p
 
-app = p.App(os.environ["STEPS_APP"])
+KEEP_JOURNALS = timedelta(days=1)  # the tests read finished invocations' rows and journals
+app = p.App(os.environ["STEPS_APP"], journal_retention=KEEP_JOURNALS)
 svc = app.service("steps")
 EFFECTS = Path(os.environ["STEPS_EFFECTS"])
 GATE = Path(os.environ["STEPS_GATE"])

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from processor import _inspect
-from processor._engine.core import Entry
+from processor._engine.core import Entry, decode_journal
 from processor._engine.records import InvocationRow
 from state import keys
 
@@ -26,7 +26,7 @@ def invocations(state_dir: Path, app: str) -> list[InvocationRow]:
 
 def journal(state_dir: Path, app: str, invocation_id: str) -> list[Entry]:
     """The journal entries of one invocation, in seq order."""
-    return [Entry.decode(v) for _, v in _scan(state_dir, app, keys.journal_prefix(invocation_id))]
+    return decode_journal(v for _, v in _scan(state_dir, app, keys.journal_prefix(invocation_id)))
 
 
 def journal_rows(state_dir: Path, app: str) -> int:

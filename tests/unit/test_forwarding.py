@@ -18,7 +18,6 @@ from processor._engine import forwarding, routing
 from processor._engine.core import invocation_id_for_record
 from processor._engine.partition import InRecord, OutRecord, PartitionWorker
 from processor._engine.records import InvocationRow
-from state import keys
 from state.memory import MemoryStore
 
 P = 4
@@ -51,7 +50,7 @@ def _worker(app: p.App, partition: int, stats: forwarding.ForwardStats, pool: Th
 
 
 def _rows(w: PartitionWorker) -> list[InvocationRow]:
-    return [InvocationRow.decode(v) for _, v in w.state.scan(keys.INVOCATION)]
+    return w.rows()
 
 
 def _inbox(w: PartitionWorker) -> list[OutRecord]:

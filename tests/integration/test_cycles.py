@@ -1,6 +1,11 @@
-"""Cycles are bounded: handlers nothing paces (no step, no wait) cannot grow one transaction without
+"""What commit cycles hold, on the real broker.
+
+Cycles are bounded: handlers nothing paces (no step, no wait) cannot grow one transaction without
 limit. Before the bound, a backlog of such events went into one cycle of ~100,000 records that took
-longer to commit and apply than ``transaction.timeout.ms``."""
+longer to commit and apply than ``transaction.timeout.ms``.
+
+Invocations that finish within their cycle write only their effects: no row, journal, inbox entry or
+timer reaches the changelog (docs/decisions/006-what-a-cycle-writes.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import pytest
 
 import processor as p
 from processor._engine.engine import Engine
+from state import keys
 from tests.kafka_support import Kafka
 
 pytestmark = pytest.mark.integration
@@ -34,7 +40,8 @@ def _app(name: str, topic: str, out: str) -> p.App:
     return app
 
 
-def test_a_backlog_of_unpaced_handlers_commits_in_bounded_cycles(kafka: Kafka, tmp_path: Path) -> None:
+def test_a_backlog_of_unpaced_handlers_commits_in_bounded_cycles_that_write_only_their_state(
+        kafka: Kafka, tmp_path: Path) -> None:
     name = kafka.unique("bound")
     topic, out = kafka.create_topic(f"{name}-in", 1), kafka.create_topic(f"{name}-out", 1)
     kafka.produce(topic, [(f"k{i % KEYS}".encode(), orjson.dumps({"i": i})) for i in range(EVENTS)])
@@ -51,6 +58,12 @@ def test_a_backlog_of_unpaced_handlers_commits_in_bounded_cycles(kafka: Kafka, t
     # its handlers' writes on top.
     assert len(records) >= 5, f"the backlog went into {len(records)} cycle(s)"
     assert max(records) <= 2 * BOUND, f"a cycle of {max(records)} records (bound {BOUND})"
+
+    changelog = kafka.drain(f"{name}.changelog")
+    kinds = {(r.key or b"?")[:1] for r in changelog}
+    assert kinds == {keys.STATE}, f"bookkeeping of finished invocations in the changelog: {sorted(kinds)}"
+    # a key's count written several times within a cycle is one record
+    assert len(changelog) < EVENTS // 2, f"{len(changelog)} changelog records for {EVENTS} events"
 
 
 async def _run(kafka: Kafka, app: p.App, out: str, tmp_path: Path) -> list[int]:
