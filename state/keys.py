@@ -10,6 +10,7 @@ Keys longer than :data:`MAX_KEY_SIZE` (LMDB's limit) are refused with :class:`Ke
 
 from __future__ import annotations
 
+import functools
 import struct
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "promise_waiter_key",
     "promise_waiter_prefix",
     "state_key",
+    "state_key_under",
     "state_prefix",
     "subscriber_key",
     "subscriber_prefix",
@@ -182,6 +184,16 @@ def state_prefix(obj: str, key: str) -> bytes:
 def state_key(obj: str, key: str, name: str) -> bytes:
     """Key of one named state value of a virtual object instance."""
     return _done(state_prefix(obj, key) + _str(name))
+
+
+def state_key_under(prefix: bytes, name: str) -> bytes:
+    """:func:`state_key` for a prefix from :func:`state_prefix` (built once per object instance)."""
+    return _done(prefix + _name(name))
+
+
+@functools.lru_cache(maxsize=4096)
+def _name(name: str) -> bytes:
+    return _str(name)  # a handler uses few state names: encode each once
 
 
 def parse_state_key(k: bytes) -> tuple[str, str, str]:

@@ -24,7 +24,7 @@ class Failure:
     message: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)  # a value: never mutated (not frozen only because a frozen init is slow)
 class Entry:
     """One journaled action. ``retry_at_ms`` set means a step still being retried, not completed."""
 

@@ -13,7 +13,7 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Mapping
 from concurrent.futures import Executor
 from datetime import timedelta
 from typing import Any, Protocol
@@ -96,6 +96,20 @@ def _terminal(f: Failure) -> TerminalError:
     return failure_error(f)
 
 
+class _Ready:
+    """An awaitable that is already done: awaiting it returns its value without suspending (no
+    future, no trip through the event loop). ``asyncio.gather`` and friends accept it too."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.value
+        yield  # unreachable: makes this a generator that returns at once
+
+
 _CONTEXTS: dict[HandlerKind, type[Context]] = {
     HandlerKind.SERVICE: Context, HandlerKind.SHARED: ObjectSharedContext, HandlerKind.EXCLUSIVE: ObjectContext,
     HandlerKind.WORKFLOW_RUN: WorkflowContext, HandlerKind.WORKFLOW_SHARED: WorkflowSharedContext}
@@ -115,9 +129,10 @@ class InvocationRuntime:
         self._serde: Serde[Any] = host.app.config.serde
         # A fresh invocation (created by this process, never run) has no journal to read.
         records = [] if fresh else list(host.scan(keys.journal_prefix(row.id)))
-        self.core = InvocationCore(row.id, decode_journal(v for _, v in records))
+        self.core = InvocationCore(row.id, decode_journal(v for _, v in records) if records else ())
         self.next_chunk = keys.parse_journal_key(records[-1][0])[1] + 1 if records else 0
         self.unsaved: list[Entry] = []  # recorded or completed since the partition last saved them
+        self._state_prefix: bytes | None = None
         self.row_dirty = True
         self.alive = True
         self._divergence: NondeterminismError | None = None
@@ -249,10 +264,8 @@ class InvocationRuntime:
     def encode_value(self, value: Any) -> bytes:
         return self._serde.serialize(value)
 
-    def _done(self, value: Any) -> asyncio.Future[Any]:
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(value)
-        return fut
+    def _done(self, value: Any) -> Awaitable[Any]:
+        return _Ready(value)
 
     def _replayed(self, entry: Entry) -> asyncio.Future[Any]:
         fut = asyncio.get_running_loop().create_future()
@@ -266,8 +279,10 @@ class InvocationRuntime:
         return fut
 
     def _state_key(self, name: str) -> bytes:
-        assert self.key is not None
-        return keys.state_key(self.handler.service, self.key, name)
+        if self._state_prefix is None:
+            assert self.key is not None
+            self._state_prefix = keys.state_prefix(self.handler.service, self.key)
+        return keys.state_key_under(self._state_prefix, name)
 
     # -- the driver protocol used by contexts ---------------------------------------------------
 

@@ -217,11 +217,14 @@ class PartitionWorker(Messaging):
             inv_id = invocation_id_for_record(topic, msg.partition, offset, owner=self.partition)
         if self._row(inv_id) is not None:
             return  # this record (or this workflow key) already started its invocation
+        # Built in the status it gets now (queued behind its key, or running): a row is a big
+        # dataclass, and this is the per-record path.
+        queues = h.kind.exclusive and key_str is not None and bool(self._queues.get((h.service, key_str)))
         self.create(InvocationRow(
             id=inv_id, service=h.service, handler=h.name, key=key_str if h.keyed else None,
-            status=Status.QUEUED, input=value, created_ms=self.now_ms(),
+            status=Status.QUEUED if queues else Status.RUNNING, input=value, created_ms=self.now_ms(),
             input_headers=dict(msg.headers),
-            source_topic=topic, source_partition=msg.partition, source_offset=offset), h)
+            source_topic=topic, source_partition=msg.partition, source_offset=offset), h, fresh=True)
 
     def on_inbox(self, msg: InRecord) -> None:
         self._positions[msg.topic] = msg.offset + 1
@@ -243,7 +246,7 @@ class PartitionWorker(Messaging):
 
     # -- invocation lifecycle --------------------------------------------------------------------
 
-    def create(self, row: InvocationRow, h: HandlerDef) -> None:
+    def create(self, row: InvocationRow, h: HandlerDef, *, fresh: bool = True) -> None:
         """A new invocation: run it now, or queue it behind the running one of its key. Nothing is
         written yet: a cycle it outlives saves it (``save``)."""
         if h.kind.exclusive:
@@ -252,20 +255,23 @@ class PartitionWorker(Messaging):
             q.append(row.id)
             if len(q) > 1:
                 self.queued += 1
-                self._queued_rows[row.id] = row
+                self._queued_rows[row.id] = row if row.status is Status.QUEUED else replace(row, status=Status.QUEUED)
                 self._on_work()
                 return
-        self.start(row)
+        self.start(row, fresh=fresh)
 
-    def start(self, row: InvocationRow) -> None:
+    def start(self, row: InvocationRow, *, fresh: bool | None = None) -> None:
+        """Run `row`'s handler. `fresh`: never ran, so it has no journal to read (default: queued)."""
         h = self.app.handler(row.target)
         if h is None:
             self.finish_row(row, None, Failure(type="UnknownHandler",
                                                 message=f"no handler {row.target} in this deploy"))
             return
-        fresh = row.status is Status.QUEUED  # never ran, so it has no journal to read
+        if fresh is None:
+            fresh = row.status is Status.QUEUED
         self._queued_rows.pop(row.id, None)
-        row = row.moved(Status.RUNNING)
+        if row.status is not Status.RUNNING:
+            row = row.moved(Status.RUNNING)
         rt = InvocationRuntime(self, row, h, self._input_serde(row, h), fresh=fresh)
         self.runtimes[row.id] = rt
         self.touched(rt)
@@ -287,13 +293,15 @@ class PartitionWorker(Messaging):
         """Finish `row` for good: answer its callers, keep its row for ``retention`` where someone
         may still ask for it, and delete what a save wrote of it (nothing, if it never outlived a cycle)."""
         now = self.now_ms()
-        status = Status.COMPLETED if failure is None else Status.FAILED
-        row = row.moved(status, result=result, failure=failure, finished_ms=now, retry_at_ms=None)
         durable = row.id in self._durable
         self._durable.discard(row.id)
         self._queued_rows.pop(row.id, None)
-        self.answer(row)
-        if self._keeps_row(row):
+        keep = self._keeps_row(row)
+        if keep or row.notify or self._may_have_subscribers(row):  # else no one reads its final row
+            status = Status.COMPLETED if failure is None else Status.FAILED
+            row = row.moved(status, result=result, failure=failure, finished_ms=now, retry_at_ms=None)
+            self.answer(row)
+        if keep:
             self.write(keys.invocation_key(row.id), row.encode())
             retention = self.app.config.retention if row.source_topic is None else self.app.config.journal_retention
             self.schedule_timer(now + int(max(retention, self.app.config.journal_retention).total_seconds() * 1000),

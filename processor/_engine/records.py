@@ -40,7 +40,7 @@ class IllegalTransition(RuntimeError):
     pass
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)  # a value: never mutated (not frozen only because a frozen init is slow)
 class InvocationRow:
     id: str
     service: str
