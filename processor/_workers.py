@@ -156,8 +156,9 @@ class Supervisor:
 
     def _start(self, w: _Worker) -> None:
         try:
-            # A process group of its own: a Ctrl-C at the terminal reaches only us, and we stop the workers.
-            w.proc = subprocess.Popen(w.spec.argv, process_group=0)
+            # Our process group: a Ctrl-C at a terminal reaches the workers too (they stop as on our
+            # SIGTERM), and their output to the terminal is a foreground group's, never stopped by SIGTTOU.
+            w.proc = subprocess.Popen(w.spec.argv, stdin=subprocess.DEVNULL)
         except OSError as e:
             w.proc = None
             self._restart_later(w, f"could not start: {e}", time.monotonic())
@@ -220,8 +221,9 @@ def _kill(w: _Worker) -> int:
 
 
 def _clean(code: int) -> bool:
-    # -SIGTERM: the worker got SIGTERM before it installed its handler, so it had started nothing.
-    return code in (0, -signal.SIGTERM)
+    # Killed by SIGTERM, or 130 (KeyboardInterrupt: a Ctrl-C): the signal came before the worker
+    # installed its handlers, so it had started nothing.
+    return code in (0, -signal.SIGTERM, 130)
 
 
 def _shell_code(code: int) -> int:
