@@ -42,7 +42,7 @@ class EngineProcess:
         self.ctx.topics.extend(f"{self.app_name}.{t}" for t in ("inbox", "changelog", "dlq"))
         self.started_at = time.time()
         cmd = [sys.executable, "-m", "processor", "run", self.spec, "--bootstrap-servers", self.ctx.bootstrap,
-               "--state-dir", str(self.state_dir), "--instance-id", self.instance_id]
+               "--state-dir", str(self.state_dir), "--instance-id", self.instance_id, "--workers", "1"]
         if profile := os.environ.get("BENCH_PROFILE"):
             # BENCH_PROFILE=DIR: sample the processor with py-spy (collapsed stacks, all threads' CPU)
             out = Path(profile) / f"{self.app_name}.folded"

@@ -1,4 +1,5 @@
-"""The ``processor`` command line: ``processor run MODULE:APP --bootstrap-servers ... --state-dir ...``."""
+"""The ``processor`` command line: ``processor run MODULE:APP --bootstrap-servers ... --state-dir ...``
+runs one engine in this process (``--workers 1``) or supervises N engine processes (``_workers.py``)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from typing import Any
 
 from processor._app import App
 from processor._engine.records import Status
+from processor._engine.statedir import lock_state_dir, persisted_instance_id
 from processor._errors import ConfigurationError, ProcessorError
+from processor._workers import Supervisor, die_with_parent, wait_until_unlocked, worker_specs
 
 log = logging.getLogger("processor.cli")
 STOP_BOUND_S = 35.0  # the engine's own shutdown deadline is 30 s
+WORKERS_STOP_S = STOP_BOUND_S + 5  # a supervisor's wait for its workers, which exit by themselves at STOP_BOUND_S
 
 
 def load_app(spec: str) -> App:
@@ -54,6 +58,34 @@ async def _run(args: argparse.Namespace) -> None:
     await engine.run()
 
 
+def _supervise(args: argparse.Namespace) -> int:
+    """``--workers N`` with N > 1: run N single-engine processes of the app and watch over them."""
+    app = load_app(args.app)
+    state_dir = Path(args.state_dir)
+    root = state_dir / app.name
+    root.mkdir(parents=True, exist_ok=True)
+    with lock_state_dir(root):  # one supervisor per state dir; each worker locks its own
+        base_id = args.instance_id or persisted_instance_id(root)
+        specs = worker_specs(app_spec=args.app, bootstrap=args.bootstrap_servers, state_dir=state_dir,
+                             base_id=base_id, log_level=args.log_level, workers=args.workers)
+        wait_until_unlocked([s.state_dir / app.name for s in specs], WORKERS_STOP_S)
+        supervisor = Supervisor(specs, stop_s=WORKERS_STOP_S)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda _sig, _frame: supervisor.request_stop())
+        log.info("supervisor of app %s: %d workers, instance ids %s-w0 to -w%d, state dirs %s/worker-<i>",
+                 app.name, len(specs), base_id, len(specs) - 1, state_dir)
+        code = supervisor.run()
+        log.info("supervisor of app %s stopped (exit code %d)", app.name, code)
+        return code
+
+
+def _worker_count(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise ValueError(text)
+    return n
+
+
 def _stopper(engine: Any) -> Any:
     """A signal handler: stop cleanly, and exit anyway once STOP_BOUND_S have passed (a Kafka call
     stuck past every deadline must not keep a stopped instance alive)."""
@@ -71,16 +103,22 @@ def _exit_after(seconds: float) -> None:
     os._exit(3)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; defaults read from the environment now."""
     parser = argparse.ArgumentParser(prog="processor", description="Durable handlers on Kafka.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run an app as one instance of its consumer group")
+    run = sub.add_parser("run", help="run an app: one instance of its consumer group per worker process")
     run.add_argument("app", help="MODULE:APP, e.g. shop:app")
     run.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"))
     run.add_argument("--state-dir", default="./state-dir")
     run.add_argument("--instance-id", default=None,
                      help="stable id of this instance (default: generated once, kept in the state dir)")
     run.add_argument("--log-level", default=os.environ.get("PROCESSOR_LOG_LEVEL", "INFO"))
+    run.add_argument("--workers", type=_worker_count, metavar="N",
+                     default=os.environ.get("PROCESSOR_WORKERS") or str(os.cpu_count() or 1),
+                     help="engine processes, each a group member with its own state dir DIR/worker-<i> "
+                          "(default: $PROCESSOR_WORKERS or the number of cores); 1 runs the engine in this process")
+    run.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)  # set on workers
     inv = sub.add_parser("invocations", help="list invocations from a state dir (works next to a running processor)")
     inv.add_argument("--state-dir", default="./state-dir")
     inv.add_argument("--app", required=True, help="the app name (its directory under --state-dir)")
@@ -90,14 +128,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     jr.add_argument("invocation_id")
     jr.add_argument("--state-dir", default="./state-dir")
     jr.add_argument("--app", required=True)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command in ("invocations", "journal"):
         return _inspect_command(args)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.supervisor_pid is not None and not die_with_parent(args.supervisor_pid):
+        print("processor: the supervisor that started this worker is gone; not starting", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=args.log_level.upper(), format=_log_format(args))
     code = 0
     try:
-        asyncio.run(_run(args))
+        if args.workers > 1:
+            code = _supervise(args)
+        else:
+            asyncio.run(_run(args))
     except ConfigurationError as e:
         print(f"processor: {e}", file=sys.stderr)
         code = 2
@@ -107,6 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         code = 130
     return _exit_leaving_stuck_threads(code)
+
+
+def _log_format(args: argparse.Namespace) -> str:
+    """A worker's lines name its instance: its supervisor's log holds every worker's."""
+    who = "" if args.supervisor_pid is None else f"[{args.instance_id}] ".replace("%", "%%")
+    return f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"
 
 
 def _inspect_command(args: argparse.Namespace) -> int:

@@ -151,10 +151,11 @@ class Processor:
         (self.state_dir / ".gitignore").write_text("*\n")
         env = {**os.environ, **self.env,
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        # One engine in this process: the demos read its stores under <state dir>/<app> and SIGKILL it.
         cmd = [sys.executable, "-m", "processor", "run", self.app_spec, "--bootstrap-servers", self.bootstrap,
-               "--state-dir", str(self.state_dir)]
+               "--state-dir", str(self.state_dir), "--workers", "1"]
         say(f"  $ python -m processor run {self.app_spec} --bootstrap-servers {self.bootstrap} "
-            f"--state-dir {rel(self.state_dir)}")
+            f"--state-dir {rel(self.state_dir)} --workers 1")
         # A restart (after crash()) appends to the log; the first start of a demo run begins it afresh.
         restart = self.proc is not None
         self._log_from = self.log_path.stat().st_size if restart and self.log_path.exists() else 0

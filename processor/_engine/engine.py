@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -43,6 +40,7 @@ from processor._engine.lanes import Deadline, Lane, Stuck
 from processor._engine.memtrim import Trimmer
 from processor._engine.metrics import CommitTimings
 from processor._engine.partition import CycleSlice, InRecord, PartitionWorker
+from processor._engine.statedir import lock_state_dir, persisted_instance_id
 from processor._errors import ConfigurationError, ProcessorError
 from state.changelog import RestoreCancelled, RestoreError, restore
 from state.store import PartitionStore, Store, StoreClosedError, StoreFormatError
@@ -78,8 +76,8 @@ class Engine:
         self.bootstrap = bootstrap_servers
         self.root = Path(state_dir) / app.name
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock_state_dir(self.root)
-        self.instance_id = instance_id or self._persisted_instance_id()
+        self._lock = lock_state_dir(self.root)
+        self.instance_id = instance_id or persisted_instance_id(self.root)
         self._consumer_extra = consumer_config or {}
         self._producer_extra = producer_config or {}
         self.workers: dict[int, PartitionWorker] = {}
@@ -124,12 +122,6 @@ class Engine:
         self._group_metadata: object | None = None
         self.timings = CommitTimings()
         self.ready = asyncio.Event()
-
-    def _persisted_instance_id(self) -> str:
-        path = self.root / "instance-id"
-        if not path.exists():
-            path.write_text(uuid.uuid4().hex[:12])
-        return path.read_text().strip()
 
     def transactional_id(self, slot: int) -> str:
         return f"{self.app.name}-{self.instance_id}-{slot}"
@@ -898,25 +890,6 @@ def _fence_offsets(workers: list[PartitionWorker], slices: list[CycleSlice], inb
     if not offsets:  # nothing was ever committed for these partitions: re-committing "from 0" is the same
         offsets.append(TopicPartition(inbox, slices[0].partition, 0))
     return offsets
-
-
-def _lock_state_dir(root: Path) -> TextIO:
-    """Hold an exclusive lock on the app's state dir for the life of the process: two instances on
-    one state dir would share an instance id and fence each other."""
-    f = (root / "LOCK").open("a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise ConfigurationError(f"state dir {root} is in use by {holder}; every instance needs its own "
-                                 "--state-dir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}\n")
-    f.flush()
-    return f
 
 
 def _fetch(consumer: Consumer, flow: list[tuple[str, list[TopicPartition]]], most: int) -> list[Message]:

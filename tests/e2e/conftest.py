@@ -16,9 +16,9 @@ class Spawner:
         self.procs: list[ProcessorProcess] = []
 
     def __call__(self, spec: str, env: dict[str, str], *, instance_id: str = "i1",
-                 state_dir: Path | None = None) -> ProcessorProcess:
+                 state_dir: Path | None = None, workers: int = 1) -> ProcessorProcess:
         p = ProcessorProcess(spec=spec, bootstrap=self.kafka.bootstrap, state_dir=state_dir or self.tmp / "state",
-                             instance_id=instance_id, env=env, log_dir=self.tmp)
+                             instance_id=instance_id, env=env, log_dir=self.tmp, workers=workers)
         self.procs.append(p)
         return p
 

@@ -14,16 +14,18 @@ from tests.kafka_support import REPO, wait_until
 
 
 class ProcessorProcess:
-    """One `python -m processor run ...` instance with its log in a file."""
+    """One `python -m processor run ...` process with its log in a file: one engine, or with
+    `workers` > 1 a supervisor of that many engine processes."""
 
     def __init__(self, *, spec: str, bootstrap: str, state_dir: Path, instance_id: str,
-                 env: Mapping[str, str], log_dir: Path) -> None:
+                 env: Mapping[str, str], log_dir: Path, workers: int = 1) -> None:
         self.spec = spec
         self.bootstrap = bootstrap
         self.state_dir = state_dir
         self.instance_id = instance_id
         self.env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
         self.log_dir = log_dir
+        self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
         self.log_path = log_dir / f"{instance_id}-0.log"
@@ -35,7 +37,8 @@ class ProcessorProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "processor", "run", self.spec, "--bootstrap-servers", self.bootstrap,
-                 "--state-dir", str(self.state_dir), "--instance-id", self.instance_id],
+                 "--state-dir", str(self.state_dir), "--instance-id", self.instance_id,
+                 "--workers", str(self.workers)],
                 env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         return self
 
@@ -104,3 +107,13 @@ class ProcessorProcess:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs: a zombie (dead, not reaped yet: an orphan's new parent may be slow to reap
+    it, or never do so in a container) counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")

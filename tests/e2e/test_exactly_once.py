@@ -8,11 +8,10 @@ import threading
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 
 from tests.e2e.conftest import Spawner
-from tests.e2e.verify import counts_by_key, read_state
+from tests.e2e.verify import assert_gapless, counter_env, counter_events, counts_by_key, produce_paced, read_state
 from tests.kafka_support import Kafka, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -20,40 +19,13 @@ pytestmark = pytest.mark.e2e
 EVENTS, KEYS, KILLS = 10_000, 100, 5
 
 
-def _counter_env(kafka: Kafka, tmp_path: Path) -> tuple[dict[str, str], str, str]:
-    name = kafka.unique("counter")
-    inp, out = kafka.create_topic(f"{name}-in", 4), kafka.create_topic(f"{name}-out", 4)
-    env = {"COUNTER_APP": name, "COUNTER_INPUT": inp, "COUNTER_OUTPUT": out,
-           "COUNTER_EFFECTS": str(tmp_path / "effects")}
-    return env, inp, out
-
-
-def _events(n: int, keys: int) -> list[tuple[bytes | None, bytes | None]]:
-    return [(f"key-{i % keys}".encode(), orjson.dumps({"i": i})) for i in range(n)]
-
-
-def _produce_paced(kafka: Kafka, topic: str, events: list[tuple[bytes | None, bytes | None]],
-                   seconds: float) -> None:
-    chunks = 100
-    size = -(-len(events) // chunks)
-    for i in range(0, len(events), size):
-        kafka.produce(topic, events[i:i + size])
-        time.sleep(seconds / chunks)
-
-
-def _assert_gapless(counts: dict[str, list[int]], expected: int, keys: int) -> None:
-    assert len(counts) == keys
-    bad = {k: (len(v), v[:5]) for k, v in counts.items() if v != list(range(1, expected + 1))}
-    assert not bad, f"keys with gaps or duplicates: {dict(list(bad.items())[:5])}"
-
-
 def test_counts_stay_gapless_and_unique_across_repeated_sigkills(
         kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
-    env, inp, out = _counter_env(kafka, tmp_path)
+    env, inp, out = counter_env(kafka, tmp_path)
     proc = spawn("tests.apps.counter:app", env).start().wait_ready()
     # Paced over ~30 s, so every kill (at up to 85 % of the outputs) lands while work is outstanding.
-    events = _events(EVENTS, KEYS)
-    producer = threading.Thread(target=_produce_paced, args=(kafka, inp, events, 30.0), daemon=True)
+    events = counter_events(EVENTS, KEYS)
+    producer = threading.Thread(target=produce_paced, args=(kafka, inp, events, 30.0), daemon=True)
     producer.start()
     rng = random.Random()
     seed = rng.randrange(1 << 30)
@@ -75,16 +47,16 @@ def test_counts_stay_gapless_and_unique_across_repeated_sigkills(
     assert all(n < EVENTS for n in seen_before_kill), "a kill landed after the work was done"
 
     counts = counts_by_key(kafka.drain(out))
-    _assert_gapless(counts, EVENTS // KEYS, KEYS)
+    assert_gapless(counts, EVENTS // KEYS, KEYS)
     state = read_state(tmp_path / "state", env["COUNTER_APP"], "counter", "count")
     assert state == {f"key-{k}": EVENTS // KEYS for k in range(KEYS)}
 
 
 def test_deleting_the_state_dir_restores_identical_state_from_the_changelog(
         kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
-    env, inp, out = _counter_env(kafka, tmp_path)
+    env, inp, out = counter_env(kafka, tmp_path)
     proc = spawn("tests.apps.counter:app", env).start().wait_ready()
-    kafka.produce(inp, _events(500, 20))
+    kafka.produce(inp, counter_events(500, 20))
     wait_until(lambda: len(kafka.drain(out)) >= 500, 120, "500 outputs")
     assert proc.stop() == 0
     before = read_state(tmp_path / "state", env["COUNTER_APP"], "counter", "count")
@@ -93,21 +65,21 @@ def test_deleting_the_state_dir_restores_identical_state_from_the_changelog(
     shutil.rmtree(tmp_path / "state")
     proc.start().wait_ready()
     proc.wait_log("restored")
-    kafka.produce(inp, _events(20, 20))  # one more event per key continues from the restored count
+    kafka.produce(inp, counter_events(20, 20))  # one more event per key continues from the restored count
     wait_until(lambda: len(kafka.drain(out)) >= 520, 120, "520 outputs")
     assert proc.stop() == 0
-    _assert_gapless(counts_by_key(kafka.drain(out)), 26, 20)
+    assert_gapless(counts_by_key(kafka.drain(out)), 26, 20)
     assert read_state(tmp_path / "state", env["COUNTER_APP"], "counter", "count") == {
         f"key-{k}": 26 for k in range(20)}
 
 
 def test_a_crash_between_kafka_commit_and_lmdb_apply_is_repaired_from_the_changelog_tail(
         kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
-    env, inp, out = _counter_env(kafka, tmp_path)
+    env, inp, out = counter_env(kafka, tmp_path)
     proc = spawn("tests.apps.counter:app", env)
     # The 30th commit succeeds in Kafka, then the process dies before writing LMDB.
     proc.start({"PROCESSOR_TEST_FAULTS": "after_kafka_commit=30"}).wait_ready()
-    kafka.produce(inp, _events(400, 10))
+    kafka.produce(inp, counter_events(400, 10))
     assert proc.wait_exit(120) == -9
     committed = len(kafka.drain(out))
     assert 0 < committed < 400
@@ -116,6 +88,6 @@ def test_a_crash_between_kafka_commit_and_lmdb_apply_is_repaired_from_the_change
     proc.wait_log("restored")  # the store was behind the changelog: its tail was replayed
     wait_until(lambda: len(kafka.drain(out)) >= 400, 120, "400 outputs")
     assert proc.stop() == 0
-    _assert_gapless(counts_by_key(kafka.drain(out)), 40, 10)
+    assert_gapless(counts_by_key(kafka.drain(out)), 40, 10)
     assert read_state(tmp_path / "state", env["COUNTER_APP"], "counter", "count") == {
         f"key-{k}": 40 for k in range(10)}
