@@ -164,6 +164,11 @@ class App:
     def dlq_topic(self) -> str:
         return f"{self.name}.dlq"
 
+    @property
+    def steps_topic(self) -> str:
+        """Step results made durable by acknowledgement before their cycle commits (decision 007)."""
+        return f"{self.name}.steps"
+
     def service(self, name: str = "service") -> ServiceDefinition:
         """Define a stateless service named `name`."""
         d = ServiceDefinition(self, name)
@@ -189,7 +194,7 @@ class App:
         h = self.handler_for(handler)
         if topic in self._bindings:
             raise ConfigurationError(f"topic {topic!r} is already bound to {self._bindings[topic].handler.target}")
-        if topic in (self.inbox_topic, self.changelog_topic, self.dlq_topic, self.results_topic):
+        if topic in (self.inbox_topic, self.changelog_topic, self.dlq_topic, self.results_topic, self.steps_topic):
             raise ConfigurationError(f"{topic!r} is an internal topic of app {self.name!r}")
         self._bindings[topic] = Binding(topic=topic, handler=h,
                                         serde=serde or h.input_serde or self.config.serde)

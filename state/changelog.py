@@ -30,7 +30,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec:
 from state.keys import LOCAL
 from state.store import Store, StoreError
 
-__all__ = ["RestoreCancelled", "RestoreError", "RestoreStats", "restore"]
+__all__ = ["RestoreCancelled", "RestoreError", "RestoreStats", "log_end", "restore"]
 
 log = logging.getLogger("state.restore")
 
@@ -79,7 +79,7 @@ def restore(store: Store, *, consumer_config: Mapping[str, object], topic: str, 
     t0 = time.monotonic()
     deadline = t0 + deadline_s
     where = f"{topic}[{partition}]"
-    target = _log_end(consumer_config, topic, partition, deadline=deadline, should_stop=should_stop)
+    target = log_end(consumer_config, topic, partition, deadline=deadline, should_stop=should_stop)
     start = store.changelog_offset()
     if start > target:
         log.warning("store is at changelog offset %d but %s ends at %d (changelog recreated?): "
@@ -215,7 +215,7 @@ def _consumer_config(base: Mapping[str, object]) -> dict[str, Any]:
     }
 
 
-def _log_end(config: Mapping[str, object], topic: str, partition: int, *, deadline: float,
+def log_end(config: Mapping[str, object], topic: str, partition: int, *, deadline: float,
              should_stop: Callable[[], bool] | None = None) -> int:
     """The partition's log end offset, uncommitted transactions included. Retriable errors (a
     just-created topic without a leader yet, a broker restarting) are retried with backoff until

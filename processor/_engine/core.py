@@ -142,6 +142,15 @@ class InvocationCore:
                              f"{old.describe() if old else 'nothing'} there (pending: {old and old.pending})")
         self._journal[entry.seq] = entry
 
+    def adopt(self, entry: Entry) -> bool:
+        """Take a completed entry salvaged from the steps log (its cycle never committed) unless the
+        journal already holds a completed one there. True if taken."""
+        old = self._journal.get(entry.seq)
+        if old is not None and old.completed:
+            return False
+        self._journal[entry.seq] = entry
+        return True
+
     def entry(self, seq: int) -> Entry | None:
         return self._journal.get(seq)
 

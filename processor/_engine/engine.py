@@ -34,15 +34,17 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from processor._app import App
-from processor._engine import faults, txn
+from processor._engine import faults, steps, txn
 from processor._engine import kafka as kio
 from processor._engine.lanes import Deadline, Lane, Stuck
 from processor._engine.memtrim import Trimmer
 from processor._engine.metrics import CommitTimings
-from processor._engine.partition import CycleSlice, InRecord, PartitionWorker
+from processor._engine.partition import CycleSlice, InRecord, PartitionWorker, Salvaged
 from processor._engine.statedir import lock_state_dir, persisted_instance_id
+from processor._engine.steps import StepLog
 from processor._errors import ConfigurationError, ProcessorError
-from state.changelog import RestoreCancelled, RestoreError, restore
+from state import keys
+from state.changelog import RestoreCancelled, RestoreError, log_end, restore
 from state.store import PartitionStore, Store, StoreClosedError, StoreFormatError
 
 log = logging.getLogger("processor.engine")
@@ -64,6 +66,7 @@ class _Restore:
     stop: bool = False
     task: asyncio.Task[None] | None = None
     started: float = field(default_factory=time.monotonic)
+    salvaged: Salvaged | None = None  # what the steps log holds that no committed cycle absorbed
 
 
 class Engine:
@@ -103,6 +106,7 @@ class Engine:
         self.step_executor = ThreadPoolExecutor(app.config.step_threads, thread_name_prefix="step")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
+        self._steps: StepLog | None = None
         # Two transactional producers take turns: the next transaction starts while the coordinator
         # still completes the previous one (docs/decisions/002-alternating-transactional-producers.md).
         self._producers: list[Producer | None] = [None] * slots
@@ -150,6 +154,8 @@ class Engine:
         await asyncio.to_thread(kio.check_reachable, admin, self.bootstrap)
         self.partitions_total = await asyncio.to_thread(kio.ensure_topics, admin, self.app)
         await asyncio.gather(*(self._start_producer(i) for i in range(len(self._producers))))
+        self._steps = StepLog({**kio.base_config(self.bootstrap), **self._producer_extra}, self.app.steps_topic,
+                              self._loop)
         self._consumer = await self._consumer_lane.call(self._new_consumer, 30, "creating the consumer")
         log.info("instance %s of app %s started (transactional.ids %s; %d partitions per topic)",
                  self.instance_id, self.app.name,
@@ -224,6 +230,8 @@ class Engine:
             lane.close()
         self._apply_pool.shutdown(wait=False)
         self.step_executor.shutdown(wait=False, cancel_futures=True)
+        if self._steps is not None:
+            self._steps.close()
         log.info("commit cycles: %s", self.timings.summary())
         log.info("instance %s stopped", self.instance_id)
 
@@ -752,6 +760,33 @@ class Engine:
         if stats.records:
             log.info("partition %d: restored %d changelog records in %.2fs", p, stats.records,
                      time.monotonic() - r.started)
+        if self._steps is None:  # not running (an engine driven piecewise by a test)
+            return
+        lane = Lane(f"salvage-{p}")
+        try:
+            r.salvaged = await lane.call(partial(self._salvage, p, store), 120, f"salvaging steps of partition {p}")
+        finally:
+            lane.close()
+        if r.salvaged.entries:
+            log.info("partition %d: %d step result(s) of %d invocation(s) salvaged from %s", p,
+                     sum(len(es) for es in r.salvaged.entries.values()), len(r.salvaged.entries),
+                     self.app.steps_topic)
+
+    def _salvage(self, p: int, store: Store) -> Salvaged:
+        """On a lane: the steps log's records past the last absorbed offset that the latest committed
+        generation wrote, re-written under this owner's generation (docs/decisions/007)."""
+        assert self._steps is not None
+        meta = {name: store.get(keys.meta_key(name)) for name in ("steps-gen", "steps-from")}
+        gen, start = (0 if v is None else int.from_bytes(v, "big") for v in meta.values())
+        config = kio.base_config(self.bootstrap)
+        end = log_end(config, self.app.steps_topic, p, deadline=time.monotonic() + 60)
+        found = steps.adopt(steps.read(config, self.app.steps_topic, p, start, end, timeout=60), gen, end)
+        copies = [(inv, gen + 1, e) for inv, es in found.entries.items() for e in es]
+        written = self._steps.write_now(p, copies, timeout=30)
+        offsets: dict[str, int] = {}
+        for (inv, _, _), offset in zip(copies, written, strict=True):
+            offsets.setdefault(inv, offset)
+        return Salvaged(generation=gen + 1, entries=found.entries, offsets=offsets, end=end)
 
     async def _consumer_step(self, fn: Callable[[], T], what: str, partitions: Iterable[int]) -> T | None:
         """One activation step on the consumer lane; None when it failed (retried at the next poll;
@@ -799,10 +834,10 @@ class Engine:
             del self._restored[p]
             w = PartitionWorker(app=self.app, partition=p, partitions_total=self.partitions_total,
                                 store=self._stores[p], step_executor=self.step_executor, on_work=self._on_work,
-                                trimmer=self._trimmer)
+                                trimmer=self._trimmer, steps=self._steps)
             w.set_committed(by_partition[p])
             self.workers[p] = w
-            w.load()
+            w.load(ready[p].salvaged)
         self._ticked = time.monotonic()  # loading is work on this loop, not a stall
         log.info("partitions %s active", sorted(ready))
         if not self._restoring and not self._restored and set(self.workers) == self._owned:

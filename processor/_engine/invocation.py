@@ -52,6 +52,7 @@ class Host(Protocol):
 
     def now_ms(self) -> int: ...
     def touched(self, rt: InvocationRuntime) -> None: ...
+    def log_step(self, rt: InvocationRuntime, entry: Entry, release: Callable[[], None]) -> bool: ...
     def read(self, key: bytes) -> bytes | None: ...
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
     def write(self, key: bytes, value: bytes | None) -> None: ...
@@ -254,6 +255,13 @@ class InvocationRuntime:
         self.unsaved.append(entry)
         self.host.touched(self)
 
+    def adopt(self, entries: list[Entry]) -> None:
+        """Entries a restore salvaged from the steps log: a previous attempt's handler may have seen
+        them, so this replay returns them too; saved with the journal like new ones."""
+        for e in entries:
+            if self.core.adopt(e):
+                self.unsaved.append(e)
+
     def take_unsaved(self) -> list[Entry]:
         out, self.unsaved = self.unsaved, []
         return out
@@ -337,8 +345,8 @@ class InvocationRuntime:
                 raise
             except (TerminalError, SerdeError) as e:
                 failure = Failure(type=getattr(e, "error_type", type(e).__name__), message=str(e))
-                self.record(Entry(seq=seq, kind="run", name=name, failure=failure, attempts=attempts))
-                self.after_commit(_reject(fut, _terminal(failure)))
+                self._outcome(Entry(seq=seq, kind="run", name=name, failure=failure, attempts=attempts),
+                              _reject(fut, _terminal(failure)))
                 return
             except Exception as e:
                 elapsed_ms += int((time.monotonic() - started) * 1000)
@@ -349,8 +357,8 @@ class InvocationRuntime:
                                       message=f"step {name!r} failed after {attempts} attempt(s): "
                                               f"{failure.type}: {failure.message}")
                     log.warning("invocation %s: %s", self.invocation_id, gave_up.message)
-                    self.record(Entry(seq=seq, kind="run", name=name, failure=gave_up, attempts=attempts))
-                    self.after_commit(_reject(fut, _terminal(gave_up)))
+                    self._outcome(Entry(seq=seq, kind="run", name=name, failure=gave_up, attempts=attempts),
+                                  _reject(fut, _terminal(gave_up)))
                     return
                 elapsed_ms += delay
                 retry_at = self.host.now_ms() + delay
@@ -363,9 +371,24 @@ class InvocationRuntime:
             finally:
                 self.host.bodies_running -= 1
                 _CURRENT_STEP.reset(token)
-            self.record(Entry(seq=seq, kind="run", name=name, value=data, attempts=attempts))
-            self.after_commit(_resolve(fut, value))
+            self._outcome(Entry(seq=seq, kind="run", name=name, value=data, attempts=attempts), _resolve(fut, value))
             return
+
+    def _outcome(self, entry: Entry, release: Callable[[], None]) -> None:
+        """A step's final outcome, which no replay could produce again: durable before the handler
+        sees it — by the steps log's acknowledgement where the partition can, else by the commit."""
+        if not self.alive:
+            return
+        self._unreleased += 1  # busy until released: not suspended meanwhile
+
+        def acked() -> None:
+            self._unreleased -= 1
+            self.waits.last_active = time.monotonic()
+            release()
+        if not self.host.log_step(self, entry, acked):
+            self._unreleased -= 1
+            self.record(entry)
+            self.after_commit(release)
 
     async def _wait_retry(self, seq: int, retry_at_ms: int, attempt: int) -> None:
         if retry_at_ms <= self.host.now_ms():
@@ -393,9 +416,8 @@ class InvocationRuntime:
         if isinstance(d, Replay):
             return self._replayed(d.entry)
         now = time.time()
-        self.record(Entry(seq=d.seq, kind="time", name="time", value=orjson.dumps(now)))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.after_commit(_resolve(fut, now))
+        self._outcome(Entry(seq=d.seq, kind="time", name="time", value=orjson.dumps(now)), _resolve(fut, now))
         return fut
 
     def _read_journaled(self, kind: str, name: str, read: Callable[[], bytes | None]) -> Awaitable[Any]:

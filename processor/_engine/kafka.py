@@ -74,7 +74,9 @@ def ensure_topics(admin: AdminClient, app: App, *, timeout: float = 30.0) -> int
         raise ConfigurationError(f"app {app.name!r} has no input topic; pass App(..., partitions=N)")
     internal = {app.inbox_topic: {}, app.dlq_topic: {}, app.results_topic: {"retention.ms": str(24 * 3600 * 1000)},
                 app.changelog_topic: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
-                                      "segment.ms": "3600000"}}
+                                      "segment.ms": "3600000"},
+                # read back only from the last cycle that absorbed them: a week covers any outage
+                app.steps_topic: {"retention.ms": str(7 * 24 * 3600 * 1000), "segment.ms": "3600000"}}
     missing = []
     for t, cfg in internal.items():
         tm = md.topics.get(t)

@@ -13,12 +13,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Message
 
 from processor._app import App, Binding, HandlerDef, HandlerKind
-from processor._engine.core import Failure, encode_chunk, invocation_id_for_record
+from processor._engine.core import Entry, Failure, encode_chunk, invocation_id_for_record
 from processor._engine.invocation import InvocationRuntime
 from processor._engine.memtrim import Trimmer
 from processor._engine.messaging import Messaging
@@ -74,11 +74,29 @@ class CycleSlice:
     outputs: list[OutRecord]
     offsets: dict[str, int]
     releases: list[Callable[[], None]]
+    generation: bool = False  # holds this owner's step generation: steps skip the commit wait once it commits
+
+
+@dataclass(slots=True, kw_only=True)
+class Salvaged:
+    """What a restore adopted from the steps log for this partition (processor/_engine/steps.py)."""
+
+    generation: int                      # this owner's: one more than the latest committed
+    entries: dict[str, list[Entry]]      # per invocation, re-written under `generation` at `offsets`
+    offsets: dict[str, int]              # per invocation, the first offset of its re-written records
+    end: int                             # the log end the restore read to
+
+
+class StepSink(Protocol):
+    """Where step results go to be acknowledged (``processor._engine.steps.StepLog``)."""
+
+    def write(self, partition: int, invocation_id: str, gen: int, entry: Entry,
+              on_acked: Callable[[int | None], None]) -> None: ...
 
 
 class PartitionWorker(Messaging):
     def __init__(self, *, app: App, partition: int, partitions_total: int, store: Store, step_executor: Executor,
-                 on_work: Callable[[], None], trimmer: Trimmer | None = None) -> None:
+                 on_work: Callable[[], None], trimmer: Trimmer | None = None, steps: StepSink | None = None) -> None:
         self.app = app
         self.partition = partition
         self.partitions_total = partitions_total
@@ -101,6 +119,16 @@ class PartitionWorker(Messaging):
         self._dirty: dict[str, InvocationRuntime] = {}
         self._queued_rows: dict[str, InvocationRow] = {}
         self._keep_journals = app.config.journal_retention.total_seconds() > 0
+        # Step results on the steps log (decision 007): this owner's generation, whether the cycle
+        # holding it committed (until then steps wait for commits), what the restore salvaged and
+        # which offset every record below is absorbed by a committed cycle.
+        self._steps = steps
+        self._salvaged: Salvaged | None = None
+        self._generation_pending = False
+        self.steps_ready = False
+        self._absorbing: set[str] = set()
+        self._acked_end = 0
+        self._steps_from = 0
         self._inbox_seq = 0
         self.bodies_running = 0
         self.queued = 0  # exclusive invocations waiting behind another of their key
@@ -114,6 +142,26 @@ class PartitionWorker(Messaging):
     def touched(self, rt: InvocationRuntime) -> None:
         self._dirty[rt.invocation_id] = rt
         self._on_work()
+
+    def log_step(self, rt: InvocationRuntime, entry: Entry, release: Callable[[], None]) -> bool:
+        """Make a step's outcome durable by the steps log's acknowledgement, then journal it and run
+        `release` at once (no wait for the cycle to commit). False when this partition cannot yet:
+        the caller journals it and releases after commit."""
+        if self._steps is None or not self.steps_ready:
+            return False
+        assert self._salvaged is not None
+
+        def acked(offset: int | None) -> None:
+            if not rt.alive or self.runtimes.get(rt.invocation_id) is not rt:
+                return  # dropped meanwhile (abort, revoke): a restore salvages the record
+            rt.record(entry)
+            if offset is None:  # not acknowledged: may or may not be there; the commit decides
+                rt.after_commit(release)
+                return
+            self._acked_end = max(self._acked_end, offset + 1)
+            release()
+        self._steps.write(self.partition, rt.invocation_id, self._salvaged.generation, entry, acked)
+        return True
 
     def read(self, key: bytes) -> bytes | None:
         return self.state.get(key)
@@ -145,10 +193,15 @@ class PartitionWorker(Messaging):
 
     # -- loading ---------------------------------------------------------------------------------
 
-    def load(self) -> None:
-        """Rebuild in-memory state from the store (after restore, or after an abort) and resume."""
+    def load(self, salvaged: Salvaged | None = None) -> None:
+        """Rebuild in-memory state from the store (after restore, or after an abort) and resume.
+        `salvaged`: the steps log's records no committed cycle absorbed, adopted by the restore."""
         raw = self.state.get(keys.meta_key("inbox-seq"))
         self._inbox_seq = _U64.unpack(raw)[0] if raw else 0
+        if self._steps is not None and salvaged is not None:
+            self._salvaged = salvaged
+            self._generation_pending = True
+            self._steps_from = self._meta_int("steps-from")
         self.timers.load(self.now_ms())
         for k, v in self.state.scan(keys.INBOX):
             obj, key, _seq = keys.parse_inbox_key(k)
@@ -164,6 +217,10 @@ class PartitionWorker(Messaging):
             resumed += self._resume(inv)
         if resumed:
             log.info("partition %d: resumed %d in-flight invocation(s)", self.partition, resumed)
+
+    def _meta_int(self, name: str) -> int:
+        raw = self.state.get(keys.meta_key(name))
+        return _U64.unpack(raw)[0] if raw else 0
 
     def _resume(self, invocation_id: str) -> int:
         data = self.state.get(keys.invocation_key(invocation_id))
@@ -273,6 +330,9 @@ class PartitionWorker(Messaging):
         if row.status is not Status.RUNNING:
             row = row.moved(Status.RUNNING)
         rt = InvocationRuntime(self, row, h, self._input_serde(row, h), fresh=fresh)
+        if self._salvaged is not None and row.id in self._salvaged.entries:
+            rt.adopt(self._salvaged.entries.pop(row.id))
+            self._absorbing.add(row.id)  # saved (or finished) in this cycle: its records are absorbed
         self.runtimes[row.id] = rt
         self.touched(rt)
         rt.start()
@@ -459,7 +519,7 @@ class PartitionWorker(Messaging):
 
     def has_work(self) -> bool:
         return bool(self.state.dirty() or self._outputs or self._releases or self._dirty or self._queued_rows
-                    or self._positions != self._committed_positions)
+                    or self._generation_pending or self._positions != self._committed_positions)
 
     def open_records(self) -> int:
         """Records the open cycle would write: store writes and outputs."""
@@ -467,12 +527,35 @@ class PartitionWorker(Messaging):
 
     def seal(self) -> CycleSlice:
         self._save_touched()
-        s = CycleSlice(partition=self.partition, overlay=self.state.seal(), outputs=self._outputs,
+        generation = self._seal_steps()
+        s = CycleSlice(generation=generation, partition=self.partition, overlay=self.state.seal(),
+                       outputs=self._outputs,
                        offsets={t: o for t, o in self._positions.items()
                                 if self._committed_positions.get(t) != o},
                        releases=self._releases)
         self._outputs, self._releases = [], []
         return s
+
+    def _seal_steps(self) -> bool:
+        """Write this owner's generation into its first cycle, and the steps log offset below which
+        every record is absorbed: by the journals this seal saved, or by invocations that finished."""
+        sv = self._salvaged
+        if sv is None:
+            return False
+        bump = self._generation_pending
+        if bump:
+            self._generation_pending = False
+            self.write(keys.meta_key("steps-gen"), _U64.pack(sv.generation))
+        for inv in self._absorbing:
+            sv.offsets.pop(inv, None)
+        self._absorbing.clear()
+        start = max(self._acked_end, sv.end)
+        if sv.offsets:
+            start = min(start, min(sv.offsets.values()))
+        if start > self._steps_from:
+            self._steps_from = start
+            self.write(keys.meta_key("steps-from"), _U64.pack(start))
+        return bump
 
     def set_committed(self, offsets: dict[str, int]) -> None:
         """The group's committed offsets of this partition's topics, read when it became active."""
@@ -488,6 +571,8 @@ class PartitionWorker(Messaging):
         release its results."""
         self.state.forget(s.overlay)
         self._committed_positions.update(s.offsets)
+        if s.generation:
+            self.steps_ready = True
         for release in s.releases:
             release()
 

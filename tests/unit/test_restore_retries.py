@@ -45,7 +45,7 @@ class _FlakyAdmin:
 def test_log_end_retries_a_not_leader_answer_from_a_just_created_changelog(monkeypatch: pytest.MonkeyPatch) -> None:
     _FlakyAdmin.calls, _FlakyAdmin.failures = 0, 2
     monkeypatch.setattr(changelog, "AdminClient", _FlakyAdmin)
-    end = changelog._log_end({"bootstrap.servers": "x"}, "app.changelog", 0, deadline=time.monotonic() + 10)
+    end = changelog.log_end({"bootstrap.servers": "x"}, "app.changelog", 0, deadline=time.monotonic() + 10)
     assert end == 0
     assert _FlakyAdmin.calls == 3
 
@@ -55,7 +55,7 @@ def test_log_end_gives_up_with_a_restore_error_at_its_deadline(monkeypatch: pyte
     monkeypatch.setattr(changelog, "AdminClient", _FlakyAdmin)
     t0 = time.monotonic()
     with pytest.raises(RestoreError, match="cannot read the log end"):
-        changelog._log_end({"bootstrap.servers": "x"}, "app.changelog", 0, deadline=time.monotonic() + 1.0)
+        changelog.log_end({"bootstrap.servers": "x"}, "app.changelog", 0, deadline=time.monotonic() + 1.0)
     assert time.monotonic() - t0 < 5
     assert _FlakyAdmin.calls > 1
 
