@@ -96,6 +96,7 @@ class Engine:
         self._commit_lock = asyncio.Lock()
         self._epoch = 0  # bumped whenever records already fetched must not be routed
         self._inputs_paused = False
+        self._held_paused: set[int] = set()  # paused because their worker holds input back
         self._flow: list[tuple[str, list[TopicPartition]]] = []  # pause/resume for the next poll
         self._trimmer = Trimmer()
         self._consumer_lane = Lane("consumer")
@@ -310,19 +311,32 @@ class Engine:
 
     def _backpressure(self) -> list[tuple[str, list[TopicPartition]]]:
         """Pause the input topics while too many invocations are in flight (the inbox keeps flowing:
-        it carries the completions that let them finish); resume below 80 %."""
+        it carries the completions that let them finish); resume below 80 %. Apart from that, a
+        partition holding input back (a key's queue is full) is paused until it routed what it holds."""
         n = sum(w.in_flight() for w in self.workers.values())
         limit = self.app.config.max_in_flight
+        flow: list[tuple[str, list[TopicPartition]]] = []
         if not self._inputs_paused and n > limit:
             self._inputs_paused = True
             log.info("%d invocations in flight (max_in_flight %d): pausing input", n, limit)
+            flow.append(("pause", self._input_tps(self.workers)))
         elif self._inputs_paused and n < 0.8 * limit:
             self._inputs_paused = False
             log.info("%d invocations in flight: resuming input", n)
-        else:
-            return []
-        action = "pause" if self._inputs_paused else "resume"
-        return [(action, [TopicPartition(t, p) for p in self.workers for t in self.app.bindings])]
+            flow.append(("resume", self._input_tps(set(self.workers) - self._held_paused)))
+        for p, w in self.workers.items():
+            if w.holding() and p not in self._held_paused:
+                self._held_paused.add(p)
+                if not self._inputs_paused:
+                    flow.append(("pause", self._input_tps([p])))
+            elif not w.holding() and p in self._held_paused:
+                self._held_paused.discard(p)
+                if not self._inputs_paused:
+                    flow.append(("resume", self._input_tps([p])))
+        return flow
+
+    def _input_tps(self, partitions: Iterable[int]) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for p in partitions for t in self.app.bindings]
 
     def _route(self, m: Message) -> None:
         err = m.error()
@@ -836,6 +850,7 @@ class Engine:
                                 store=self._stores[p], step_executor=self.step_executor, on_work=self._on_work,
                                 trimmer=self._trimmer, steps=self._steps)
             w.set_committed(by_partition[p])
+            self._held_paused.discard(p)  # resumed above, with a worker that holds nothing
             self.workers[p] = w
             w.load(ready[p].salvaged)
         self._ticked = time.monotonic()  # loading is work on this loop, not a stall

@@ -31,6 +31,7 @@ from processor._context import (
     WorkflowSharedContext,
 )
 from processor._engine.core import Entry, Execute, Failure, InvocationCore, Replay, decode_journal, retry_entry
+from processor._engine.inline import STEPS
 from processor._engine.records import InvocationRow, TimerKind
 from processor._engine.waits import CANCELLED, Waits, failure_error
 from processor._errors import NondeterminismError, SerdeError, StepFailedError, TerminalError, _Abandon
@@ -47,7 +48,7 @@ class Host(Protocol):
 
     app: App
     step_executor: Executor
-    bodies_running: int  # step bodies executing right now (the commit cycle lingers for them)
+    bodies_running: int  # step bodies executing or awaiting their acknowledgement (the cycle lingers for them)
     partition: int
 
     def now_ms(self) -> int: ...
@@ -334,9 +335,7 @@ class InvocationRuntime:
                 if inspect.iscoroutinefunction(fn):
                     result = await fn(*args)
                 else:
-                    call = contextvars.copy_context().run
-                    result = await asyncio.get_running_loop().run_in_executor(
-                        self.host.step_executor, call, fn, *args)
+                    result = await self._run_sync(name, fn, args)
                     if inspect.isawaitable(result):
                         result = await result
                 data = None if result is None else self._serde.serialize(result)
@@ -373,6 +372,26 @@ class InvocationRuntime:
                 _CURRENT_STEP.reset(token)
             self._outcome(Entry(seq=seq, kind="run", name=name, value=data, attempts=attempts), _resolve(fut, value))
             return
+
+    async def _run_sync(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """A synchronous body: inline on the loop if it proved quick (processor/_engine/inline.py),
+        else on a step thread."""
+        step = (self.handler.target, name)
+        if STEPS.inline(step):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                STEPS.ran(step, time.perf_counter() - t0, inline=True)
+
+        def timed() -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            result = fn(*args)
+            return result, time.perf_counter() - t0
+        call = contextvars.copy_context().run
+        result, seconds = await asyncio.get_running_loop().run_in_executor(self.host.step_executor, call, timed)
+        STEPS.ran(step, seconds, inline=False)
+        return result
 
     def _outcome(self, entry: Entry, release: Callable[[], None]) -> None:
         """A step's final outcome, which no replay could produce again: durable before the handler

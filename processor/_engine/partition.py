@@ -32,6 +32,7 @@ from timers import Timer, TimerIndex
 log = logging.getLogger("processor.partition")
 
 INVOCATION_SEQ = 0xFFFFFFFF  # timer seq of invocation-level timers (retry, purge)
+MAX_KEY_QUEUE = 2  # an exclusive key's running invocation and one queued: later input is held back
 _U64 = struct.Struct(">Q")
 
 
@@ -118,6 +119,7 @@ class PartitionWorker(Messaging):
         self._durable: set[str] = set()
         self._dirty: dict[str, InvocationRuntime] = {}
         self._queued_rows: dict[str, InvocationRow] = {}
+        self._held: deque[tuple[InRecord, Binding]] = deque()  # input not routed yet (on_input)
         self._keep_journals = app.config.journal_retention.total_seconds() > 0
         # Step results on the steps log (decision 007): this owner's generation, whether the cycle
         # holding it committed (until then steps wait for commits), what the restore salvaged and
@@ -152,6 +154,7 @@ class PartitionWorker(Messaging):
         assert self._salvaged is not None
 
         def acked(offset: int | None) -> None:
+            self.bodies_running -= 1
             if not rt.alive or self.runtimes.get(rt.invocation_id) is not rt:
                 return  # dropped meanwhile (abort, revoke): a restore salvages the record
             rt.record(entry)
@@ -160,6 +163,7 @@ class PartitionWorker(Messaging):
                 return
             self._acked_end = max(self._acked_end, offset + 1)
             release()
+        self.bodies_running += 1  # a step is not done until acknowledged: the cycle lingers for it too
         self._steps.write(self.partition, rt.invocation_id, self._salvaged.generation, entry, acked)
         return True
 
@@ -239,10 +243,41 @@ class PartitionWorker(Messaging):
     # -- records in ------------------------------------------------------------------------------
 
     def on_input(self, msg: InRecord, binding: Binding) -> None:
+        """Route an input record — or hold it (and every later one) back while its key already has
+        an invocation running and one queued: a queued invocation still queued at a seal must be
+        saved, a held record costs nothing and its offset is simply not committed yet."""
+        if self._held or self._key_queue_full(msg, binding):
+            self._held.append((msg, binding))
+            return
+        self._route_input(msg, binding)
+
+    def _route_input(self, msg: InRecord, binding: Binding) -> None:
         self._positions[msg.topic] = msg.offset + 1
         self._on_work()
         if not self.forward_if_foreign(msg, binding):
             self.admit(msg, binding)
+
+    def _key_queue_full(self, msg: InRecord, binding: Binding) -> bool:
+        h = binding.handler
+        if not h.kind.exclusive or msg.key is None:
+            return False
+        try:
+            q = self._queues.get((h.service, msg.key.decode()))
+        except UnicodeDecodeError:
+            return False
+        return q is not None and len(q) >= MAX_KEY_QUEUE
+
+    def _route_held(self) -> None:
+        while self._held:
+            msg, binding = self._held[0]
+            if self._key_queue_full(msg, binding):
+                return
+            self._held.popleft()
+            self._route_input(msg, binding)
+
+    def holding(self) -> bool:
+        """Input records are held back (the engine pauses this partition's input meanwhile)."""
+        return bool(self._held)
 
     def admit(self, msg: InRecord, binding: Binding) -> None:
         """Start the invocation bound record `msg` asks for, or dead-letter it, on the partition that
@@ -404,6 +439,8 @@ class PartitionWorker(Messaging):
                     self.start(nxt)
             else:
                 del self._queues[(row.service, row.key)]
+            if self._held:
+                self._route_held()
 
     # -- saving invocations that outlive their cycle ----------------------------------------------
 
@@ -585,6 +622,7 @@ class PartitionWorker(Messaging):
         self._durable.clear()
         self._dirty.clear()
         self._queued_rows.clear()
+        self._held.clear()
         self.queued = 0
         self.state.discard()
         self._outputs, self._releases = [], []

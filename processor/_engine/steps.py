@@ -127,7 +127,7 @@ class StepLog:
     def __init__(self, config: dict[str, Any], topic: str, loop: asyncio.AbstractEventLoop) -> None:
         self.topic = topic
         self._loop = loop
-        self._producer = Producer({**config, "enable.idempotence": True, "acks": "all", "linger.ms": 1,
+        self._producer = Producer({**config, "enable.idempotence": True, "acks": "all", "linger.ms": 0,
                                    "message.timeout.ms": 10_000})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="steps-acks", daemon=True)

@@ -77,14 +77,17 @@ def test_a_crash_between_kafka_commit_and_lmdb_apply_is_repaired_from_the_change
         kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
     env, inp, out = counter_env(kafka, tmp_path)
     proc = spawn("tests.apps.counter:app", env)
-    # The 30th commit succeeds in Kafka, then the process dies before writing LMDB.
-    proc.start({"PROCESSOR_TEST_FAULTS": "after_kafka_commit=30"}).wait_ready()
-    kafka.produce(inp, counter_events(400, 10))
+    # The 10th commit succeeds in Kafka, then the process dies before writing LMDB. The input is
+    # paced: a step does not wait for a commit, so a burst could finish in fewer cycles than that.
+    proc.start({"PROCESSOR_TEST_FAULTS": "after_kafka_commit=10"}).wait_ready()
+    producer = threading.Thread(target=produce_paced, args=(kafka, inp, counter_events(400, 10), 8.0), daemon=True)
+    producer.start()
     assert proc.wait_exit(120) == -9
     committed = len(kafka.drain(out))
     assert 0 < committed < 400
 
     proc.start().wait_ready()
+    producer.join(60)
     proc.wait_log("restored")  # the store was behind the changelog: its tail was replayed
     wait_until(lambda: len(kafka.drain(out)) >= 400, 120, "400 outputs")
     assert proc.stop() == 0
