@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import threading
 import time
 from typing import Any
@@ -43,23 +42,14 @@ def _watchdog(deadline: float, parent: int) -> None:
     os._exit(3)
 
 
-async def _serve(config: Config) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # hypercorn's serve() alone ignores SIGTERM
-        loop.add_signal_handler(sig, stop.set)
-    await serve(restate.app(services=[svc]), config, shutdown_trigger=stop.wait)
-
-
 def main() -> None:
     config = Config()
     config.bind = [f"127.0.0.1:{os.environ['BENCH_PORT']}"]
     config.h2_max_concurrent_streams = 2**31 - 1  # restate-server multiplexes invocations on one connection
     config.accesslog = None
-    config.graceful_timeout = 2.0
     threading.Thread(target=_watchdog, args=(float(os.environ["BENCH_DEADLINE"]), os.getppid()),
                      daemon=True).start()
-    asyncio.run(_serve(config))
+    asyncio.run(serve(restate.app(services=[svc]), config))  # the benchmark ends this process with SIGKILL
 
 
 if __name__ == "__main__":
