@@ -4,79 +4,63 @@ N events over K keys are produced to a 4-partition input first; then the process
 process (`python -m processor run benchmarks.apps.counter_app:app`) and the benchmark process counts
 its output with a streaming read_committed consumer. One key's events run one after another and each
 waits for one commit (its step's result), so a commit carries at most one event per key: K bounds the
-parallelism per commit.
+parallelism per commit. `run_ours` is also what `counter_peers` runs beside Quix Streams.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
-import orjson
-
-from benchmarks._engine import EngineProcess, OutputReader, fmt_warnings, process_cpu_s, records_written
+from benchmarks._engine import (
+    CounterCheck,
+    CounterRun,
+    EngineProcess,
+    OutputReader,
+    count_outputs,
+    fmt_warnings,
+    has_workers_flag,
+    read_to_quiet,
+    records_written,
+    tree_cpu_s,
+)
 from benchmarks.harness import BenchContext, Row, benchmark
-from benchmarks.quix_counter import KEYS as QUIX_KEYS
 from benchmarks.raw_txn_copy import EVENTS_PER_S_B2B
 
 PARTITIONS = 4
 KEY_COUNTS = (100, 10_000)
-QUIX = "quix_counter/{}@100ms"  # the peer's row on the same input (100 keys), commit interval 0.1 s
+APP = "benchmarks.apps.counter_app:app"
 
 
-def _run(ctx: BenchContext, n: int, keys: int) -> list[Row]:
-    src = ctx.create_topic(f"in-k{keys}", PARTITIONS)
-    dst = ctx.create_topic(f"out-k{keys}", PARTITIONS)
-    ctx.log(f"produce {n} events over {keys} keys")
-    ctx.produce_events(src, n, keys=keys, value_bytes=100)
-    app_name = ctx.unique(f"app-k{keys}")
-    engine = EngineProcess(ctx, "benchmarks.apps.counter_app:app", app_name,
-                           {"BENCH_INPUT": src, "BENCH_OUTPUT": dst})
+def run_ours(ctx: BenchContext, src: str, n: int, keys: int, *, tag: str, step: bool = True, workers: int = 1,
+             budget_s: float | None = None) -> CounterRun:
+    """Run our counter (with or without its step, as `workers` engine processes) over `src`, which holds
+    `n` events over `keys` keys, into a new output topic; verify the output and measure. Fails after
+    `budget_s` of counting (default: what the benchmark's deadline leaves)."""
+    dst = ctx.create_topic(f"out-{tag}", PARTITIONS)
+    app_name = ctx.unique(f"app-{tag}")
+    engine = EngineProcess(ctx, APP, app_name, {"BENCH_INPUT": src, "BENCH_OUTPUT": dst,
+                                                "BENCH_COUNTER_STEP": "1" if step else "0"}, workers=workers)
     reader = OutputReader(ctx, dst, PARTITIONS)
-    last: dict[str, int] = {}
-    errors: list[str] = []
-    first_ts: list[float] = []
-
-    def take(t: float) -> None:
-        engine.check_alive()
-        for m in reader.take(t):
-            if not first_ts:
-                first_ts.append((m.timestamp()[1] or 0) / 1000.0)  # CreateTime: the engine's produce()
-            v: Any = orjson.loads(m.value() or b"null")
-            k, c = v["key"], v["count"]
-            if c != last.get(k, 0) + 1 and len(errors) < 5:
-                errors.append(f"key {k}: count {c} after {last.get(k, 0)}")
-            last[k] = c
-
+    check = CounterCheck(f"our counter {tag}")
+    budget = budget_s if budget_s is not None else max(60.0, ctx.remaining() - 60)
     try:
         engine.start()
         ready = engine.wait_ready()
-        cpu_ready = process_cpu_s(engine.proc.pid) if engine.proc else 0.0
-        ctx.log(f"processor ready {ready - engine.started_at:.1f}s after spawn; counting {n} outputs")
-        ctx.wait_until(lambda: reader.count >= n, max(60.0, ctx.remaining() - 60), f"{n} counter outputs",
-                       poll=take, interval=0.05)
-        t_end = time.time()
-        cpu_end = process_cpu_s(engine.proc.pid) if engine.proc else 0.0
-        t_first = first_ts[0]
-        # a clean stop commits whatever is pending; then read on to the end: nothing more may appear
-        rc = engine.stop()
-        ctx.wait_until(lambda: not reader.take(0.5), 30, "the output to go quiet", interval=0.0)
+        pid = engine.proc.pid if engine.proc else 0
+        cpu_ready = tree_cpu_s(pid)
+        ctx.log(f"{tag}: processor ready {ready - engine.started_at:.1f}s after spawn; counting {n} outputs")
+        t_end = count_outputs(ctx, reader, check, n, since=ready, budget_s=budget, alive=engine.check_alive)
+        cpu_end = tree_cpu_s(pid)
+        rc = engine.stop()  # a clean stop commits whatever is pending: nothing more may appear
+        read_to_quiet(ctx, reader, check)
     finally:
         reader.close()
         engine.stop()
-    if reader.count != n or errors or len(last) != keys or set(last.values()) != {n // keys}:
-        raise AssertionError(f"counter k={keys}: {reader.count} outputs for {n} events, {len(last)} keys, "
-                             f"per-key finals {sorted(set(last.values()))[:5]}, errors {errors}")
+    check.verify(n, keys)
     secs = t_end - ready
-    eps = n / secs
-    ctx.log(f"  k={keys}: {eps:,.0f} events/s over {secs:.1f}s, exit code {rc}")
-    app_topics = {t: f"{app_name}.{t}" for t in ("changelog", "inbox", "dlq")}
-    records, _markers, records_note = records_written(ctx, {"output": dst, **app_topics})
-    cpu_ms = (cpu_end - cpu_ready) * 1000
-
-    def peer(metric: str) -> str | None:
-        return QUIX.format(metric) if keys == QUIX_KEYS else None
-
+    t_first = check.first_created or t_end
+    cpu_s = cpu_end - cpu_ready
+    records, _markers, records_note = records_written(ctx, {"output": dst, **engine.internal_topics()})
+    ctx.log(f"  {tag}: {n / secs:,.0f} events/s over {secs:.1f}s, {cpu_s / n * 1e6:.0f} CPU ms/1k, "
+            f"{records / n:.2f} records/event, exit code {rc}")
     cycles = engine.commit_summary()
     if cycles is not None:
         commits, summary = cycles
@@ -89,26 +73,38 @@ def _run(ctx: BenchContext, n: int, keys: int) -> list[Row]:
         commit_rate = busiest / secs
         commit_notes = (f"lower bound: transaction markers in the busiest output partition ({busiest}) over "
                         f"the same {secs:.1f} s, ≥ {n / max(busiest, 1):.0f} events per transaction")
+    how = "get, ctx.run, set, emit" if step else "get, set, emit (no step)"
+    how += f", --workers {workers}" if has_workers_flag() else ""
+    return CounterRun(
+        events_per_s=n / secs, cpu_ms_per_1k=cpu_s / n * 1e6, records_per_event=records / n, seconds=secs,
+        notes=f"{n} events over {keys} keys ({n // keys} each), {PARTITIONS} partitions, {how}, processor in its "
+              f"own process; clock: assignment → {n}th output visible to read_committed "
+              f"{secs:.1f} s (first output {t_first - ready:.1f} s after assignment; from it "
+              f"{n / max(t_end - t_first, 1e-9):,.0f}/s); verified exactly {n} outputs, each key 1..{n // keys} "
+              f"in order; {fmt_warnings(engine.warnings())}",
+        cpu_notes=f"the processor's user+system CPU (all threads; with workers, the supervisor and all its "
+                  f"children) from its assignment (when the benchmark saw it) to the {n}th output visible: "
+                  f"{cpu_s:.2f} s",
+        records_notes=records_note, commit_rate=commit_rate, commit_notes=commit_notes)
+
+
+def _rows(ctx: BenchContext, keys: int, run: CounterRun) -> list[Row]:
     return [
-        ctx.row(f"events_per_s@{keys}keys", eps, "events/s", baseline=peer("events_per_s") or EVENTS_PER_S_B2B,
-                notes=f"{n} events over {keys} keys ({n // keys} each), {PARTITIONS} partitions, processor in "
-                      f"its own process; clock: assignment → {n}th output visible to read_committed "
-                      f"{secs:.1f} s (first output {t_first - ready:.1f} s after assignment; from it "
-                      f"{n / (t_end - t_first):,.0f}/s); verified exactly {n} outputs, each key 1..{n // keys} "
-                      f"in order; {fmt_warnings(engine.warnings())}"),
-        ctx.row(f"commits_per_s@{keys}keys", commit_rate, "txn/s", notes=commit_notes),
-        ctx.row(f"cpu_ms_per_1k_events@{keys}keys", cpu_ms / n * 1000, "ms", baseline=peer("cpu_ms_per_1k_events"),
-                notes=f"the processor process's user+system CPU (all threads) from its assignment (when the "
-                      f"benchmark saw it) to the {n}th output visible: {cpu_ms / 1000:.2f} s"),
-        ctx.row(f"records_per_event@{keys}keys", records / n, "records", baseline=peer("records_per_event"),
-                notes=records_note),
+        ctx.row(f"events_per_s@{keys}keys", run.events_per_s, "events/s", baseline=EVENTS_PER_S_B2B,
+                notes=run.notes),
+        ctx.row(f"commits_per_s@{keys}keys", run.commit_rate, "txn/s", notes=run.commit_notes),
+        ctx.row(f"cpu_ms_per_1k_events@{keys}keys", run.cpu_ms_per_1k, "ms", notes=run.cpu_notes),
+        ctx.row(f"records_per_event@{keys}keys", run.records_per_event, "records", notes=run.records_notes),
     ]
 
 
-@benchmark("counter", timeout_s=900, needs=("raw_txn_copy", "quix_counter"))
+@benchmark("counter", timeout_s=900, needs=("raw_txn_copy",))
 def counter(ctx: BenchContext) -> list[Row]:
     n = ctx.pick(100_000, 10_000)
     rows: list[Row] = []
     for keys in KEY_COUNTS:
-        rows += _run(ctx, n, keys)
+        src = ctx.create_topic(f"in-k{keys}", PARTITIONS)
+        ctx.log(f"produce {n} events over {keys} keys")
+        ctx.produce_events(src, n, keys=keys, value_bytes=100)
+        rows += _rows(ctx, keys, run_ours(ctx, src, n, keys, tag=f"k{keys}"))
     return rows

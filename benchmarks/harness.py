@@ -27,13 +27,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 # ---------------------------------------------------------------------------------------------- rows
+
+# "ok": measured in this run; "failed" / "skipped": no value (nan), the notes say why; "quoted": a figure
+# measured elsewhere and copied in (a peer that cannot run here), the notes say where it comes from
+Status = Literal["ok", "failed", "skipped", "quoted"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,6 +51,12 @@ class Row:
     unit: str
     baseline: str | None = None
     notes: str = ""
+    status: Status = "ok"
+
+    @property
+    def measured(self) -> bool:
+        """A value measured in this run (not failed, skipped or quoted)."""
+        return self.status == "ok" and not math.isnan(self.value)
 
     @property
     def key(self) -> str:
@@ -116,12 +126,17 @@ class BenchContext:
     # -- results ---------------------------------------------------------------------------------------
 
     def row(self, metric: str, value: float, unit: str, *, baseline: str | None = None,
-            notes: str = "") -> Row:
+            notes: str = "", status: Status = "ok") -> Row:
         """Record a result now (it survives a later failure of the benchmark) and return it."""
         r = Row(bench=self.name, metric=metric, value=float(value), unit=unit, baseline=baseline,
-                notes=notes)
+                notes=notes, status=status)
         self.sink(r)
         return r
+
+    def missing(self, metric: str, unit: str, why: str, *, status: Status = "failed") -> Row:
+        """Record that `metric` has no value in this run (a part failed or was skipped) and why; the
+        table shows it as FAILED / SKIPPED while the benchmark's other rows still print."""
+        return self.row(metric, math.nan, unit, notes=why, status=status)
 
     def pick(self, full: int, quick: int) -> int:
         """`quick` under --quick, else `full`."""

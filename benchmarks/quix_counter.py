@@ -1,9 +1,8 @@
-"""Peer benchmark: Quix Streams' exactly-once per-key counter, on the same broker and input as `counter`.
+"""The peer: Quix Streams' exactly-once per-key counter, run by `counter_peers` beside ours.
 
-N events over 100 keys (the input of `counter@100keys`) are produced to a 4-partition topic once; then
-for each commit interval (0.1 s and Quix's default) a Quix application (`benchmarks/apps/
-quix_counter_app.py`, quixstreams from the `bench` extra) runs as its own OS process in a fresh consumer
-group: `processing_guarantee="exactly-once"`, state in RocksDB backed by its changelog topic, per event
+A Quix application (`benchmarks/apps/quix_counter_app.py`, quixstreams from the `bench` extra) runs as
+its own OS process in a fresh consumer group over an input of N events over K keys:
+`processing_guarantee="exactly-once"`, state in RocksDB backed by its changelog topic, per event
 `state.get`, `state.set` and one output record {"key", "count"}. The benchmark process counts the
 outputs with a streaming read_committed consumer and checks every key's counts are 1..N/K in order.
 """
@@ -18,18 +17,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
 
-import orjson
-
-from benchmarks._engine import REPO, OutputReader, process_cpu_s, records_written
-from benchmarks.harness import BenchContext, Row, benchmark
-from benchmarks.raw_txn_copy import EVENTS_PER_S_B2B
+from benchmarks._engine import (
+    REPO,
+    CounterCheck,
+    CounterRun,
+    OutputReader,
+    count_outputs,
+    process_cpu_s,
+    read_to_quiet,
+    records_written,
+)
+from benchmarks.harness import BenchContext
 
 PARTITIONS = 4
-KEYS = 100
 APP = "benchmarks.apps.quix_counter_app"
-INTERVALS = (("100ms", "0.1"), ("default", "default"))  # (row tag, BENCH_COMMIT_INTERVAL)
 _MARK = re.compile(r"^bench: (assigned|first event) ([\d.]+)(?: cpu ([\d.]+))?$", re.M)
 
 
@@ -99,36 +101,27 @@ def _changelogs(ctx: BenchContext, group: str) -> list[str]:
     return [t for t in ctx.admin.list_topics(timeout=10).topics if t.startswith("changelog__") and group in t]
 
 
-def _run(ctx: BenchContext, src: str, n: int, tag: str, interval: str) -> list[Row]:
+def run_quix(ctx: BenchContext, src: str, n: int, keys: int, *, tag: str, interval: str,
+             budget_s: float | None = None) -> CounterRun:
+    """Run Quix Streams' counter with commit interval `interval` (seconds, or "default") over `src`, which
+    holds `n` events over `keys` keys, into a new output topic, in a fresh consumer group; verify the
+    output and measure. Fails after `budget_s` of counting (default: what the benchmark's deadline leaves)."""
+    if importlib.util.find_spec("quixstreams") is None:
+        raise RuntimeError("quixstreams is not installed: see benchmarks/README.md (the `bench` extra)")
     dst = ctx.create_topic(f"out-{tag}", PARTITIONS)
     group = ctx.unique(f"app-{tag}")
     quix = QuixProcess(ctx, group, {"BENCH_INPUT": src, "BENCH_OUTPUT": dst, "BENCH_COMMIT_INTERVAL": interval})
     reader = OutputReader(ctx, dst, PARTITIONS)
-    last: dict[str, int] = {}
-    errors: list[str] = []
-    first_out: list[float] = []
-
-    def take(t: float) -> None:
-        quix.check_alive()
-        for m in reader.take(t):
-            if not first_out:
-                first_out.append(time.time())
-            v: Any = orjson.loads(m.value() or b"null")
-            k, c = v["key"], v["count"]
-            if c != last.get(k, 0) + 1 and len(errors) < 5:
-                errors.append(f"key {k}: count {c} after {last.get(k, 0)}")
-            last[k] = c
-
+    check = CounterCheck(f"Quix counter {tag}")
+    budget = budget_s if budget_s is not None else max(60.0, ctx.remaining() - 60)
     try:
         quix.start()
         ready = quix.wait_ready()
-        ctx.log(f"quix app ready; counting {n} outputs (commit interval {interval})")
-        ctx.wait_until(lambda: reader.count >= n, max(60.0, ctx.remaining() - 60), f"{n} quix counter outputs",
-                       poll=take, interval=0.05)
-        t_end = time.time()
+        ctx.log(f"{tag}: quix app ready; counting {n} outputs (commit interval {interval})")
+        t_end = count_outputs(ctx, reader, check, n, since=ready, budget_s=budget, alive=quix.check_alive)
         cpu_end = process_cpu_s(quix.pid)
         rc = quix.stop()  # its last checkpoint commits nothing new: read on, nothing more may appear
-        ctx.wait_until(lambda: not reader.take(0.5), 30, "the output to go quiet", interval=0.0)
+        read_to_quiet(ctx, reader, check)
     finally:
         reader.close()
         quix.stop()
@@ -136,55 +129,28 @@ def _run(ctx: BenchContext, src: str, n: int, tag: str, interval: str) -> list[R
         ctx.topics.extend(changelogs)  # deleted with the benchmark's topics
     if len(changelogs) != 1:
         raise AssertionError(f"expected one changelog topic of {group}, found {changelogs}")
-    changelog = changelogs[0]
-    if reader.count != n or errors or len(last) != KEYS or set(last.values()) != {n // KEYS}:
-        raise AssertionError(f"quix counter @{tag}: {reader.count} outputs for {n} events, {len(last)} keys, "
-                             f"per-key finals {sorted(set(last.values()))[:5]}, errors {errors}")
+    check.verify(n, keys)
     t_first_event, cpu_first = quix.marks()["first event"]
     secs = t_end - ready
-    eps = n / secs
-    cpu_ms = (cpu_end - (cpu_first or 0.0)) * 1000
-    records, markers, records_note = records_written(ctx, {"output": dst, "changelog": changelog})
+    cpu_s = cpu_end - (cpu_first or 0.0)
+    records, markers, records_note = records_written(ctx, {"output": dst, "changelog": changelogs[0]})
     shown = re.search(r"commit interval ([\d.]+) s", quix.log())
     how = f"{shown.group(1) if shown else interval} s" + (" (Quix's default)" if interval == "default" else "")
-    ctx.log(f"  @{tag}: {eps:,.0f} events/s over {secs:.1f}s, {cpu_ms / n * 1000:.0f} CPU ms/1k, "
+    ctx.log(f"  {tag}: {n / secs:,.0f} events/s over {secs:.1f}s, {cpu_s / n * 1e6:.0f} CPU ms/1k, "
             f"{records / n:.2f} records/event, exit code {rc}")
     warns = quix.warnings()
     warn_note = (f"{len(warns)} warning(s) in the app log, e.g. {warns[0][-120:]}" if warns
                  else "no warnings in the app log")
-    return [
-        ctx.row(f"events_per_s@{tag}", eps, "events/s", baseline=EVENTS_PER_S_B2B,
-                notes=f"{n} events over {KEYS} keys ({n // KEYS} each), {PARTITIONS} partitions, exactly-once, "
-                      f"commit interval {how}, app in its own process; clock: assignment → {n}th output visible "
-                      f"to read_committed {secs:.1f} s (first event {t_first_event - ready:.2f} s, first output "
-                      f"{first_out[0] - ready:.2f} s after assignment; from the first event "
-                      f"{n / (t_end - t_first_event):,.0f}/s); ≥ {markers['output']} transactions (markers in the "
-                      f"busiest output partition); verified exactly {n} outputs, each key 1..{n // KEYS} in order; "
-                      f"{warn_note}"),
-        ctx.row(f"cpu_ms_per_1k_events@{tag}", cpu_ms / n * 1000, "ms",
-                notes=f"the app process's user+system CPU (all threads) from its first event to the {n}th "
-                      f"output visible: {cpu_ms / 1000:.2f} s; over the same window the wall clock was "
-                      f"{t_end - t_first_event:.1f} s"),
-        ctx.row(f"records_per_event@{tag}", records / n, "records", notes=records_note),
-    ]
-
-
-@benchmark("quix_counter", timeout_s=600, needs=("raw_txn_copy",))
-def quix_counter(ctx: BenchContext) -> list[Row]:
-    if importlib.util.find_spec("quixstreams") is None:
-        raise RuntimeError("quixstreams is not installed: pip install -e '.[bench]'")
-    n = ctx.pick(100_000, 10_000)
-    src = ctx.create_topic("in", PARTITIONS)
-    ctx.log(f"produce {n} events over {KEYS} keys")
-    ctx.produce_events(src, n, keys=KEYS, value_bytes=100)
-    rows: list[Row] = []
-    failures: list[str] = []
-    for tag, interval in INTERVALS:  # one interval's failure does not hide the other's rows
-        try:
-            rows += _run(ctx, src, n, tag, interval)
-        except Exception as e:
-            ctx.log(f"  @{tag} FAILED: {e}")
-            failures.append(f"@{tag}: {str(e).splitlines()[0]}")
-    if failures:
-        raise AssertionError("; ".join(failures))
-    return rows
+    first_out = check.first_seen or t_end
+    return CounterRun(
+        events_per_s=n / secs, cpu_ms_per_1k=cpu_s / n * 1e6, records_per_event=records / n, seconds=secs,
+        notes=f"{n} events over {keys} keys ({n // keys} each), {PARTITIONS} partitions, exactly-once, commit "
+              f"interval {how}, app in its own process; clock: assignment → {n}th output visible to "
+              f"read_committed {secs:.1f} s (first event {t_first_event - ready:.2f} s, first output "
+              f"{first_out - ready:.2f} s after assignment; from the first event "
+              f"{n / (t_end - t_first_event):,.0f}/s); verified exactly {n} outputs, each key 1..{n // keys} "
+              f"in order; {warn_note}",
+        cpu_notes=f"the app process's user+system CPU (all threads) from its first event to the {n}th output "
+                  f"visible: {cpu_s:.2f} s; over the same window the wall clock was {t_end - t_first_event:.1f} s",
+        records_notes=records_note, commit_rate=markers["output"] / secs,
+        commit_notes=f"lower bound: ≥ {markers['output']} transactions (markers in the busiest output partition)")

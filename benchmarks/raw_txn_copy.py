@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
+from benchmarks._engine import CounterRun, records_written
 from benchmarks.harness import BenchContext, Row, benchmark, mean, percentile
 
 PARTITIONS = 4
@@ -322,6 +323,28 @@ def _after_commit(ctx: BenchContext, delays_s: tuple[float, ...], iters: int) ->
                                   f"begin→flushed p50 {_ms(percentile(flushed, 50)):.1f}, "
                                   f"mean {_ms(mean(flushed)):.1f} ms"))
     return rows
+
+
+def run_raw(ctx: BenchContext, src: str, n: int, *, tag: str) -> CounterRun:
+    """The ceiling beside the counters (`counter_peers`): copy `src` (n events) back to back, in this
+    process, into a new output topic; verify it and measure the counters' three numbers. CPU is this
+    process's (the copy is all it does meanwhile; librdkafka's threads included)."""
+    dst = ctx.create_topic(f"out-{tag}", PARTITIONS)
+    cpu0 = time.process_time()
+    run = _copy(ctx, src, dst, n, Cadence("b2b", None, 0.0))
+    cpu_s = time.process_time() - cpu0
+    _verify(ctx, dst, n)
+    records, _markers, records_note = records_written(ctx, {"output": dst})
+    txns = len(run.commit)
+    ctx.log(f"  {tag}: {n / run.seconds:,.0f} events/s, {cpu_s / n * 1e6:.1f} CPU ms/1k, {txns} txns, verified")
+    return CounterRun(
+        events_per_s=n / run.seconds, cpu_ms_per_1k=cpu_s / n * 1e6, records_per_event=records / n,
+        seconds=run.seconds,
+        notes=f"{n} events copied back to back (no state: the ceiling) in {run.seconds:.1f} s, {txns} transactions; "
+              f"clock: assignment → last commit; verified every input seq exactly once (read_committed)",
+        cpu_notes=f"the benchmark process's CPU over the copy (subscribe → last commit): {cpu_s:.2f} s",
+        records_notes=records_note, commit_rate=txns / run.seconds,
+        commit_notes=f"{txns} transactions, {n / max(txns, 1):,.0f} events each")
 
 
 @benchmark("raw_txn_copy", timeout_s=900)

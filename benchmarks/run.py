@@ -32,6 +32,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 import benchmarks
+from benchmarks._summary import comparison, fmt_value, render_markdown, render_text
+from benchmarks._summary import ratio_text as _ratio
 from benchmarks.harness import REGISTRY, Benchmark, Row, child_main
 
 HERE = Path(__file__).resolve().parent
@@ -187,29 +189,17 @@ def run_one(bench: Benchmark, bootstrap: str, quick: bool) -> tuple[list[Row], s
 # ---------------------------------------------------------------------------------------------- report
 
 
-def fmt(v: float) -> str:
-    a = abs(v)
-    if a >= 1000:
-        return f"{v:,.0f}"
-    if a >= 100:
-        return f"{v:.0f}"
-    return f"{v:.1f}" if a >= 10 else f"{v:.2f}"
-
-
-def _ratio(x: float) -> str:
-    return f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.2g}"  # two significant digits for small ratios
-
-
 def table(rows: list[Row], failures: dict[str, str]) -> list[list[str]]:
     by_key = {r.key: r for r in rows}
     out = []
     for r in rows:
         ratio = ""
-        if (bk := r.baseline_key) is not None:
+        if (bk := r.baseline_key) is not None and r.measured:
             b = by_key.get(bk)
             shown = bk.split("/", 1)[1] if bk.startswith(f"{r.bench}/") else bk
-            ratio = f"{_ratio(r.value / b.value)}× {shown}" if b and b.value else f"n/a ({shown} not measured)"
-        out.append([r.bench, r.metric, fmt(r.value), r.unit, ratio, r.notes])
+            ratio = (f"{_ratio(r.value / b.value)}× {shown}" if b and b.measured and b.value
+                     else f"n/a ({shown} not measured)")
+        out.append([r.bench, r.metric, fmt_value(r), r.unit, ratio, r.notes])
     out += [[name, "FAILED", "", "", "", err] for name, err in failures.items()]
     return out
 
@@ -218,24 +208,11 @@ HEAD = ["benchmark", "metric", "value", "unit", "ratio", "notes"]
 
 
 def text_table(cells: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [HEAD, *cells]) for i in range(len(HEAD) - 1)]
-    right = {2}
-
-    def line(r: list[str]) -> str:
-        parts = [c.rjust(w) if i in right else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(r, widths, strict=False))]
-        return "  ".join([*parts, r[-1]])
-
-    return "\n".join([line(HEAD), line(["-" * w for w in widths] + ["-----"]), *map(line, cells)])
+    return render_text(HEAD, cells, {2})
 
 
 def markdown_table(cells: list[list[str]]) -> str:
-    def esc(s: str) -> str:
-        return s.replace("|", "\\|")
-
-    lines = ["| " + " | ".join(HEAD) + " |", "|---|---|---:|---|---|---|"]
-    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in cells]
-    return "\n".join(lines)
+    return render_markdown(HEAD, cells, {2})
 
 
 def machine(bootstrap: str, kafka: str) -> list[tuple[str, str]]:
@@ -311,17 +288,23 @@ def main(argv: list[str] | None = None) -> int:
 
     cells = table(rows, failures)
     print(text_table(cells))
+    summary = comparison(rows, failures, quick=args.quick)
+    if summary is not None:
+        print("\n" + summary)
     mode = (f"`python -m benchmarks.run{' --quick' if args.quick else ''}"
             f"{' --only ' + ' '.join(args.only) if args.only else ''}`, {took:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"machine": dict(info), "mode": mode, "failures": failures,
+                                         "comparison": summary,
                                          "rows": [asdict(r) for r in rows]}, indent=2))
     if args.readme or (args.readme is None and not args.quick and not args.only):
+        summary_md = comparison(rows, failures, quick=args.quick, markdown=True)
         md = "\n".join([f"Run: {mode}.", "", "| machine | |", "|---|---|",
-                        *(f"| {k} | {v} |" for k, v in info), "", markdown_table(cells)])
+                        *(f"| {k} | {v} |" for k, v in info), "",
+                        *([summary_md, ""] if summary_md else []), markdown_table(cells)])
         write_readme(md)
         print(f"wrote {README.relative_to(REPO)}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if failures or any(r.status == "failed" for r in rows) else 0
 
 
 @contextmanager

@@ -43,7 +43,7 @@ def sleeping_memory(ctx: BenchContext) -> list[Row]:
     ctx.produce_events(topic, n, keys=n, value_bytes=60)
 
     app = p.App(ctx.unique("sleep").replace("bench-", "b"), suspend_after=timedelta(seconds=1))
-    ctx.topics.extend([app.inbox_topic, app.changelog_topic, app.dlq_topic, app.results_topic])
+    ctx.topics.extend([app.inbox_topic, app.changelog_topic, app.steps_topic, app.dlq_topic, app.results_topic])
     svc = app.service("sleeper")
 
     @svc.handler()

@@ -24,8 +24,8 @@ CONCURRENCY = 64
 WARMUP = 10
 LATENCY_P50_B2B = "raw_txn_copy/latency_p50_ms_b2b"  # one record at a time, back to back: our loop
 LATENCY_P99_B2B = "raw_txn_copy/latency_p99_ms_b2b"
-REFERENCE = ("issue 3's reference, not measured here: aim p99 ≤ 30 ms at concurrency 1 and ≥ 9,000 steps/s "
-             "at 64 keys; Restate 1.7 Python SDK on a similar machine p50 21 ms / p99 31 ms, ~1,800 steps/s")
+REFERENCE = ("issue 8's targets: p50 ≤ 15 ms and p99 ≤ 30 ms at concurrency 1, ≥ 9,000 steps/s at 64 keys; "
+             "the peer (Restate) is restate_steps' rows")
 
 
 class _Driver:

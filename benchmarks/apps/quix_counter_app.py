@@ -66,7 +66,7 @@ def main() -> None:
     output = app.topic(os.environ["BENCH_OUTPUT"], value_serializer="json", key_serializer="bytes")
     first: list[float] = []
 
-    def count(event: dict[str, Any], state: State) -> dict[str, Any]:
+    def count(event: dict[str, Any], state: State[str, int]) -> dict[str, Any]:
         if not first:
             first.append(time.time())
             print(f"bench: first event {first[0]:.6f} cpu {time.process_time():.6f}", flush=True)
