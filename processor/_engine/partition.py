@@ -32,7 +32,7 @@ from timers import Timer, TimerIndex
 log = logging.getLogger("processor.partition")
 
 INVOCATION_SEQ = 0xFFFFFFFF  # timer seq of invocation-level timers (retry, purge)
-MAX_KEY_QUEUE = 2  # an exclusive key's running invocation and one queued: later input is held back
+MAX_KEY_QUEUE = 1  # an exclusive key with a running invocation: later input is held back
 _U64 = struct.Struct(">Q")
 
 
@@ -243,9 +243,9 @@ class PartitionWorker(Messaging):
     # -- records in ------------------------------------------------------------------------------
 
     def on_input(self, msg: InRecord, binding: Binding) -> None:
-        """Route an input record — or hold it (and every later one) back while its key already has
-        an invocation running and one queued: a queued invocation still queued at a seal must be
-        saved, a held record costs nothing and its offset is simply not committed yet."""
+        """Route an input record — or hold it (and every later one) back while its key has an
+        invocation running: an invocation still queued at a seal must be saved, a held record costs
+        nothing and its offset is simply not committed yet. A partition holding input is paused."""
         if self._held or self._key_queue_full(msg, binding):
             self._held.append((msg, binding))
             return

@@ -1,6 +1,6 @@
-"""A key's queue is bounded: with one invocation running and one queued, later input records are
-held back in order (their offsets not committed) instead of queued — a queued invocation still
-queued at a seal has to be saved, a held record costs nothing."""
+"""Input records do not queue behind a running invocation of their key: they are held back in order
+(their offsets not committed) until it finished — a queued invocation still queued at a seal has to
+be saved, a held record costs nothing."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from processor._engine.partition import InRecord, PartitionWorker
 from state.memory import MemoryStore
 
 
-def test_input_beyond_a_full_key_queue_is_held_in_order_and_routed_as_the_queue_drains() -> None:
+def test_input_behind_a_running_invocation_of_its_key_is_held_in_order_and_routed_when_it_finishes() -> None:
     app = p.App("held")
     obj = app.virtual_object("obj")
     gates: dict[int, asyncio.Event] = {}
@@ -38,21 +38,25 @@ def test_input_beyond_a_full_key_queue_is_held_in_order_and_routed_as_the_queue_
                 w.on_input(InRecord(topic="in", partition=0, offset=i, key=key.encode(),
                                     value=orjson.dumps({"i": i})), binding)
             await asyncio.sleep(0)
-            assert ran == [0], "one invocation of key a runs, one waits queued"
-            assert w.holding(), "the third record of a is held, and b's record behind it"
-            assert w.seal().offsets == {"in": 2}, "held records' offsets are not committed"
+            assert ran == [0], "one invocation of key a runs"
+            assert w.holding() and not w.queued, "a's second record is held, and everything behind it"
+            assert w.seal().offsets == {"in": 1}, "held records' offsets are not committed"
 
             gates.setdefault(0, asyncio.Event()).set()
             for _ in range(10):
                 await asyncio.sleep(0)
-            assert ran == [0, 1, 3], "a's second ran; b's record was routed once a's third fit the queue"
-            assert not w.holding()
-            assert w.seal().offsets == {"in": 4}
-            for i in (1, 2, 3):
+            assert ran == [0, 1], "a's second ran once the first finished; its third waits again"
+            assert w.holding() and w.seal().offsets == {"in": 2}
+            gates.setdefault(1, asyncio.Event()).set()
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert ran == [0, 1, 2, 3], "b's record followed a's third in order"
+            assert not w.holding() and w.seal().offsets == {"in": 4}
+            for i in (2, 3):
                 gates.setdefault(i, asyncio.Event()).set()
                 for _ in range(10):
                     await asyncio.sleep(0)
-            assert sorted(ran) == [0, 1, 2, 3] and not w.runtimes
+            assert not w.runtimes
             w.discard()
 
     asyncio.run(scenario())
