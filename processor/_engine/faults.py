@@ -19,6 +19,11 @@ for _item in filter(None, os.environ.get("PROCESSOR_TEST_FAULTS", "").split(",")
     _PLAN[_name.strip()] = (int(_n or "1"), _action.strip() or "kill")
 
 
+def armed(name: str) -> bool:
+    """Whether the plan names `name` (to skip computing a condition for a point nobody asked for)."""
+    return name in _PLAN
+
+
 def point(name: str) -> None:
     """Pass the fault point `name`; dies (or hangs) here if the plan says so."""
     planned = _PLAN.get(name)

@@ -204,8 +204,9 @@ class PartitionWorker(Messaging):
         self._inbox_seq = _U64.unpack(raw)[0] if raw else 0
         if self._steps is not None and salvaged is not None:
             self._salvaged = salvaged
-            self._generation_pending = True
+            self._generation_pending = True  # committed by the next cycle, which this starts
             self._steps_from = self._meta_int("steps-from")
+            self._on_work()
         self.timers.load(self.now_ms())
         for k, v in self.state.scan(keys.INBOX):
             obj, key, _seq = keys.parse_inbox_key(k)

@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 from processor._engine import faults
 from processor._engine.metrics import CommitTimings, Stopwatch
 from processor._engine.partition import CycleSlice
+from state.keys import META
 
 # The broker says this member is not (or no longer) the group member that owns these partitions.
 NOT_OWNER_CODES = frozenset({KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
@@ -117,6 +118,8 @@ def commit(producer: Producer, *, changelog: str, slices: Sequence[CycleSlice],
         producer.send_offsets_to_transaction(offsets, group, flush_timeout)
         watch.lap("send_offsets")
         faults.point("before_kafka_commit")
+        if faults.armed("before_work_commit") and any(_holds_work(s) for s in slices):
+            faults.point("before_work_commit")  # the same, counting only cycles with invocations' work
         during = "commit_transaction"
         producer.commit_transaction(flush_timeout)
         watch.lap("commit")
@@ -124,6 +127,12 @@ def commit(producer: Producer, *, changelog: str, slices: Sequence[CycleSlice],
         raise failure(e, during) from None
     faults.point("after_kafka_commit")
     return written
+
+
+def _holds_work(s: CycleSlice) -> bool:
+    """Outputs or store writes other than engine counters (a cycle that only holds a partition's step
+    generation does not count)."""
+    return bool(s.outputs) or any(k[:1] != META for k, _ in s.overlay.items())
 
 
 def probe(producer: Producer, offsets: list[TopicPartition], group: object, timeout: float) -> None:

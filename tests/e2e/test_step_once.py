@@ -1,4 +1,5 @@
-"""A committed step never runs again, even when its processor is SIGKILLed right after it."""
+"""A durable step never runs again, even when its processor is SIGKILLed right after it: committed,
+or only acknowledged on the steps log."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from state import keys
 from tests.e2e.conftest import Spawner
+from tests.e2e.verify import assert_gapless, counter_env, counter_events, counts_by_key
 from tests.kafka_support import Kafka, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -38,3 +41,31 @@ def test_step_side_effect_runs_once_across_a_sigkill_after_its_commit(
     outputs = [orjson.loads(r.value or b"") for r in kafka.drain(out)]
     assert outputs == [{"id": "o-1", "after": "one:o-1"},
                        {"id": "o-1", "done": ["one:o-1", "two:o-1", "three:o-1"]}]
+
+
+def test_a_step_acknowledged_in_a_cycle_that_never_committed_is_not_run_again(
+        kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
+    """A step result is released when its `<app>.steps` record is acknowledged (decision 007), so the
+    handler goes on within the cycle. When that cycle never commits (here: it hangs, then the process
+    is SIGKILLed), the next start salvages the record: the replay returns it instead of running the
+    body again, and the outputs stay exactly once."""
+    env, inp, out = counter_env(kafka, tmp_path)
+    effects = Path(env["COUNTER_EFFECTS"])
+    proc = spawn("tests.apps.counter:app", env)
+    # The first cycles hold the partitions' step generations; the first one with the events' work hangs.
+    proc.start({"PROCESSOR_TEST_FAULTS": "before_work_commit=1:hang"}).wait_ready()
+    changelog = f"{env['COUNTER_APP']}.changelog"
+    wait_until(lambda: {r.partition for r in kafka.drain(changelog) if r.key == keys.meta_key("steps-gen")}
+               == {0, 1, 2, 3}, 60, "every partition's step generation to commit")
+    kafka.produce(inp, counter_events(3, 3))
+    wait_until(lambda: effects.exists() and len(effects.read_text().splitlines()) == 3, 60,
+               "the three step bodies to run")
+    proc.kill()
+    assert kafka.drain(out) == [], "nothing committed: the cycle hung"
+
+    proc.start().wait_ready()
+    wait_until(lambda: len(kafka.drain(out)) >= 3, 60, "three outputs")
+    assert proc.stop() == 0
+    assert sorted(effects.read_text().splitlines()) == ["key-0 1", "key-1 1", "key-2 1"], \
+        "a step body ran again although its result had been acknowledged"
+    assert_gapless(counts_by_key(kafka.drain(out)), 1, 3)
