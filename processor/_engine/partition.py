@@ -33,6 +33,7 @@ log = logging.getLogger("processor.partition")
 
 INVOCATION_SEQ = 0xFFFFFFFF  # timer seq of invocation-level timers (retry, purge)
 MAX_KEY_QUEUE = 1  # an exclusive key with a running invocation: later input is held back
+HOLD_MAX_S = 0.2   # ... for this long at most
 _U64 = struct.Struct(">Q")
 
 
@@ -120,6 +121,7 @@ class PartitionWorker(Messaging):
         self._dirty: dict[str, InvocationRuntime] = {}
         self._queued_rows: dict[str, InvocationRow] = {}
         self._held: deque[tuple[InRecord, Binding]] = deque()  # input not routed yet (on_input)
+        self._held_since = 0.0
         self._keep_journals = app.config.journal_retention.total_seconds() > 0
         # Step results on the steps log (decision 007): this owner's generation, whether the cycle
         # holding it committed (until then steps wait for commits), what the restore salvaged and
@@ -248,6 +250,8 @@ class PartitionWorker(Messaging):
         invocation running: an invocation still queued at a seal must be saved, a held record costs
         nothing and its offset is simply not committed yet. A partition holding input is paused."""
         if self._held or self._key_queue_full(msg, binding):
+            if not self._held:
+                self._held_since = time.monotonic()
             self._held.append((msg, binding))
             return
         self._route_input(msg, binding)
@@ -266,7 +270,20 @@ class PartitionWorker(Messaging):
             q = self._queues.get((h.service, msg.key.decode()))
         except UnicodeDecodeError:
             return False
-        return q is not None and len(q) >= MAX_KEY_QUEUE
+        if q is None or len(q) < MAX_KEY_QUEUE:
+            return False
+        # Hold only behind an invocation that is running and not waiting on a durable wait: one that
+        # sleeps, waits for a call or an awakeable, backs off or is paused may take hours: queue.
+        rt = self.runtimes.get(q[0])
+        return rt is not None and not rt.waits.pending
+
+    def _route_stale_held(self) -> None:
+        """Held input is an optimization with a time bound: after HOLD_MAX_S (a step body running
+        long), route what is held, queueing behind busy keys — the partition never stalls longer."""
+        if self._held and time.monotonic() - self._held_since > HOLD_MAX_S:
+            held, self._held = self._held, deque()
+            for msg, binding in held:
+                self._route_input(msg, binding)
 
     def _route_held(self) -> None:
         while self._held:
@@ -526,6 +543,7 @@ class PartitionWorker(Messaging):
     # -- timers ----------------------------------------------------------------------------------
 
     def fire_timers(self, now_ms: int) -> None:
+        self._route_stale_held()
         for t in self.timers.pop_due(now_ms):
             self._on_work()
             kind, attempt, data = decode_timer(t.payload)

@@ -60,3 +60,52 @@ def test_input_behind_a_running_invocation_of_its_key_is_held_in_order_and_route
             w.discard()
 
     asyncio.run(scenario())
+
+
+def test_input_is_queued_not_held_behind_a_durable_wait_and_held_input_goes_on_after_the_bound(
+        monkeypatch: Any) -> None:
+    """Holding is bounded: behind an invocation that sleeps (or waits on a call, an awakeable, or is
+    paused) a record queues; and whatever is held is routed once HOLD_MAX_S passed."""
+    from datetime import timedelta
+
+    from processor._engine import partition as partition_mod
+
+    app = p.App("held2")
+    obj = app.virtual_object("obj")
+    gate = asyncio.Event()
+
+    @obj.handler()
+    async def handle(ctx: p.ObjectContext, ev: Any) -> None:
+        if ev["i"] == 0:
+            await ctx.sleep(timedelta(hours=1))
+        elif ev["i"] == 2:
+            await gate.wait()
+
+    app.subscribe("in", handle)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            w = PartitionWorker(app=app, partition=0, partitions_total=1, store=MemoryStore(), step_executor=pool,
+                                on_work=lambda: None)
+            w.load()
+            binding = app.bindings["in"]
+
+            def feed(i: int, key: str) -> None:
+                w.on_input(InRecord(topic="in", partition=0, offset=i, key=key.encode(),
+                                    value=orjson.dumps({"i": i})), binding)
+            feed(0, "a")
+            for _ in range(3):
+                await asyncio.sleep(0)
+            feed(1, "a")
+            assert not w.holding() and w.queued == 1, "queued behind a sleeper, not held"
+            feed(2, "b")
+            await asyncio.sleep(0)
+            feed(3, "b")
+            assert w.holding(), "held behind b's running invocation"
+            monkeypatch.setattr(partition_mod, "HOLD_MAX_S", 0.0)
+            w.fire_timers(0)
+            assert not w.holding() and w.seal().offsets == {"in": 4}, "routed (queued) after the bound"
+            gate.set()
+            w.discard()
+
+    asyncio.run(scenario())
