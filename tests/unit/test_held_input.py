@@ -15,6 +15,13 @@ from processor._engine.partition import InRecord, PartitionWorker
 from state.memory import MemoryStore
 
 
+def _worker(app: p.App, pool: ThreadPoolExecutor) -> PartitionWorker:
+    w = PartitionWorker(app=app, partition=0, partitions_total=1, store=MemoryStore(), step_executor=pool,
+                        on_work=lambda: None)
+    w.load()
+    return w
+
+
 def test_input_behind_a_running_invocation_of_its_key_is_held_in_order_and_routed_when_it_finishes() -> None:
     app = p.App("held")
     obj = app.virtual_object("obj")
@@ -30,9 +37,7 @@ def test_input_behind_a_running_invocation_of_its_key_is_held_in_order_and_route
 
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as pool:
-            w = PartitionWorker(app=app, partition=0, partitions_total=1, store=MemoryStore(), step_executor=pool,
-                                on_work=lambda: None)
-            w.load()
+            w = _worker(app, pool)
             binding = app.bindings["in"]
             for i, key in enumerate(["a", "a", "a", "b"]):
                 w.on_input(InRecord(topic="in", partition=0, offset=i, key=key.encode(),
@@ -85,9 +90,7 @@ def test_input_is_queued_not_held_behind_a_durable_wait_and_held_input_goes_on_a
 
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as pool:
-            w = PartitionWorker(app=app, partition=0, partitions_total=1, store=MemoryStore(), step_executor=pool,
-                                on_work=lambda: None)
-            w.load()
+            w = _worker(app, pool)
             binding = app.bindings["in"]
 
             def feed(i: int, key: str) -> None:
