@@ -26,7 +26,8 @@ MAX_TURNS = 8
 APPROVAL_WAIT = timedelta(hours=24)
 
 # No input topic (tasks arrive through the Client), so the app names its partition count.
-app = p.App(f"{PREFIX}agent", partitions=4, suspend_after=timedelta(seconds=1))
+# journal_retention: the demo prints a finished agent's journal (`processor journal`)
+app = p.App(f"{PREFIX}agent", partitions=4, suspend_after=timedelta(seconds=1), journal_retention=timedelta(hours=1))
 agent = app.workflow("agent")            # one workflow per task id
 
 
