@@ -39,11 +39,10 @@ from processor._engine import kafka as kio
 from processor._engine.lanes import Deadline, Lane, Stuck
 from processor._engine.memtrim import Trimmer
 from processor._engine.metrics import CommitTimings
-from processor._engine.partition import CycleSlice, InRecord, PartitionWorker, Salvaged
+from processor._engine.partition import CycleSlice, InRecord, PartitionWorker, Salvaged, meta_int
 from processor._engine.statedir import lock_state_dir, persisted_instance_id
 from processor._engine.steps import StepLog
 from processor._errors import ConfigurationError, ProcessorError
-from state import keys
 from state.changelog import RestoreCancelled, RestoreError, log_end, restore
 from state.store import PartitionStore, Store, StoreClosedError, StoreFormatError
 
@@ -790,8 +789,7 @@ class Engine:
         """On a lane: the steps log's records past the last absorbed offset that the latest committed
         generation wrote, re-written under this owner's generation (docs/decisions/007)."""
         assert self._steps is not None
-        meta = {name: store.get(keys.meta_key(name)) for name in ("steps-gen", "steps-from")}
-        gen, start = (0 if v is None else int.from_bytes(v, "big") for v in meta.values())
+        gen, start = meta_int(store.get, "steps-gen"), meta_int(store.get, "steps-from")
         config = kio.base_config(self.bootstrap)
         end = log_end(config, self.app.steps_topic, p, deadline=time.monotonic() + 60)
         found = steps.adopt(steps.read(config, self.app.steps_topic, p, start, end, timeout=60), gen, end)

@@ -263,10 +263,6 @@ class InvocationRuntime:
             if self.core.adopt(e):
                 self.unsaved.append(e)
 
-    def take_unsaved(self) -> list[Entry]:
-        out, self.unsaved = self.unsaved, []
-        return out
-
     def decode_value(self, data: bytes | None) -> Any:
         return None if data is None else self._serde.deserialize(data)
 

@@ -68,7 +68,7 @@ class Messaging:
         def start(self, row: InvocationRow) -> None: ...
         def finish_row(self, row: InvocationRow, result: bytes | None, failure: Failure | None, *,
                        rt: InvocationRuntime | None = None) -> None: ...
-        def save(self, rt: InvocationRuntime) -> None: ...
+        def save(self, rt: InvocationRuntime, row: InvocationRow | None = None) -> None: ...
         def touched(self, rt: InvocationRuntime) -> None: ...
         def schedule_timer(self, due_ms: int, invocation_id: str, seq: int, kind: TimerKind,
                            attempt: int = 0) -> None: ...
@@ -448,9 +448,7 @@ class Messaging:
             if rt.waits.suspendable(idle_s):
                 rt.drop()
                 del self.runtimes[inv]
-                rt.row = rt.row.moved(Status.SUSPENDED)
-                rt.row_dirty = True
-                self.save(rt)
+                self.save(rt, rt.row.moved(Status.SUSPENDED))
                 evicted += 1
         return evicted
 

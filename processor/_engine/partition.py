@@ -89,6 +89,12 @@ class Salvaged:
     end: int                             # the log end the restore read to
 
 
+def meta_int(get: Callable[[bytes], bytes | None], name: str) -> int:
+    """An engine counter from the ``META`` namespace (0 when never written), read through `get`."""
+    raw = get(keys.meta_key(name))
+    return int(_U64.unpack(raw)[0]) if raw else 0
+
+
 class StepSink(Protocol):
     """Where step results go to be acknowledged (``processor._engine.steps.StepLog``)."""
 
@@ -207,7 +213,7 @@ class PartitionWorker(Messaging):
         if self._steps is not None and salvaged is not None:
             self._salvaged = salvaged
             self._generation_pending = True  # committed by the next cycle, which this starts
-            self._steps_from = self._meta_int("steps-from")
+            self._steps_from = meta_int(self.state.get, "steps-from")
             self._on_work()
         self.timers.load(self.now_ms())
         for k, v in self.state.scan(keys.INBOX):
@@ -224,10 +230,6 @@ class PartitionWorker(Messaging):
             resumed += self._resume(inv)
         if resumed:
             log.info("partition %d: resumed %d in-flight invocation(s)", self.partition, resumed)
-
-    def _meta_int(self, name: str) -> int:
-        raw = self.state.get(keys.meta_key(name))
-        return _U64.unpack(raw)[0] if raw else 0
 
     def _resume(self, invocation_id: str) -> int:
         data = self.state.get(keys.invocation_key(invocation_id))
@@ -416,9 +418,10 @@ class PartitionWorker(Messaging):
             self.answer(row)
         if keep:
             self.write(keys.invocation_key(row.id), row.encode())
-            retention = self.app.config.retention if row.source_topic is None else self.app.config.journal_retention
-            self.schedule_timer(now + int(max(retention, self.app.config.journal_retention).total_seconds() * 1000),
-                                row.id, INVOCATION_SEQ, TimerKind.PURGE)
+            cfg = self.app.config
+            keep_for = cfg.journal_retention if row.source_topic is not None else max(cfg.retention,
+                                                                                     cfg.journal_retention)
+            self.schedule_timer(now + int(keep_for.total_seconds() * 1000), row.id, INVOCATION_SEQ, TimerKind.PURGE)
         elif durable:
             self.write(keys.invocation_key(row.id), None)
         if self._keep_journals:
@@ -462,9 +465,12 @@ class PartitionWorker(Messaging):
 
     # -- saving invocations that outlive their cycle ----------------------------------------------
 
-    def save(self, rt: InvocationRuntime) -> None:
-        """Write what the store lacks of in-flight `rt`: its row, its slot and its journal growth as one
-        record. At every seal for touched invocations, and whenever one leaves memory."""
+    def save(self, rt: InvocationRuntime, row: InvocationRow | None = None) -> None:
+        """Write what the store lacks of in-flight `rt` (with its row changed to `row`, if given): its
+        row, its slot and its journal growth as one record. At every seal for touched invocations, and
+        whenever one leaves memory."""
+        if row is not None:
+            rt.row, rt.row_dirty = row, True
         self._dirty.pop(rt.invocation_id, None)
         if rt.invocation_id not in self._durable:
             rt.row = self._claim_slot(rt.row)
@@ -488,7 +494,7 @@ class PartitionWorker(Messaging):
         return replace(row, inbox_seq=self._inbox_seq)
 
     def _save_journal(self, rt: InvocationRuntime, *, everything: bool = False) -> None:
-        entries = rt.core.journal() if everything else rt.take_unsaved()
+        entries = rt.core.journal() if everything else rt.unsaved
         rt.unsaved = []
         if entries:
             last = {e.seq: e for e in entries}  # an entry changed twice in a cycle: its last state
@@ -528,17 +534,14 @@ class PartitionWorker(Messaging):
             return
         log.warning("invocation %s (%s) attempt %d raised %s: %s; retrying in %d ms", row.id, row.target,
                     attempt, type(error).__name__, error, delay, exc_info=error)
-        rt.row = row.moved(Status.BACKING_OFF, attempt=attempt, retry_at_ms=now + delay)
-        rt.row_dirty = True
-        self.save(rt)  # it leaves memory: the retry timer reads its row
+        # it leaves memory: the retry timer reads its row
+        self.save(rt, row.moved(Status.BACKING_OFF, attempt=attempt, retry_at_ms=now + delay))
         self.schedule_timer(now + delay, row.id, INVOCATION_SEQ, TimerKind.INVOCATION_RETRY, attempt)
 
     def paused(self, rt: InvocationRuntime, reason: str) -> None:
         self.runtimes.pop(rt.invocation_id, None)
         log.error("invocation %s (%s) paused: %s", rt.row.id, rt.row.target, reason)
-        rt.row = rt.row.moved(Status.PAUSED, paused_reason=reason)
-        rt.row_dirty = True
-        self.save(rt)
+        self.save(rt, rt.row.moved(Status.PAUSED, paused_reason=reason))
 
     # -- timers ----------------------------------------------------------------------------------
 
