@@ -111,14 +111,25 @@ class Overlay:
         return f"Overlay({len(self._data)} keys{', sealed' if self._sealed else ''})"
 
 
+CACHE_MAX = 65_536
+"""Store values a :class:`PartitionState` keeps after reading them (then it starts over)."""
+
+
 class PartitionState:
-    """One partition's state as the engine sees it: overlays over a :class:`state.store.Store`."""
+    """One partition's state as the engine sees it: overlays over a :class:`state.store.Store`.
+
+    Values read from the store are cached (at most ``CACHE_MAX``): every LMDB read releases the GIL,
+    and on a loop sharing it with the Kafka clients' threads getting it back can take milliseconds.
+    The store only changes by sealed overlays of this state, so the cache follows them
+    (``applied``/``forget``); it never holds an uncommitted value.
+    """
 
     def __init__(self, store: Store) -> None:
         """Layer an empty open overlay over `store`."""
         self.store = store
         self._open = Overlay()
         self._sealed: list[Overlay] = []  # oldest first
+        self._cache: dict[bytes, bytes | None] = {}
 
     def put(self, key: bytes, value: bytes) -> None:
         """Write into the open overlay."""
@@ -137,7 +148,16 @@ class PartitionState:
             value = layer.lookup(key)
             if value is not MISSING:
                 return value
-        return self.store.get(key)
+        cache = self._cache
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        value = self.store.get(key)
+        if len(cache) >= CACHE_MAX:
+            cache.clear()
+        cache[key] = value
+        return value
 
     def scan(self, prefix: bytes, *, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Entries with `prefix` across all layers, ascending from `start`, deletes hidden. The set
@@ -176,6 +196,7 @@ class PartitionState:
             raise OverlayError("applied() must be given the oldest sealed overlay of this partition")
         self.store.apply(sealed.items(), changelog_offset)
         self._sealed.pop(0)
+        self._follow(sealed)
 
     def forget(self, sealed: Overlay) -> None:
         """Drop the oldest sealed layer after the caller applied its writes to the store itself
@@ -183,6 +204,20 @@ class PartitionState:
         if not self._sealed or self._sealed[0] is not sealed:
             raise OverlayError("forget() must be given the oldest sealed overlay of this partition")
         self._sealed.pop(0)
+        self._follow(sealed)
+
+    def _follow(self, applied: Overlay) -> None:
+        """The store took `applied`'s writes: cached values of its keys change with them."""
+        cache = self._cache
+        if not cache:
+            return
+        if len(applied) < len(cache):
+            for k, v in applied.items():
+                if k in cache:
+                    cache[k] = v
+        else:
+            for k in cache.keys() & applied._data.keys():
+                cache[k] = applied._data[k]
 
     def discard(self) -> None:
         """Abort: forget every overlay, open and sealed; reads fall back to the store."""

@@ -112,6 +112,40 @@ class _Ready:
         yield  # unreachable: makes this a generator that returns at once
 
 
+class _Started:
+    """The rest of a coroutine that already ran up to its first suspension, for a task to drive: it
+    hands the task what the coroutine yielded (a future, with its blocking flag already set), and
+    passes back in what the task sends or throws (a cancellation)."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro, self.first = coro, first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self.coro, self.first
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as e:
+                try:
+                    value = coro.throw(e)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _resumed(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
+    return await _Started(coro, first)
+
+
 _CONTEXTS: dict[HandlerKind, type[Context]] = {
     HandlerKind.SERVICE: Context, HandlerKind.SHARED: ObjectSharedContext, HandlerKind.EXCLUSIVE: ObjectContext,
     HandlerKind.WORKFLOW_RUN: WorkflowContext, HandlerKind.WORKFLOW_SHARED: WorkflowSharedContext}
@@ -148,8 +182,17 @@ class InvocationRuntime:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._main(), name=f"invocation {self.invocation_id}")
+    def start(self, *, eager: bool = False) -> None:
+        """Drive the handler in a task of its own; `eager`: run it right here up to its first
+        suspension first — a handler that runs to completion without waiting costs no task at all."""
+        main: Coroutine[Any, Any, None] = self._main()
+        if eager:
+            try:
+                first = main.send(None)
+            except StopIteration:
+                return
+            main = _resumed(main, first)
+        self._task = asyncio.get_running_loop().create_task(main, name=f"invocation {self.invocation_id}")
 
     def drop(self) -> None:
         """Stop driving this attempt: nothing it does from now on reaches the store."""

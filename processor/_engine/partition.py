@@ -141,6 +141,7 @@ class PartitionWorker(Messaging):
         self._steps_from = 0
         self._inbox_seq = 0
         self.bodies_running = 0
+        self._eager = False  # an eager handler is running (``start``)
         self.queued = 0  # exclusive invocations waiting behind another of their key
         self.trimmer = trimmer or Trimmer()
 
@@ -325,10 +326,15 @@ class PartitionWorker(Messaging):
         if h.kind is HandlerKind.WORKFLOW_RUN:  # once per workflow key, whatever record asks for it
             assert key_str is not None
             inv_id, _ = self.callee_id(h, key_str, ())
+            if self._row(inv_id) is not None:
+                return  # this workflow key already started its run
         else:
             inv_id = invocation_id_for_record(topic, msg.partition, offset, owner=self.partition)
-        if self._row(inv_id) is not None:
-            return  # this record (or this workflow key) already started its invocation
+            # Only a cycle that commits the record's offset (or its forward's) can save its
+            # invocation, and records are consumed from the committed offset: one is in memory or
+            # nowhere. (No store read per record: it releases the GIL.)
+            if inv_id in self.runtimes or inv_id in self._queued_rows:
+                return
         # Built in the status it gets now (queued behind its key, or running): a row is a big
         # dataclass, and this is the per-record path.
         queues = h.kind.exclusive and key_str is not None and bool(self._queues.get((h.service, key_str)))
@@ -336,7 +342,7 @@ class PartitionWorker(Messaging):
             id=inv_id, service=h.service, handler=h.name, key=key_str if h.keyed else None,
             status=Status.QUEUED if queues else Status.RUNNING, input=value, created_ms=self.now_ms(),
             input_headers=dict(msg.headers),
-            source_topic=topic, source_partition=msg.partition, source_offset=offset), h, fresh=True)
+            source_topic=topic, source_partition=msg.partition, source_offset=offset), h, fresh=True, eager=True)
 
     def on_inbox(self, msg: InRecord) -> None:
         self._positions[msg.topic] = msg.offset + 1
@@ -358,9 +364,9 @@ class PartitionWorker(Messaging):
 
     # -- invocation lifecycle --------------------------------------------------------------------
 
-    def create(self, row: InvocationRow, h: HandlerDef, *, fresh: bool = True) -> None:
+    def create(self, row: InvocationRow, h: HandlerDef, *, fresh: bool = True, eager: bool = False) -> None:
         """A new invocation: run it now, or queue it behind the running one of its key. Nothing is
-        written yet: a cycle it outlives saves it (``save``)."""
+        written yet: a cycle it outlives saves it (``save``). `eager`: see ``start``."""
         if h.kind.exclusive:
             assert row.key is not None
             q = self._queues.setdefault((h.service, row.key), deque())
@@ -370,10 +376,14 @@ class PartitionWorker(Messaging):
                 self._queued_rows[row.id] = row if row.status is Status.QUEUED else replace(row, status=Status.QUEUED)
                 self._on_work()
                 return
-        self.start(row, fresh=fresh)
+        self.start(row, fresh=fresh, eager=eager)
 
-    def start(self, row: InvocationRow, *, fresh: bool | None = None) -> None:
-        """Run `row`'s handler. `fresh`: never ran, so it has no journal to read (default: queued)."""
+    def start(self, row: InvocationRow, *, fresh: bool | None = None, eager: bool = False) -> None:
+        """Run `row`'s handler. `fresh`: never ran, so it has no journal to read (default: queued).
+        `eager`: the handler runs right here up to its first suspension (a counter's handler runs to
+        its end: no task, no trip through the loop, its key free for the next record at once) —
+        unless this is already inside an eager handler (its finish starting the next of its key):
+        that one gets a task, so eager runs never nest."""
         h = self.app.handler(row.target)
         if h is None:
             self.finish_row(row, None, Failure(type="UnknownHandler",
@@ -390,7 +400,14 @@ class PartitionWorker(Messaging):
             self._absorbing.add(row.id)  # saved (or finished) in this cycle: its records are absorbed
         self.runtimes[row.id] = rt
         self.touched(rt)
-        rt.start()
+        if eager and not self._eager:
+            self._eager = True
+            try:
+                rt.start(eager=True)
+            finally:
+                self._eager = False
+        else:
+            rt.start()
 
     def _input_serde(self, row: InvocationRow, h: HandlerDef) -> Serde[Any]:
         binding = self.app.bindings.get(row.source_topic or "")

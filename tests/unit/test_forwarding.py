@@ -25,16 +25,24 @@ KEY = next(k for k in (f"k{i}".encode() for i in range(100)) if routing.partitio
 OWNER = routing.partition_for_key(KEY, P)
 
 
+def _nothing() -> None:
+    return None
+
+
 def _app() -> p.App:
     app = p.App("fwd", partitions=P)
     obj, svc = app.virtual_object("obj"), app.service("svc")
 
+    # Each handler waits on a step, whose result no commit in these tests releases: the
+    # invocation stays in memory, where its row shows which partition runs it.
     @obj.handler()
     async def put(ctx: p.ObjectContext, ev: Any) -> None:
         ctx.set("v", ev)
+        await ctx.run("hold", _nothing)
 
     @svc.handler()
-    async def log(ctx: p.Context, ev: Any) -> None: ...
+    async def log(ctx: p.Context, ev: Any) -> None:
+        await ctx.run("hold", _nothing)
 
     app.subscribe("objects", put)
     app.subscribe("events", log)

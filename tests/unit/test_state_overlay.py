@@ -173,3 +173,34 @@ def test_a_scan_sorts_only_its_own_namespace() -> None:
     assert ov.keys_in(b"J", b"J" + (998).to_bytes(4, "big")) == [b"J" + (998).to_bytes(4, "big"),
                                                                 b"J" + (999).to_bytes(4, "big")]
     assert ov.keys_in(b"")[:1] == [b"J" + (0).to_bytes(4, "big")] and ov.keys_in(b"")[-1] == b"R1"
+
+
+@pytest.mark.parametrize("via", ["applied", "forget"])
+def test_cached_store_reads_follow_the_overlays_the_store_takes(store: Store, via: str) -> None:
+    """Store reads are cached (an LMDB read releases the GIL); the cache must change exactly when the
+    store does — by this state's sealed overlays — and never show an uncommitted write."""
+    store.apply([(b"Sa", b"1"), (b"Sb", b"1")], 1)
+    st = PartitionState(store)
+    assert st.get(b"Sa") == b"1" and st.get(b"Sb") == b"1" and st.get(b"Sc") is None  # now cached
+    st.put(b"Sa", b"2")
+    st.delete(b"Sb")
+    st.put(b"Sc", b"2")
+    sealed = st.seal()
+    if via == "applied":
+        st.applied(sealed, 2)
+    else:
+        store.apply(sealed.items(), 2)  # the commit thread's apply, then forget on the loop
+        st.forget(sealed)
+    assert (st.get(b"Sa"), st.get(b"Sb"), st.get(b"Sc")) == (b"2", None, b"2")
+    st.put(b"Sa", b"3")
+    st.discard()  # an aborted cycle: the cache still holds what the store holds
+    assert st.get(b"Sa") == b"2"
+
+
+def test_the_read_cache_is_bounded(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import state.overlay
+    monkeypatch.setattr(state.overlay, "CACHE_MAX", 8)
+    st = PartitionState(store)
+    for i in range(100):
+        assert st.get(b"S%d" % i) is None
+    assert len(st._cache) <= 8
