@@ -63,7 +63,7 @@ class Entry:
                      due_ms=r["due_ms"])
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)  # not frozen: one per context action, and frozen init is slow
 class Replay:
     """The action at `seq` already happened: return its recorded outcome without running it."""
 
@@ -71,7 +71,7 @@ class Replay:
     entry: Entry
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Execute:
     """The action at `seq` is past the journal (or not finished in it): run it for real, or for a
     durable wait journaled as pending, wait for its completion."""

@@ -55,6 +55,7 @@ SHUTDOWN_S = 30.0       # SIGTERM to exit, whatever Kafka does meanwhile
 FENCES_TO_GIVE_UP = 5   # young transactions fenced within FENCE_WINDOW_S: another instance has our id
 CONSUMER_FENCES_TO_GIVE_UP = 10  # consumers fenced (FENCED_INSTANCE_ID) within FENCE_WINDOW_S
 FENCE_WINDOW_S = 120.0
+ROUTE_TURN = 64         # records routed per event-loop turn (their handlers run as they are routed)
 MAX_LINGER_S = 0.1      # the longest a cycle waits for handlers still making progress before it seals
 
 
@@ -93,6 +94,7 @@ class Engine:
         self._work_done = 0  # counts every write, output and touched invocation: handlers progressing
         self._sealed = asyncio.Event()  # set whenever a cycle is sealed: a full cycle lets input flow again
         self._commit_lock = asyncio.Lock()
+        self._draining = False  # the cycle about to be sealed takes no new input (``_linger``)
         self._epoch = 0  # bumped whenever records already fetched must not be routed
         self._inputs_paused = False
         self._held_paused: set[int] = set()  # paused because their worker holds input back
@@ -268,7 +270,7 @@ class Engine:
                 await self._replace_consumer(self._consumer_failed)
             if self._restored and not self._rebuilding:
                 await self._activate()
-            if self._cycle_full():
+            if self._draining or self._cycle_full():
                 await self._wait_for_seal()
                 continue
             epoch = self._epoch
@@ -282,8 +284,12 @@ class Engine:
                 self._consumer_failed = str(e)
                 continue
             if epoch == self._epoch and not self._check_stall():
-                for m in msgs:
+                for i, m in enumerate(msgs, 1):
                     self._route(m)
+                    if i % ROUTE_TURN == 0:  # handlers run as they are routed: let acks and commits in
+                        await asyncio.sleep(0)
+                        if epoch != self._epoch:
+                            break  # partitions were released meanwhile: the rest is read again
                 now = int(time.time() * 1000)
                 for w in list(self.workers.values()):
                     w.fire_timers(now)
@@ -417,7 +423,10 @@ class Engine:
             if self._stop.is_set() and not self._has_work():
                 return
             await self._linger()
-            await self.commit_cycle()
+            try:
+                await self.commit_cycle()
+            finally:
+                self._end_drain()
             if self._stop.is_set() and not self._has_work():
                 return
 
@@ -427,9 +436,29 @@ class Engine:
         them then ride this cycle instead of the next one, and an invocation that finishes here
         writes nothing of itself (docs/decisions/006-what-a-cycle-writes.md). Stops when a loop turn
         makes no progress, the cycle is full, or after MAX_LINGER_S."""
+        await self._settle(MAX_LINGER_S, bodies=False)
+        # Drain: no new input (neither fetched nor held), so the invocations running now — most of
+        # them waiting only for a step's acknowledgement — can finish in this cycle instead of
+        # being saved by it (and deleted by the next).
+        # It ends when the cycle is sealed (``_end_drain``).
+        self._draining = True
+        for w in self.workers.values():
+            w.draining = True
+        await self._settle(self.app.config.commit_linger_ms / 1000, bodies=True)
+
+    def _end_drain(self) -> None:
+        if not self._draining:
+            return
+        self._draining = False
+        for w in list(self.workers.values()):
+            w.draining = False
+            w.route_held()
+
+    async def _settle(self, seconds: float, *, bodies: bool) -> None:
+        """Let the loop run until a few turns make no progress (and, with `bodies`, no step body runs
+        or waits for its acknowledgement), the cycle is full, or `seconds` passed."""
         now = time.monotonic()
-        bodies_until = now + self.app.config.commit_linger_ms / 1000
-        until = now + MAX_LINGER_S
+        until = now + seconds
         quiet_turns = 0
         while now < until and not self._cycle_full():
             before = self._work_done
@@ -441,7 +470,7 @@ class Engine:
             quiet_turns += 1  # released handler -> finish -> next invocation -> its first step: a few hops
             if quiet_turns < 6:
                 continue
-            if now < bodies_until and any(w.bodies_running for w in self.workers.values()):
+            if bodies and any(w.bodies_running for w in self.workers.values()):
                 await asyncio.sleep(0.0002)
                 continue
             return
@@ -478,6 +507,7 @@ class Engine:
             self._begin_rebuild("no usable transactional producer")
             return False
         slices = [w.seal() for w in workers]
+        self._end_drain()
         self._sealed.set()
         offsets = _fence_offsets(workers, slices, self.app.inbox_topic)
         group = self._group_metadata

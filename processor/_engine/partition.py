@@ -33,7 +33,7 @@ log = logging.getLogger("processor.partition")
 
 INVOCATION_SEQ = 0xFFFFFFFF  # timer seq of invocation-level timers (retry, purge)
 MAX_KEY_QUEUE = 1  # an exclusive key with a running invocation: later input is held back
-HOLD_MAX_S = 0.2   # ... for this long at most
+HOLD_MAX_S = 1.0   # ... for this long at most
 _U64 = struct.Struct(">Q")
 
 
@@ -142,6 +142,7 @@ class PartitionWorker(Messaging):
         self._inbox_seq = 0
         self.bodies_running = 0
         self._eager = False  # an eager handler is running (``start``)
+        self.draining = False  # set by the engine before a seal: held input waits (``route_held``)
         self.queued = 0  # exclusive invocations waiting behind another of their key
         self.trimmer = trimmer or Trimmer()
 
@@ -283,13 +284,14 @@ class PartitionWorker(Messaging):
     def _route_stale_held(self) -> None:
         """Held input is an optimization with a time bound: after HOLD_MAX_S (a step body running
         long), route what is held, queueing behind busy keys — the partition never stalls longer."""
-        if self._held and time.monotonic() - self._held_since > HOLD_MAX_S:
+        if self._held and not self.draining and time.monotonic() - self._held_since > HOLD_MAX_S:
             held, self._held = self._held, deque()
             for msg, binding in held:
                 self._route_input(msg, binding)
 
-    def _route_held(self) -> None:
-        while self._held:
+    def route_held(self) -> None:
+        """Route held input up to the first record whose key is still busy (not while draining)."""
+        while self._held and not self.draining:
             msg, binding = self._held[0]
             if self._key_queue_full(msg, binding):
                 return
@@ -478,7 +480,7 @@ class PartitionWorker(Messaging):
             else:
                 del self._queues[(row.service, row.key)]
             if self._held:
-                self._route_held()
+                self.route_held()
 
     # -- saving invocations that outlive their cycle ----------------------------------------------
 

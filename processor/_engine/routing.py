@@ -3,6 +3,7 @@ carry their partition so any process can address them without a lookup."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 _M = 0x5BD1E995
@@ -33,6 +34,7 @@ def murmur2(data: bytes) -> int:
     return h
 
 
+@functools.lru_cache(maxsize=65_536)  # murmur2 in Python costs microseconds; keys recur
 def partition_for_key(key: bytes, partitions: int) -> int:
     """The partition Kafka's default (Java) partitioner picks for `key`."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions

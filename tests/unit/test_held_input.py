@@ -112,3 +112,70 @@ def test_input_is_queued_not_held_behind_a_durable_wait_and_held_input_goes_on_a
             w.discard()
 
     asyncio.run(scenario())
+
+
+def test_a_draining_partition_routes_no_held_input_until_the_seal_ends_the_drain() -> None:
+    """Before a seal the engine drains: invocations already running finish in this cycle (nothing of
+    them is saved), and no held record starts a new one that the seal would have to save."""
+    app = p.App("drain")
+    obj = app.virtual_object("obj")
+    gate = asyncio.Event()
+    ran: list[int] = []
+
+    @obj.handler()
+    async def handle(ctx: p.ObjectContext, ev: Any) -> None:
+        ran.append(ev["i"])
+        if ev["i"] == 0:
+            await gate.wait()
+
+    app.subscribe("in", handle)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            w = _worker(app, pool)
+            for i in range(2):
+                w.on_input(InRecord(topic="in", partition=0, offset=i, key=b"a", value=orjson.dumps({"i": i})),
+                           app.bindings["in"])
+            assert ran == [0] and w.holding()
+            w.draining = True
+            gate.set()
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert ran == [0] and not w.runtimes and w.holding(), "the first finished; the held one waits"
+            assert w.seal().offsets == {"in": 1}
+            w.draining = False
+            w.route_held()
+            assert ran == [0, 1] and not w.holding()
+            w.discard()
+
+    asyncio.run(scenario())
+
+
+def test_a_handler_that_never_waits_runs_to_its_end_as_its_record_is_routed() -> None:
+    """Eager start: no task and no trip through the event loop for a handler that never suspends —
+    its key is free again (nothing held) by the time the next record is routed."""
+    app = p.App("eager")
+    obj = app.virtual_object("obj")
+
+    @obj.handler()
+    async def count(ctx: p.ObjectContext, ev: Any) -> None:
+        ctx.set("n", (await ctx.get("n") or 0) + 1)
+        ctx.emit("out", ev, key=ctx.key)
+
+    app.subscribe("in", count)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            w = _worker(app, pool)
+            tasks = len(asyncio.all_tasks())
+            for i in range(3):
+                w.on_input(InRecord(topic="in", partition=0, offset=i, key=b"a", value=orjson.dumps({"i": i})),
+                           app.bindings["in"])
+                assert not w.runtimes and not w.holding() and len(asyncio.all_tasks()) == tasks
+            s = w.seal()
+            assert [o.value for o in s.outputs] == [orjson.dumps({"i": i}) for i in range(3)]
+            [(_, n)] = s.overlay.items()  # the cycle writes the key's state once: no invocation of it
+            assert n is not None and orjson.loads(n) == 3
+            w.discard()
+
+    asyncio.run(scenario())
