@@ -124,7 +124,7 @@ class AppConfig:
     transaction_timeout_ms: int = 10_000       # as Kafka Streams under EOS; see docs/architecture.md
     transactional_producers: int = 2         # taking turns per commit cycle (docs/decisions/002)
     suspend_after: timedelta = timedelta(seconds=5)  # idle time before a waiting invocation leaves memory
-    commit_linger_ms: float = 5.0            # max wait for running step bodies before sealing a cycle
+    commit_linger_ms: float = 50.0           # max wait for step bodies (and their acknowledgements) running at a seal
     max_cycle_records: int = 10_000          # writes + outputs a cycle holds before input waits for it to seal
 
 

@@ -441,9 +441,12 @@ class Engine:
         # them waiting only for a step's acknowledgement — can finish in this cycle instead of
         # being saved by it (and deleted by the next).
         # It ends when the cycle is sealed (``_end_drain``).
+        # It waits for the bodies running now (mostly acknowledgements on their way), not for the
+        # next steps of the invocations they release: those would keep it going to its bound.
         self._draining = True
         for w in self.workers.values():
             w.draining = True
+            w.drain_until_ended = w.bodies_ended + w.bodies_running
         await self._settle(self.app.config.commit_linger_ms / 1000, bodies=True)
 
     def _end_drain(self) -> None:
@@ -470,7 +473,7 @@ class Engine:
             quiet_turns += 1  # released handler -> finish -> next invocation -> its first step: a few hops
             if quiet_turns < 6:
                 continue
-            if bodies and any(w.bodies_running for w in self.workers.values()):
+            if bodies and any(w.bodies_ended < w.drain_until_ended for w in self.workers.values()):
                 await asyncio.sleep(0.0002)
                 continue
             return

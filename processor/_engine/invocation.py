@@ -49,6 +49,7 @@ class Host(Protocol):
     app: App
     step_executor: Executor
     bodies_running: int  # step bodies executing or awaiting their acknowledgement (the cycle lingers for them)
+    bodies_ended: int    # how many ever ended (a body run, an acknowledgement)
     partition: int
 
     def now_ms(self) -> int: ...
@@ -408,6 +409,7 @@ class InvocationRuntime:
                 continue
             finally:
                 self.host.bodies_running -= 1
+                self.host.bodies_ended += 1
                 _CURRENT_STEP.reset(token)
             self._outcome(Entry(seq=seq, kind="run", name=name, value=data, attempts=attempts), _resolve(fut, value))
             return

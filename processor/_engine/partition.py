@@ -141,6 +141,8 @@ class PartitionWorker(Messaging):
         self._steps_from = 0
         self._inbox_seq = 0
         self.bodies_running = 0
+        self.bodies_ended = 0  # ever (step bodies run, acknowledgements received): a drain waits on it
+        self.drain_until_ended = 0  # ... until it reaches this: every body running when it began ended
         self._eager = False  # an eager handler is running (``start``)
         self.draining = False  # set by the engine before a seal: held input waits (``route_held``)
         self.queued = 0  # exclusive invocations waiting behind another of their key
@@ -165,6 +167,7 @@ class PartitionWorker(Messaging):
 
         def acked(offset: int | None) -> None:
             self.bodies_running -= 1
+            self.bodies_ended += 1
             if not rt.alive or self.runtimes.get(rt.invocation_id) is not rt:
                 return  # dropped meanwhile (abort, revoke): a restore salvages the record
             rt.record(entry)
