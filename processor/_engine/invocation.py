@@ -9,6 +9,7 @@ handler code may act on are released only after the cycle holding them commits (
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import contextvars
 import inspect
 import logging
@@ -113,38 +114,46 @@ class _Ready:
         yield  # unreachable: makes this a generator that returns at once
 
 
-class _Started:
-    """The rest of a coroutine that already ran up to its first suspension, for a task to drive: it
-    hands the task what the coroutine yielded (a future, with its blocking flag already set), and
-    passes back in what the task sends or throws (a cancellation)."""
+class _Started(collections.abc.Coroutine[Any, Any, Any]):
+    """The rest of a coroutine that already ran up to its first suspension, as a coroutine a task
+    can drive: its first ``send`` hands the task what the coroutine yielded then (a future, with
+    its blocking flag already set); after that, and for anything thrown in (a cancellation, even
+    one before the task ever ran it), it is the coroutine itself."""
 
-    __slots__ = ("coro", "first")
+    __slots__ = ("_coro", "_first", "_started")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
-        self.coro, self.first = coro, first
+        self._coro, self._first, self._started = coro, first, False
+
+    def send(self, value: Any) -> Any:
+        if not self._started:
+            self._started = True
+            first, self._first = self._first, None
+            return first
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:  # type: ignore[override]
+        self._started = True
+        self._first = None
+        return self._coro.throw(typ if val is None else val)
+
+    def close(self) -> None:
+        self._coro.close()
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        coro, value = self.coro, self.first
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as e:
-                try:
-                    value = coro.throw(e)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
+        raise TypeError("driven by its task only")
 
 
-async def _resumed(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
-    return await _Started(coro, first)
+def _eager_task(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any] | None:
+    """Run `coro` right here up to its first suspension; None if it finished, else the task that
+    drives the rest. It runs in a context of its own, the one its task goes on in (a context
+    variable it set before suspending is reset in the same context after)."""
+    ctx = contextvars.copy_context()
+    try:
+        first = ctx.run(coro.send, None)
+    except StopIteration:
+        return None
+    return asyncio.get_running_loop().create_task(_Started(coro, first), name=name, context=ctx)
 
 
 _CONTEXTS: dict[HandlerKind, type[Context]] = {
@@ -186,14 +195,11 @@ class InvocationRuntime:
     def start(self, *, eager: bool = False) -> None:
         """Drive the handler in a task of its own; `eager`: run it right here up to its first
         suspension first — a handler that runs to completion without waiting costs no task at all."""
-        main: Coroutine[Any, Any, None] = self._main()
+        name = f"invocation {self.invocation_id}"
         if eager:
-            try:
-                first = main.send(None)
-            except StopIteration:
-                return
-            main = _resumed(main, first)
-        self._task = asyncio.get_running_loop().create_task(main, name=f"invocation {self.invocation_id}")
+            self._task = _eager_task(self._main(), name)
+        else:
+            self._task = asyncio.get_running_loop().create_task(self._main(), name=name)
 
     def drop(self) -> None:
         """Stop driving this attempt: nothing it does from now on reaches the store."""
@@ -350,11 +356,13 @@ class InvocationRuntime:
             self.record(Entry(seq=d.seq, kind="run", name=name, failure=CANCELLED))
             self.after_commit(_reject(fut, failure_error(CANCELLED)))
             return DurableFuture(fut, self, d.seq)
-        task = asyncio.get_running_loop().create_task(
+        # Started eagerly: a body proved quick runs inline to its end right here (no task at all).
+        task = _eager_task(
             self._run_step(d.seq, name, fn, args, retry or self.host.app.config.step_retry, d.retrying, fut),
-            name=f"step {self.invocation_id}#{d.seq} {name}")
-        self._steps.add(task)
-        task.add_done_callback(self._steps.discard)
+            f"step {self.invocation_id}#{d.seq} {name}")
+        if task is not None:
+            self._steps.add(task)
+            task.add_done_callback(self._steps.discard)
         return DurableFuture(fut, self, d.seq)
 
     async def _run_step(self, seq: int, name: str, fn: Callable[..., Any], args: tuple[Any, ...],

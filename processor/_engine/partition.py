@@ -37,7 +37,7 @@ HOLD_MAX_S = 1.0   # ... for this long at most
 _U64 = struct.Struct(">Q")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)  # a value (not frozen only because a frozen init is slow: one per record)
 class InRecord:
     """A consumed record, as the worker sees it."""
 
@@ -58,7 +58,7 @@ class InRecord:
                         value=value.encode() if isinstance(value, str) else value, headers=headers)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)  # a value, as InRecord
 class OutRecord:
     topic: str
     partition: int | None
