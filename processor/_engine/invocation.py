@@ -132,7 +132,7 @@ class _Started(collections.abc.Coroutine[Any, Any, Any]):
             return first
         return self._coro.send(value)
 
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:  # type: ignore[override]
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         self._started = True
         self._first = None
         return self._coro.throw(typ if val is None else val)

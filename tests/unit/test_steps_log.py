@@ -18,6 +18,13 @@ def _logged(offset: int, gen: int, inv: str, seq: int, value: bytes) -> steps.Lo
 def test_records_round_trip_with_their_generation() -> None:
     entry = _run(3, b'"x"')
     assert steps.decode(steps.encode(7, entry)) == (7, entry)
+    assert steps.decode_any(b"inv-a", steps.encode(7, entry)) == (7, [("inv-a", entry)])
+
+
+def test_a_batch_record_holds_one_turns_steps_in_order() -> None:
+    items = [("inv-a", _run(0, b"1")), ("inv-b", _run(4, b"[1, 2, 3]")), ("inv-a", _run(1, b""))]
+    data = steps.encode_batch(9, [(inv, e.encode()) for inv, e in items])
+    assert steps.decode_any(None, data) == (9, items)
 
 
 def test_a_zombie_of_an_older_generation_and_an_owner_that_never_committed_are_both_dropped() -> None:
