@@ -46,12 +46,10 @@ class Entry:
         return f"#{self.seq} {self.kind}({self.name!r})"
 
     def encode(self) -> bytes:
-        return schemas.encode("JournalEntry", {
-            "seq": self.seq, "kind": self.kind, "name": self.name, "value": self.value,
-            "failure": None if self.failure is None else {"type": self.failure.type,
-                                                         "message": self.failure.message},
-            "attempts": self.attempts, "retry_at_ms": self.retry_at_ms, "pending": self.pending,
-            "due_ms": self.due_ms})
+        f = self.failure
+        return schemas.encode_journal_entry(
+            self.seq, self.kind, self.name, self.value, None if f is None else (f.type, f.message),
+            self.attempts, self.retry_at_ms, self.pending, self.due_ms)
 
     @staticmethod
     def decode(data: bytes) -> Entry:

@@ -37,3 +37,20 @@ def test_unknown_versions_and_garbage_fail_with_schema_error() -> None:
         schemas.encode("JournalEntry", {"seq": "not-an-int"})
     with pytest.raises(schemas.SchemaError, match="unknown record type"):
         schemas.encode("Nope", {})
+
+
+@pytest.mark.parametrize("value", [None, b"", b"x" * 300])
+@pytest.mark.parametrize("failure", [None, ("TerminalError", "caf\u00e9 " * 40)])
+@pytest.mark.parametrize("numbers", [(0, 1, None, None), (63, 64, 1_795_980_371_547, -1), (70_000, 2**31 - 1, 0, 2**62)])
+@pytest.mark.parametrize("pending", [False, True])
+def test_the_hand_written_journal_entry_encoder_writes_what_the_schema_writes(
+        value: bytes | None, failure: tuple[str, str] | None, numbers: tuple[int, int, int | None, int | None],
+        pending: bool) -> None:
+    seq, attempts, retry_at_ms, due_ms = numbers
+    record = {"seq": seq, "kind": "run", "name": "n\u00e4me", "value": value,
+              "failure": None if failure is None else {"type": failure[0], "message": failure[1]},
+              "attempts": attempts, "retry_at_ms": retry_at_ms, "pending": pending, "due_ms": due_ms}
+    fast = schemas.encode_journal_entry(seq, "run", "n\u00e4me", value, failure, attempts, retry_at_ms,
+                                        pending, due_ms)
+    assert fast == schemas.encode("JournalEntry", record)
+    assert schemas.decode("JournalEntry", fast) == record
