@@ -41,7 +41,8 @@ def test_unknown_versions_and_garbage_fail_with_schema_error() -> None:
 
 @pytest.mark.parametrize("value", [None, b"", b"x" * 300])
 @pytest.mark.parametrize("failure", [None, ("TerminalError", "caf\u00e9 " * 40)])
-@pytest.mark.parametrize("numbers", [(0, 1, None, None), (63, 64, 1_795_980_371_547, -1), (70_000, 2**31 - 1, 0, 2**62)])
+@pytest.mark.parametrize("numbers", [(0, 1, None, None), (63, 64, 1_795_980_371_547, -1),
+                                     (70_000, 2**31 - 1, 0, 2**62)])
 @pytest.mark.parametrize("pending", [False, True])
 def test_the_hand_written_journal_entry_encoder_writes_what_the_schema_writes(
         value: bytes | None, failure: tuple[str, str] | None, numbers: tuple[int, int, int | None, int | None],
