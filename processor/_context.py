@@ -34,7 +34,8 @@ class StepInfo:
         return f"{self.invocation_id}:{self.seq}"
 
 
-_CURRENT_STEP: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar("step", default=None)
+# (invocation id, seq, name, attempt) of the running body: a StepInfo is built only when asked for
+_CURRENT_STEP: contextvars.ContextVar[tuple[str, int, str, int] | None] = contextvars.ContextVar("step", default=None)
 
 
 def current_step() -> StepInfo:
@@ -42,7 +43,8 @@ def current_step() -> StepInfo:
     info = _CURRENT_STEP.get()
     if info is None:
         raise RuntimeError("current_step() is only available inside a ctx.run body")
-    return info
+    invocation_id, seq, name, attempt = info
+    return StepInfo(invocation_id=invocation_id, seq=seq, name=name, attempt=attempt)
 
 
 class _Driver(Protocol):

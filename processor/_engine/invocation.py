@@ -27,7 +27,6 @@ from processor._context import (
     Context,
     ObjectContext,
     ObjectSharedContext,
-    StepInfo,
     WorkflowContext,
     WorkflowSharedContext,
 )
@@ -376,8 +375,7 @@ class InvocationRuntime:
         while True:
             attempts += 1
             started = time.monotonic()
-            token = _CURRENT_STEP.set(StepInfo(invocation_id=self.invocation_id, seq=seq, name=name,
-                                               attempt=attempts))
+            token = _CURRENT_STEP.set((self.invocation_id, seq, name, attempts))
             self.host.bodies_running += 1
             try:
                 if inspect.iscoroutinefunction(fn):
