@@ -143,16 +143,73 @@ class _Started(collections.abc.Coroutine[Any, Any, Any]):
         raise TypeError("driven by its task only")
 
 
+class _TaskToBe:
+    """What ``asyncio.current_task()`` returns while an eagerly started coroutine runs before it has
+    a task: ``asyncio.timeout``, ``TaskGroup`` and the like capture it and later cancel, count or
+    uncancel it — all of which it passes on to the task the coroutine gets when it first suspends
+    (or keeps until then). Without it they would capture the engine's poll task."""
+
+    __slots__ = ("_cancels", "_msg", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Any] | None = None
+        self._cancels = 0
+        self._msg: Any = None
+
+    def became(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        for _ in range(self._cancels):
+            task.cancel(self._msg)
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self.task is not None:
+            return self.task.cancel(msg)
+        self._cancels += 1
+        self._msg = msg
+        return True
+
+    def cancelling(self) -> int:
+        return self.task.cancelling() if self.task is not None else self._cancels
+
+    def uncancel(self) -> int:
+        if self.task is not None:
+            return self.task.uncancel()
+        self._cancels = max(0, self._cancels - 1)
+        return self._cancels
+
+    def done(self) -> bool:
+        return self.task.done() if self.task is not None else False
+
+    def __getattr__(self, name: str) -> Any:
+        if self.task is None:
+            raise AttributeError(f"{name}: this coroutine has no task yet")
+        return getattr(self.task, name)
+
+
 def _eager_task(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any] | None:
     """Run `coro` right here up to its first suspension; None if it finished, else the task that
-    drives the rest. It runs in a context of its own, the one its task goes on in (a context
-    variable it set before suspending is reset in the same context after)."""
+    drives the rest. Meanwhile it is the current task's stand-in (``_TaskToBe``), and it runs in a
+    context of its own, the one its task goes on in (a context variable it set before suspending
+    is reset in the same context after)."""
+    loop = asyncio.get_running_loop()
     ctx = contextvars.copy_context()
+    outer = asyncio.current_task(loop)
+    me = _TaskToBe()
+    stand_in: Any = me  # asyncio's bookkeeping takes any object as the current task
+    if outer is not None:
+        asyncio.tasks._leave_task(loop, outer)
+    asyncio.tasks._enter_task(loop, stand_in)
     try:
         first = ctx.run(coro.send, None)
     except StopIteration:
         return None
-    return asyncio.get_running_loop().create_task(_Started(coro, first), name=name, context=ctx)
+    finally:
+        asyncio.tasks._leave_task(loop, stand_in)
+        if outer is not None:
+            asyncio.tasks._enter_task(loop, outer)
+    task = loop.create_task(_Started(coro, first), name=name, context=ctx)
+    me.became(task)
+    return task
 
 
 _CONTEXTS: dict[HandlerKind, type[Context]] = {
@@ -355,10 +412,12 @@ class InvocationRuntime:
             self.record(Entry(seq=d.seq, kind="run", name=name, failure=CANCELLED))
             self.after_commit(_reject(fut, failure_error(CANCELLED)))
             return DurableFuture(fut, self, d.seq)
-        # Started eagerly: a body proved quick runs inline to its end right here (no task at all).
-        task = _eager_task(
-            self._run_step(d.seq, name, fn, args, retry or self.host.app.config.step_retry, d.retrying, fut),
-            f"step {self.invocation_id}#{d.seq} {name}")
+        step = self._run_step(d.seq, name, fn, args, retry or self.host.app.config.step_retry, d.retrying, fut)
+        label = f"step {self.invocation_id}#{d.seq} {name}"
+        if d.retrying is None and not inspect.iscoroutinefunction(fn) and STEPS.inline((self.handler.target, name)):
+            task = _eager_task(step, label)  # a body proved quick runs to its end right here: no task
+        else:
+            task = asyncio.get_running_loop().create_task(step, name=label)
         if task is not None:
             self._steps.add(task)
             task.add_done_callback(self._steps.discard)

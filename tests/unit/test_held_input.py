@@ -179,3 +179,50 @@ def test_a_handler_that_never_waits_runs_to_its_end_as_its_record_is_routed() ->
             w.discard()
 
     asyncio.run(scenario())
+
+
+def test_asyncio_timeout_and_task_groups_in_an_eagerly_started_handler_act_on_that_handler() -> None:
+    """An eagerly started handler has no task of its own until it first waits: asyncio.timeout and
+    TaskGroup entered before then must still cancel the handler — not the task that routed its
+    record (the engine's poll loop)."""
+    app = p.App("eager-timeouts")
+    obj = app.virtual_object("obj")
+    outcome: list[str] = []
+
+    @obj.handler()
+    async def timed(ctx: p.ObjectContext, ev: Any) -> None:
+        try:
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            outcome.append("timed out")
+
+    @obj.handler()
+    async def grouped(ctx: p.ObjectContext, ev: Any) -> None:
+        async def fail() -> None:
+            raise ValueError("child")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(fail())
+                await asyncio.sleep(5)
+        except* ValueError:
+            outcome.append("group failed")
+
+    app.subscribe("t", timed)
+    app.subscribe("g", grouped)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            w = _worker(app, pool)
+            router = asyncio.current_task()
+            w.on_input(InRecord(topic="t", partition=0, offset=0, key=b"a", value=b"{}"), app.bindings["t"])
+            w.on_input(InRecord(topic="g", partition=0, offset=0, key=b"b", value=b"{}"), app.bindings["g"])
+            assert asyncio.current_task() is router
+            for _ in range(100):
+                if len(outcome) == 2:
+                    break
+                await asyncio.sleep(0.01)  # the routing task goes on waiting: nothing cancelled it
+            assert sorted(outcome) == ["group failed", "timed out"]
+            w.discard()
+
+    asyncio.run(scenario())
