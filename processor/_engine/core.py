@@ -8,6 +8,7 @@ whatever order they finished in.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import struct
 from collections.abc import Iterable
@@ -16,6 +17,27 @@ from dataclasses import dataclass, replace
 import schemas
 from processor._engine import routing
 from processor._errors import NondeterminismError
+
+
+class EntryKind(enum.StrEnum):
+    """What a journal entry records: the context action that made it (``JournalEntry.kind``)."""
+
+    RUN = "run"                      # ctx.run: the step's result or failure
+    GET = "get"                      # ctx.get: the value read
+    STATE_KEYS = "state_keys"        # ctx.state_keys: the names read
+    SET = "set"
+    CLEAR = "clear"
+    CLEAR_ALL = "clear_all"
+    EMIT = "emit"
+    TIME = "time"                    # ctx.time: the wall clock read
+    SLEEP = "sleep"                  # pending until its timer fires
+    CALL = "call"                    # pending until the callee answers; value: the callee's id
+    SEND = "send"                    # value: the callee's id
+    AWAKEABLE = "awakeable"          # pending until resolved or rejected
+    PROMISE = "promise"              # a workflow promise awaited
+    PROMISE_PEEK = "promise_peek"
+    PROMISE_COMPLETE = "promise_complete"
+    SELECT = "select"                # value: the winner's name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,7 +51,7 @@ class Entry:
     """One journaled action. ``retry_at_ms`` set means a step still being retried, not completed."""
 
     seq: int
-    kind: str
+    kind: EntryKind
     name: str
     value: bytes | None = None
     failure: Failure | None = None
@@ -55,7 +77,7 @@ class Entry:
     def decode(data: bytes) -> Entry:
         r = schemas.decode("JournalEntry", data)
         f = r["failure"]
-        return Entry(seq=r["seq"], kind=r["kind"], name=r["name"], value=r["value"],
+        return Entry(seq=r["seq"], kind=EntryKind(r["kind"]), name=r["name"], value=r["value"],
                      failure=None if f is None else Failure(type=f["type"], message=f["message"]),
                      attempts=r["attempts"], retry_at_ms=r["retry_at_ms"], pending=r["pending"],
                      due_ms=r["due_ms"])
@@ -102,7 +124,7 @@ class InvocationCore:
     def journal(self) -> list[Entry]:
         return [self._journal[s] for s in sorted(self._journal)]
 
-    def call(self, kind: str, name: str) -> Decision:
+    def call(self, kind: EntryKind, name: str) -> Decision:
         """The handler called an action: assign its position and decide replay or execute.
         Raises NondeterminismError when the journal holds a different action at that position."""
         seq = self._next_seq

@@ -30,7 +30,7 @@ from processor._context import (
     WorkflowContext,
     WorkflowSharedContext,
 )
-from processor._engine.core import Entry, Execute, Failure, InvocationCore, Replay, decode_journal, retry_entry
+from processor._engine.core import Entry, EntryKind, Execute, Failure, InvocationCore, Replay, decode_journal, retry_entry
 from processor._engine.inline import STEPS
 from processor._engine.records import InvocationRow, TimerKind
 from processor._engine.waits import CANCELLED, Waits, failure_error
@@ -340,7 +340,7 @@ class InvocationRuntime:
 
     # -- journal plumbing ------------------------------------------------------------------------
 
-    def journal_call(self, kind: str, name: str) -> Replay | Execute:
+    def journal_call(self, kind: EntryKind, name: str) -> Replay | Execute:
         if not self.alive:
             raise _Abandon()
         try:
@@ -402,14 +402,14 @@ class InvocationRuntime:
 
     def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
             retry: RetryPolicy | None) -> DurableFuture[Any]:
-        d = self.journal_call("run", name)
+        d = self.journal_call(EntryKind.RUN, name)
         if isinstance(d, Replay):
             return DurableFuture(self._replayed(d.entry), self, d.seq)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.waits.cancel_next and d.retrying is None:  # a cancellation is delivered here instead
             self.waits.cancel_next = False
             self.host.cancel_delivered(self)
-            self.record(Entry(seq=d.seq, kind="run", name=name, failure=CANCELLED))
+            self.record(Entry(seq=d.seq, kind=EntryKind.RUN, name=name, failure=CANCELLED))
             self.after_commit(_reject(fut, failure_error(CANCELLED)))
             return DurableFuture(fut, self, d.seq)
         step = self._run_step(d.seq, name, fn, args, retry or self.host.app.config.step_retry, d.retrying, fut)
@@ -449,7 +449,7 @@ class InvocationRuntime:
                 raise
             except (TerminalError, SerdeError) as e:
                 failure = Failure(type=getattr(e, "error_type", type(e).__name__), message=str(e))
-                self._outcome(Entry(seq=seq, kind="run", name=name, failure=failure, attempts=attempts),
+                self._outcome(Entry(seq=seq, kind=EntryKind.RUN, name=name, failure=failure, attempts=attempts),
                               _reject(fut, _terminal(failure)))
                 return
             except Exception as e:
@@ -461,14 +461,14 @@ class InvocationRuntime:
                                       message=f"step {name!r} failed after {attempts} attempt(s): "
                                               f"{failure.type}: {failure.message}")
                     log.warning("invocation %s: %s", self.invocation_id, gave_up.message)
-                    self._outcome(Entry(seq=seq, kind="run", name=name, failure=gave_up, attempts=attempts),
+                    self._outcome(Entry(seq=seq, kind=EntryKind.RUN, name=name, failure=gave_up, attempts=attempts),
                                   _reject(fut, _terminal(gave_up)))
                     return
                 elapsed_ms += delay
                 retry_at = self.host.now_ms() + delay
                 log.info("invocation %s: step %r attempt %d failed (%s: %s); retrying in %d ms",
                          self.invocation_id, name, attempts, failure.type, failure.message, delay)
-                self.record(retry_entry(Entry(seq=seq, kind="run", name=name), attempts=attempts,
+                self.record(retry_entry(Entry(seq=seq, kind=EntryKind.RUN, name=name), attempts=attempts,
                                          retry_at_ms=retry_at, failure=failure))
                 await self._wait_retry(seq, retry_at, attempts)
                 continue
@@ -476,7 +476,7 @@ class InvocationRuntime:
                 self.host.bodies_running -= 1
                 self.host.bodies_ended += 1
                 _CURRENT_STEP.reset(token)
-            self._outcome(Entry(seq=seq, kind="run", name=name, value=data, attempts=attempts), _resolve(fut, value))
+            self._outcome(Entry(seq=seq, kind=EntryKind.RUN, name=name, value=data, attempts=attempts), _resolve(fut, value))
             return
 
     async def _run_sync(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
@@ -526,26 +526,26 @@ class InvocationRuntime:
 
     def emit(self, topic: str, value: Any, key: str | bytes | None,
              headers: Mapping[str, str | bytes] | None) -> None:
-        d = self.journal_call("emit", topic)
+        d = self.journal_call(EntryKind.EMIT, topic)
         if isinstance(d, Replay):
             return
         data = bytes(value) if isinstance(value, bytes | bytearray) else self._serde.serialize(value)
         kb = key.encode() if isinstance(key, str) else key
         hs = [(k, v.encode() if isinstance(v, str) else v) for k, v in (headers or {}).items()]
-        self.record(Entry(seq=d.seq, kind="emit", name=topic))
+        self.record(Entry(seq=d.seq, kind=EntryKind.EMIT, name=topic))
         if self.alive:
             self.host.produce(topic, kb, data, hs)
 
     def time(self) -> Awaitable[float]:
-        d = self.journal_call("time", "time")
+        d = self.journal_call(EntryKind.TIME, "time")
         if isinstance(d, Replay):
             return self._replayed(d.entry)
         now = time.time()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._outcome(Entry(seq=d.seq, kind="time", name="time", value=orjson.dumps(now)), _resolve(fut, now))
+        self._outcome(Entry(seq=d.seq, kind=EntryKind.TIME, name="time", value=orjson.dumps(now)), _resolve(fut, now))
         return fut
 
-    def _read_journaled(self, kind: str, name: str, read: Callable[[], bytes | None]) -> Awaitable[Any]:
+    def _read_journaled(self, kind: EntryKind, name: str, read: Callable[[], bytes | None]) -> Awaitable[Any]:
         d = self.journal_call(kind, name)
         if isinstance(d, Replay):
             return self._replayed(d.entry)
@@ -561,7 +561,7 @@ class InvocationRuntime:
         return fut
 
     def get(self, name: str) -> Awaitable[Any]:
-        return self._read_journaled("get", name, lambda: self.host.read(self._state_key(name)))
+        return self._read_journaled(EntryKind.GET, name, lambda: self.host.read(self._state_key(name)))
 
     def state_keys(self) -> Awaitable[list[str]]:
         def read() -> bytes:
@@ -569,28 +569,28 @@ class InvocationRuntime:
             names = [keys.parse_state_key(k)[2]
                      for k, _ in self.host.scan(keys.state_prefix(self.handler.service, self.key))]
             return self._serde.serialize(sorted(names))
-        return self._read_journaled("state_keys", "", read)
+        return self._read_journaled(EntryKind.STATE_KEYS, "", read)
 
     def set(self, name: str, value: Any) -> None:
-        d = self.journal_call("set", name)
+        d = self.journal_call(EntryKind.SET, name)
         if isinstance(d, Execute):
             data = self._serde.serialize(value)
-            self.record(Entry(seq=d.seq, kind="set", name=name))
+            self.record(Entry(seq=d.seq, kind=EntryKind.SET, name=name))
             if self.alive:
                 self.host.write(self._state_key(name), data)
 
     def clear(self, name: str) -> None:
-        d = self.journal_call("clear", name)
+        d = self.journal_call(EntryKind.CLEAR, name)
         if isinstance(d, Execute):
-            self.record(Entry(seq=d.seq, kind="clear", name=name))
+            self.record(Entry(seq=d.seq, kind=EntryKind.CLEAR, name=name))
             if self.alive:
                 self.host.write(self._state_key(name), None)
 
     def clear_all(self) -> None:
-        d = self.journal_call("clear_all", "")
+        d = self.journal_call(EntryKind.CLEAR_ALL, "")
         if isinstance(d, Execute):
             assert self.key is not None
-            self.record(Entry(seq=d.seq, kind="clear_all", name=""))
+            self.record(Entry(seq=d.seq, kind=EntryKind.CLEAR_ALL, name=""))
             if self.alive:
                 for k, _ in list(self.host.scan(keys.state_prefix(self.handler.service, self.key))):
                     self.host.write(k, None)

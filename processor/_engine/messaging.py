@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import schemas
 from processor._app import App, Binding, HandlerDef, HandlerKind
 from processor._engine import forwarding, routing
-from processor._engine.core import Entry, Failure, decode_journal, encode_chunk, invocation_id_for_record
+from processor._engine.core import Entry, EntryKind, Failure, decode_journal, encode_chunk, invocation_id_for_record
 from processor._engine.records import InvocationRow, Status, TimerKind, encode_timer
 from processor._errors import TerminalError
 from schemas import SchemaError
@@ -340,7 +340,7 @@ class Messaging:
         return None
 
     def _cmd_response(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
-        return self._complete_pending(cmd["invocation_id"], cmd["seq"], "call", cmd["payload"],
+        return self._complete_pending(cmd["invocation_id"], cmd["seq"], EntryKind.CALL, cmd["payload"],
                                       failure_of(cmd["failure"]))
 
     def _cmd_awakeable(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
@@ -349,11 +349,11 @@ class Messaging:
         except ValueError as e:
             return "BadAwakeable", str(e)
         if cmd["kind"] == "resolve_awakeable":
-            return self._complete_pending(inv, seq, "awakeable", cmd["payload"], None)
+            return self._complete_pending(inv, seq, EntryKind.AWAKEABLE, cmd["payload"], None)
         reason = cmd["failure"]["message"] if cmd["failure"] else "rejected"
-        return self._complete_pending(inv, seq, "awakeable", None, Failure(type="AwakeableRejected", message=reason))
+        return self._complete_pending(inv, seq, EntryKind.AWAKEABLE, None, Failure(type="AwakeableRejected", message=reason))
 
-    def _complete_pending(self, inv: str, seq: int, kind: str, value: bytes | None,
+    def _complete_pending(self, inv: str, seq: int, kind: EntryKind, value: bytes | None,
                           failure: Failure | None) -> tuple[str, str] | None:
         rt = self.runtimes.get(inv)
         journal = rt.core.journal() if rt is not None else self._journal(inv)
@@ -391,7 +391,7 @@ class Messaging:
         if not pending:
             self._update_row(row.id, lambda r: replace(r, cancelled=True))
         for entry in pending:
-            if entry.kind == "call" and entry.value:
+            if entry.kind is EntryKind.CALL and entry.value:
                 self.cancel_callee(entry.value.decode())
             self.complete_entry(row.id, replace(entry, pending=False, failure=CANCELLED))
 
@@ -480,7 +480,7 @@ class Messaging:
         for k, _ in list(self.state.scan(keys.promise_waiter_prefix(*scope))):
             *_, inv, seq = keys.parse_promise_waiter_key(k)
             self.write(k, None)
-            self._complete_pending(inv, seq, "promise", value, failure)
+            self._complete_pending(inv, seq, EntryKind.PROMISE, value, failure)
         return True
 
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from confluent_kafka import Message
 
 from processor._app import App, Binding, HandlerDef, HandlerKind
-from processor._engine.core import Entry, Failure, encode_chunk, invocation_id_for_record
+from processor._engine.core import Entry, EntryKind, Failure, encode_chunk, invocation_id_for_record
 from processor._engine.invocation import InvocationRuntime
 from processor._engine.memtrim import Trimmer
 from processor._engine.messaging import Messaging
@@ -573,7 +573,7 @@ class PartitionWorker(Messaging):
             self._on_work()
             kind, attempt, data = decode_timer(t.payload)
             if kind is TimerKind.SLEEP:
-                self._complete_pending(t.invocation_id, t.seq, "sleep", None, None)
+                self._complete_pending(t.invocation_id, t.seq, EntryKind.SLEEP, None, None)
             elif kind is TimerKind.SEND and data is not None:
                 self.send_command(attempt, t.invocation_id, data)
             elif kind is TimerKind.STEP_RETRY:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from processor._engine import routing
-from processor._engine.core import Entry, Failure, Replay
+from processor._engine.core import Entry, EntryKind, Failure, Replay
 from processor._engine.records import TimerKind
 from processor._errors import TerminalError, terminal_error
 from processor._futures import DurableFuture
@@ -60,7 +60,7 @@ class Waits:
             except Exception as e:
                 fut.set_exception(e)
 
-    def wait(self, kind: str, name: str, start: Callable[[int], Entry | None],
+    def wait(self, kind: EntryKind, name: str, start: Callable[[int], Entry | None],
              decode: Callable[[bytes | None], Any] | None = None) -> DurableFuture[Any]:
         """Journal a durable wait. `start(seq)` performs its side effects and returns the pending entry
         to journal (or an already completed one)."""
@@ -114,8 +114,8 @@ class Waits:
         def start(seq: int) -> Entry:
             due = rt.host.now_ms() + max(0, int(duration.total_seconds() * 1000))
             rt.host.schedule_timer(due, rt.invocation_id, seq, TimerKind.SLEEP)
-            return Entry(seq=seq, kind="sleep", name="sleep", pending=True, due_ms=due)
-        return self.wait("sleep", "sleep", start, lambda _v: None)
+            return Entry(seq=seq, kind=EntryKind.SLEEP, name="sleep", pending=True, due_ms=due)
+        return self.wait(EntryKind.SLEEP, "sleep", start, lambda _v: None)
 
     def call(self, target: Callable[..., Any] | str, arg: Any, key: str | None) -> DurableFuture[Any]:
         rt = self.rt
@@ -124,27 +124,27 @@ class Waits:
         def start(seq: int) -> Entry:
             callee = rt.host.invoke(h, arg, key, seed=("call", rt.invocation_id, str(seq)),
                                     caller=(rt.invocation_id, seq))
-            return Entry(seq=seq, kind="call", name=h.target, pending=True, value=callee.encode())
-        return self.wait("call", h.target, start)
+            return Entry(seq=seq, kind=EntryKind.CALL, name=h.target, pending=True, value=callee.encode())
+        return self.wait(EntryKind.CALL, h.target, start)
 
     def send(self, target: Callable[..., Any] | str, arg: Any, key: str | None,
              delay: timedelta | None) -> str:
         rt = self.rt
         h = rt.host.resolve_target(target, key)
-        d = rt.journal_call("send", h.target)
+        d = rt.journal_call(EntryKind.SEND, h.target)
         if isinstance(d, Replay):
             return (d.entry.value or b"").decode()
         delay_ms = None if delay is None else max(0, int(delay.total_seconds() * 1000))
         callee = rt.host.invoke(h, arg, key, seed=("send", rt.invocation_id, str(d.seq)), caller=None,
                                 delay_ms=delay_ms, timer_owner=(rt.invocation_id, d.seq))
-        rt.record(Entry(seq=d.seq, kind="send", name=h.target, value=callee.encode()))
+        rt.record(Entry(seq=d.seq, kind=EntryKind.SEND, name=h.target, value=callee.encode()))
         return callee
 
     def awakeable(self) -> tuple[str, DurableFuture[Any]]:
         rt = self.rt
         seq = rt.core.next_seq
-        fut = self.wait("awakeable", "awakeable",
-                        lambda s: Entry(seq=s, kind="awakeable", name="awakeable", pending=True),
+        fut = self.wait(EntryKind.AWAKEABLE, "awakeable",
+                        lambda s: Entry(seq=s, kind=EntryKind.AWAKEABLE, name="awakeable", pending=True),
                         _json_or_none)
         return routing.awakeable_id(rt.invocation_id, seq), fut
 
@@ -154,10 +154,10 @@ class Waits:
         def start(seq: int) -> Entry:
             done = rt.host.promise_state(rt, name)
             if done is not None:
-                return Entry(seq=seq, kind="promise", name=name, value=done[0], failure=done[1])
+                return Entry(seq=seq, kind=EntryKind.PROMISE, name=name, value=done[0], failure=done[1])
             rt.host.promise_wait(rt, name, seq)
-            return Entry(seq=seq, kind="promise", name=name, pending=True)
-        return self.wait("promise", name, start)
+            return Entry(seq=seq, kind=EntryKind.PROMISE, name=name, pending=True)
+        return self.wait(EntryKind.PROMISE, name, start)
 
     def promise_peek(self, name: str) -> DurableFuture[Any]:
         rt = self.rt
@@ -165,12 +165,12 @@ class Waits:
         def start(seq: int) -> Entry:
             done = rt.host.promise_state(rt, name)
             value, failure = done if done is not None else (None, None)
-            return Entry(seq=seq, kind="promise_peek", name=name, value=value, failure=failure)
-        return self.wait("promise_peek", name, start)
+            return Entry(seq=seq, kind=EntryKind.PROMISE_PEEK, name=name, value=value, failure=failure)
+        return self.wait(EntryKind.PROMISE_PEEK, name, start)
 
     def promise_complete(self, name: str, value: Any, failure: str | None) -> None:
         rt = self.rt
-        d = rt.journal_call("promise_complete", name)
+        d = rt.journal_call(EntryKind.PROMISE_COMPLETE, name)
         if isinstance(d, Replay):
             if d.entry.failure is not None:
                 raise failure_error(d.entry.failure)
@@ -179,14 +179,14 @@ class Waits:
         fail = None if failure is None else Failure(type="PromiseRejected", message=failure)
         if not rt.host.promise_complete(rt, name, data, fail):
             err = Failure(type="PromiseAlreadyCompleted", message=f"promise {name!r} was already completed")
-            rt.record(Entry(seq=d.seq, kind="promise_complete", name=name, failure=err))
+            rt.record(Entry(seq=d.seq, kind=EntryKind.PROMISE_COMPLETE, name=name, failure=err))
             raise failure_error(err)
-        rt.record(Entry(seq=d.seq, kind="promise_complete", name=name))
+        rt.record(Entry(seq=d.seq, kind=EntryKind.PROMISE_COMPLETE, name=name))
 
     def select(self, futures: Mapping[str, DurableFuture[Any]]) -> DurableFuture[tuple[str, Any]]:
         rt = self.rt
         names = list(futures)
-        d = rt.journal_call("select", ",".join(names))
+        d = rt.journal_call(EntryKind.SELECT, ",".join(names))
         out = self._future()
 
         async def finish(winner: str) -> None:
@@ -205,7 +205,7 @@ class Waits:
             waiting = {f._future: n for n, f in futures.items()}
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             winner = next(n for n in names if any(waiting[t] == n for t in done))
-            rt.record(Entry(seq=d.seq, kind="select", name=",".join(names), value=winner.encode()))
+            rt.record(Entry(seq=d.seq, kind=EntryKind.SELECT, name=",".join(names), value=winner.encode()))
             rt.after_commit(lambda: rt.spawn(finish(winner)))
         rt.spawn(race())
         return DurableFuture(out, rt, d.seq)
@@ -241,7 +241,7 @@ class Waits:
         self.cancel_next = False
         rt.host.cancel_delivered(rt)
         for entry in waiting:
-            if entry.kind == "call" and entry.value:
+            if entry.kind is EntryKind.CALL and entry.value:
                 rt.host.cancel_callee(entry.value.decode())
             rt.host.complete_entry(rt.invocation_id, replace(entry, pending=False, failure=CANCELLED))
         return True
