@@ -30,7 +30,16 @@ from processor._context import (
     WorkflowContext,
     WorkflowSharedContext,
 )
-from processor._engine.core import Entry, EntryKind, Execute, Failure, InvocationCore, Replay, decode_journal, retry_entry
+from processor._engine.core import (
+    Entry,
+    EntryKind,
+    Execute,
+    Failure,
+    InvocationCore,
+    Replay,
+    decode_journal,
+    retry_entry,
+)
 from processor._engine.inline import STEPS
 from processor._engine.records import InvocationRow, TimerKind
 from processor._engine.waits import CANCELLED, Waits, failure_error
