@@ -485,7 +485,8 @@ class InvocationRuntime:
                 self.host.bodies_running -= 1
                 self.host.bodies_ended += 1
                 _CURRENT_STEP.reset(token)
-            self._outcome(Entry(seq=seq, kind=EntryKind.RUN, name=name, value=data, attempts=attempts), _resolve(fut, value))
+            self._outcome(Entry(seq=seq, kind=EntryKind.RUN, name=name, value=data, attempts=attempts),
+                          _resolve(fut, value))
             return
 
     async def _run_sync(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:

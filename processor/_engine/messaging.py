@@ -351,7 +351,8 @@ class Messaging:
         if cmd["kind"] == "resolve_awakeable":
             return self._complete_pending(inv, seq, EntryKind.AWAKEABLE, cmd["payload"], None)
         reason = cmd["failure"]["message"] if cmd["failure"] else "rejected"
-        return self._complete_pending(inv, seq, EntryKind.AWAKEABLE, None, Failure(type="AwakeableRejected", message=reason))
+        return self._complete_pending(inv, seq, EntryKind.AWAKEABLE, None,
+                                      Failure(type="AwakeableRejected", message=reason))
 
     def _complete_pending(self, inv: str, seq: int, kind: EntryKind, value: bytes | None,
                           failure: Failure | None) -> tuple[str, str] | None:
