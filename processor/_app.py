@@ -27,10 +27,11 @@ class HandlerKind(enum.Enum):
     WORKFLOW_RUN = "workflow_run"        # a workflow's run: exactly once per workflow key
     WORKFLOW_SHARED = "workflow_shared"  # a workflow's other handlers: read state, complete promises
 
-    @property
-    def exclusive(self) -> bool:
-        """Runs one at a time per key, in arrival order."""
-        return self in (HandlerKind.EXCLUSIVE, HandlerKind.WORKFLOW_RUN)
+    exclusive: bool  # runs one at a time per key, in arrival order (set below: read per action)
+
+
+for _kind in HandlerKind:
+    _kind.exclusive = _kind in (HandlerKind.EXCLUSIVE, HandlerKind.WORKFLOW_RUN)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,14 +41,12 @@ class HandlerDef:
     kind: HandlerKind
     fn: Callable[..., Awaitable[Any]]
     input_serde: Serde[Any] | None  # None: the app's default serde
+    target: str = field(init=False)  # "<service>/<name>"
+    keyed: bool = field(init=False)  # every kind but a service's handlers has a key
 
-    @property
-    def target(self) -> str:
-        return f"{self.service}/{self.name}"
-
-    @property
-    def keyed(self) -> bool:
-        return self.kind is not HandlerKind.SERVICE
+    def __post_init__(self) -> None:  # computed once: read per record
+        object.__setattr__(self, "target", f"{self.service}/{self.name}")
+        object.__setattr__(self, "keyed", self.kind is not HandlerKind.SERVICE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -176,6 +176,7 @@ def parse_journal_key(k: bytes) -> tuple[str, int]:
     return out
 
 
+@functools.lru_cache(maxsize=65_536)  # built for every invocation of an object key: keys recur
 def state_prefix(obj: str, key: str) -> bytes:
     """Prefix of every state entry of one virtual object instance."""
     return STATE + _str(obj) + _str(key)

@@ -230,13 +230,14 @@ class InvocationRuntime:
     """Drives one attempt of an invocation; dropped (``drop()``) on abort, revoke or pause."""
 
     def __init__(self, host: Host, row: InvocationRow, handler: HandlerDef, input_serde: Serde[Any], *,
-                 fresh: bool = False) -> None:
+                 fresh: bool = False, decoded: tuple[Any] | None = None) -> None:
         self.host = host
         self.row = row
         self.handler = handler
         self.invocation_id = row.id
         self.key = row.key
         self._input_serde = input_serde
+        self._decoded = decoded  # (input,) when the partition decoded it already (checking the record)
         self._serde: Serde[Any] = host.app.config.serde
         # A fresh invocation (created by this process, never run) has no journal to read.
         records = [] if fresh else list(host.scan(keys.journal_prefix(row.id)))
@@ -308,7 +309,7 @@ class InvocationRuntime:
     async def _main(self) -> None:
         ctx = _CONTEXTS[self.handler.kind](self)
         try:
-            value = self._input_serde.deserialize(self.row.input)
+            value = self._decoded[0] if self._decoded is not None else self._input_serde.deserialize(self.row.input)
         except Exception as e:  # checked when the record arrived; a serde change can still break it
             self.host.finished(self, result=None, failure=Failure(type="SerdeError", message=str(e)))
             return

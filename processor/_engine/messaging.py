@@ -134,19 +134,19 @@ class Messaging:
     def cancel_callee(self, callee_id: str) -> None:
         self.send_command(routing.partition_of(callee_id), callee_id, command("cancel", invocation_id=callee_id))
 
-    def answer(self, row: InvocationRow) -> None:
-        """A finished invocation answers every caller waiting for it and, if asked, the Clients."""
-        if self._may_have_subscribers(row):
+    def answer(self, row: InvocationRow, h: HandlerDef | None) -> None:
+        """A finished invocation answers every caller waiting for it and, if asked, the Clients.
+        `h`: its handler (None: not in this deploy)."""
+        if self._may_have_subscribers(row, h):
             self._answer_subscribers(row)
         if row.notify:
             self.publish_result(row)
 
-    def _may_have_subscribers(self, row: InvocationRow) -> bool:
+    def _may_have_subscribers(self, row: InvocationRow, h: HandlerDef | None) -> bool:
         """Callers subscribe by invoking an id: a command's invocation, or a workflow's run. A topic
-        record's invocation has an id no invoke can name."""
+        record's invocation has an id no invoke can name. `h`: its handler (None: not in this deploy)."""
         if row.source_topic is None:
             return True
-        h = self.app.handler(row.target)
         return h is None or h.kind is HandlerKind.WORKFLOW_RUN
 
     def _answer_subscribers(self, row: InvocationRow) -> None:
@@ -292,7 +292,7 @@ class Messaging:
 
     def _attach(self, row: InvocationRow, *, notify: bool) -> None:
         if row.status.terminal:
-            self.answer(replace(row, notify=notify))
+            self.answer(replace(row, notify=notify), self.app.handler(row.target))
         elif notify and not row.notify:
             self._update_row(row.id, lambda r: replace(r, notify=True))
 

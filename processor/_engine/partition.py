@@ -154,8 +154,9 @@ class PartitionWorker(Messaging):
         return int(time.time() * 1000)
 
     def touched(self, rt: InvocationRuntime) -> None:
-        self._dirty[rt.invocation_id] = rt
-        self._on_work()
+        if self._dirty.get(rt.invocation_id) is not rt:  # once per cycle is enough (several per action)
+            self._dirty[rt.invocation_id] = rt
+            self._on_work()
 
     def log_step(self, rt: InvocationRuntime, entry: Entry, release: Callable[[], None]) -> bool:
         """Make a step's outcome durable by the steps log's acknowledgement, then journal it and run
@@ -324,7 +325,7 @@ class PartitionWorker(Messaging):
             self.dead_letter(msg, "the record has no value (a tombstone)", "MissingValue")
             return
         try:
-            binding.serde.deserialize(value)
+            decoded = binding.serde.deserialize(value)
         except Exception as e:
             self.dead_letter(msg, f"value rejected by {type(binding.serde).__name__}: {e}", type(e).__name__)
             return
@@ -347,7 +348,8 @@ class PartitionWorker(Messaging):
             id=inv_id, service=h.service, handler=h.name, key=key_str if h.keyed else None,
             status=Status.QUEUED if queues else Status.RUNNING, input=value, created_ms=self.now_ms(),
             input_headers=dict(msg.headers),
-            source_topic=topic, source_partition=msg.partition, source_offset=offset), h, fresh=True, eager=True)
+            source_topic=topic, source_partition=msg.partition, source_offset=offset), h, fresh=True, eager=True,
+            decoded=(decoded,))
 
     def on_inbox(self, msg: InRecord) -> None:
         self._positions[msg.topic] = msg.offset + 1
@@ -369,7 +371,8 @@ class PartitionWorker(Messaging):
 
     # -- invocation lifecycle --------------------------------------------------------------------
 
-    def create(self, row: InvocationRow, h: HandlerDef, *, fresh: bool = True, eager: bool = False) -> None:
+    def create(self, row: InvocationRow, h: HandlerDef, *, fresh: bool = True, eager: bool = False,
+               decoded: tuple[Any] | None = None) -> None:
         """A new invocation: run it now, or queue it behind the running one of its key. Nothing is
         written yet: a cycle it outlives saves it (``save``). `eager`: see ``start``."""
         if h.kind.exclusive:
@@ -381,15 +384,18 @@ class PartitionWorker(Messaging):
                 self._queued_rows[row.id] = row if row.status is Status.QUEUED else replace(row, status=Status.QUEUED)
                 self._on_work()
                 return
-        self.start(row, fresh=fresh, eager=eager)
+        self.start(row, fresh=fresh, eager=eager, h=h, decoded=decoded)
 
-    def start(self, row: InvocationRow, *, fresh: bool | None = None, eager: bool = False) -> None:
+    def start(self, row: InvocationRow, *, fresh: bool | None = None, eager: bool = False,
+              h: HandlerDef | None = None, decoded: tuple[Any] | None = None) -> None:
         """Run `row`'s handler. `fresh`: never ran, so it has no journal to read (default: queued).
         `eager`: the handler runs right here up to its first suspension (a counter's handler runs to
         its end: no task, no trip through the loop, its key free for the next record at once) —
         unless this is already inside an eager handler (its finish starting the next of its key):
-        that one gets a task, so eager runs never nest."""
-        h = self.app.handler(row.target)
+        that one gets a task, so eager runs never nest. `h`: its handler, if the caller has it;
+        `decoded`: its input, if the caller decoded it already."""
+        if h is None:
+            h = self.app.handler(row.target)
         if h is None:
             self.finish_row(row, None, Failure(type="UnknownHandler",
                                                 message=f"no handler {row.target} in this deploy"))
@@ -399,7 +405,7 @@ class PartitionWorker(Messaging):
         self._queued_rows.pop(row.id, None)
         if row.status is not Status.RUNNING:
             row = row.moved(Status.RUNNING)
-        rt = InvocationRuntime(self, row, h, self._input_serde(row, h), fresh=fresh)
+        rt = InvocationRuntime(self, row, h, self._input_serde(row, h), fresh=fresh, decoded=decoded)
         if self._salvaged is not None and row.id in self._salvaged.entries:
             rt.adopt(self._salvaged.entries.pop(row.id))
             self._absorbing.add(row.id)  # saved (or finished) in this cycle: its records are absorbed
@@ -433,11 +439,12 @@ class PartitionWorker(Messaging):
         durable = row.id in self._durable
         self._durable.discard(row.id)
         self._queued_rows.pop(row.id, None)
-        keep = self._keeps_row(row)
-        if keep or row.notify or self._may_have_subscribers(row):  # else no one reads its final row
+        h = rt.handler if rt is not None else self.app.handler(row.target)
+        keep = self._keeps_row(row, h)
+        if keep or row.notify or self._may_have_subscribers(row, h):  # else no one reads its final row
             status = Status.COMPLETED if failure is None else Status.FAILED
             row = row.moved(status, result=result, failure=failure, finished_ms=now, retry_at_ms=None)
-            self.answer(row)
+            self.answer(row, h)
         if keep:
             self.write(keys.invocation_key(row.id), row.encode())
             cfg = self.app.config
@@ -455,13 +462,12 @@ class PartitionWorker(Messaging):
             log.warning("invocation %s (%s) failed: %s: %s", row.id, row.target, failure.type, failure.message)
         self._release_slot(row, durable)
 
-    def _keeps_row(self, row: InvocationRow) -> bool:
+    def _keeps_row(self, row: InvocationRow, h: HandlerDef | None) -> bool:
         """A finished row stays (for ``retention``) where a caller or Client may ask for it: invoked by
         a command, or a workflow's one run per key. A topic record's invocation has no one to answer:
-        its row stays only while journals are kept (``journal_retention``)."""
+        its row stays only while journals are kept (``journal_retention``). `h`: its handler."""
         if row.source_topic is None or self._keep_journals:
             return True
-        h = self.app.handler(row.target)
         return h is not None and h.kind is HandlerKind.WORKFLOW_RUN
 
     def _release_slot(self, row: InvocationRow, durable: bool) -> None:
