@@ -14,10 +14,11 @@ import schemas
 from processor._app import App, Binding, HandlerDef, HandlerKind
 from processor._engine import forwarding, routing
 from processor._engine.core import Entry, EntryKind, Failure, decode_journal, encode_chunk, invocation_id_for_record
-from processor._engine.records import InvocationRow, Status, TimerKind, encode_timer
+from processor._engine.records import InvocationRow, Status
 from processor._errors import TerminalError
 from schemas import SchemaError
 from state import keys
+from timers import TimerKind, encode_timer
 
 if TYPE_CHECKING:
     from processor._engine.invocation import InvocationRuntime
