@@ -8,7 +8,7 @@ import pytest
 from state.keys import TIMER, timer_key
 from state.memory import MemoryStore
 from state.overlay import PartitionState
-from timers import Timer, TimerIndex
+from timers import Fired, Timer, TimerIndex, TimerKind, encode_timer, fire
 
 
 def timer(due: int, inv: str = "inv", seq: int = 0, payload: bytes = b"p") -> Timer:
@@ -190,8 +190,6 @@ def test_sealed_but_uncommitted_schedules_are_visible_and_fire(ps: PartitionStat
 
 
 def test_fire_hands_each_due_timer_decoded_to_its_kinds_action_in_due_order() -> None:
-    from timers import Fired, Timer, TimerKind, encode_timer, fire
-
     due = [Timer(due_ms=5, invocation_id="inv-0-a", seq=2, payload=encode_timer(TimerKind.SLEEP)),
            Timer(due_ms=6, invocation_id="inv-0-b", seq=0, payload=encode_timer(TimerKind.SEND, 3, b"cmd"))]
     got: list[Fired] = []
