@@ -18,6 +18,8 @@ from confluent_kafka.admin import AdminClient
 
 import schemas
 from processor._engine import routing
+from processor._engine.commands import CommandKind, InboxCommand
+from processor._engine.core import Failure
 from processor._errors import ProcessorError, terminal_error
 from processor._serde import JsonSerde, Serde
 
@@ -88,7 +90,7 @@ class Client:
         payload = self._serde.serialize(arg)
 
         async def send() -> None:
-            await self._send(p, key or inv, "invoke", invocation_id=inv, service=service, handler=handler,
+            await self._send(p, key or inv, CommandKind.INVOKE, invocation_id=inv, service=service, handler=handler,
                              key=key, payload=payload, idempotency_key=idempotency_key, notify=True)
         return inv, send
 
@@ -96,7 +98,7 @@ class Client:
         """Start workflow `workflow` for `key` (its run happens once per key); returns its id."""
         p = routing.target_partition(key, "", await self._partition_count())
         inv = routing.invocation_id(p, "workflow", workflow, key)
-        await self._send(p, key, "invoke", invocation_id=inv, service=workflow, handler="run", key=key,
+        await self._send(p, key, CommandKind.INVOKE, invocation_id=inv, service=workflow, handler="run", key=key,
                          payload=self._serde.serialize(arg), notify=True)
         return inv
 
@@ -112,7 +114,7 @@ class Client:
         there is no such invocation)."""
         p = routing.partition_of(invocation_id)
         start = await asyncio.to_thread(self._end_offset, p)
-        await self._send(p, invocation_id, "attach", invocation_id=invocation_id)
+        await self._send(p, invocation_id, CommandKind.ATTACH, invocation_id=invocation_id)
         return await self._await_result(invocation_id, start, timeout)
 
     # -- completing and stopping ---------------------------------------------------------------------
@@ -120,23 +122,25 @@ class Client:
     async def resolve_awakeable(self, awakeable_id: str, value: Any) -> None:
         """Complete an awakeable with `value` (JSON)."""
         inv, _ = routing.parse_awakeable_id(awakeable_id)
-        await self._send(routing.partition_of(inv), inv, "resolve_awakeable", target_id=awakeable_id,
+        await self._send(routing.partition_of(inv), inv, CommandKind.RESOLVE_AWAKEABLE, target_id=awakeable_id,
                          payload=JsonSerde().serialize(value))
 
     async def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
         """Fail an awakeable: the awaiting handler gets TerminalError(reason)."""
         inv, _ = routing.parse_awakeable_id(awakeable_id)
-        await self._send(routing.partition_of(inv), inv, "reject_awakeable", target_id=awakeable_id,
-                         failure={"type": "AwakeableRejected", "message": reason})
+        await self._send(routing.partition_of(inv), inv, CommandKind.REJECT_AWAKEABLE, target_id=awakeable_id,
+                         failure=Failure(type="AwakeableRejected", message=reason))
 
     async def cancel(self, invocation_id: str) -> None:
         """Cancel: the handler gets InvocationCancelled at its next durable await (so compensation
         code runs), and calls it awaits are cancelled too."""
-        await self._send(routing.partition_of(invocation_id), invocation_id, "cancel", invocation_id=invocation_id)
+        await self._send(routing.partition_of(invocation_id), invocation_id, CommandKind.CANCEL,
+                         invocation_id=invocation_id)
 
     async def kill(self, invocation_id: str) -> None:
         """Stop an invocation at once, with no compensation; it fails with 'Killed'."""
-        await self._send(routing.partition_of(invocation_id), invocation_id, "kill", invocation_id=invocation_id)
+        await self._send(routing.partition_of(invocation_id), invocation_id, CommandKind.KILL,
+                         invocation_id=invocation_id)
 
     # -- plumbing ------------------------------------------------------------------------------------
 
@@ -152,8 +156,8 @@ class Client:
             self._partitions = await asyncio.to_thread(count)
         return self._partitions
 
-    async def _send(self, partition: int, record_key: str, kind: str, **fields: Any) -> None:
-        data = schemas.encode("InboxCommand", {"kind": kind, **fields})
+    async def _send(self, partition: int, record_key: str, kind: CommandKind, **fields: Any) -> None:
+        data = InboxCommand(kind=kind, **fields).encode()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 

@@ -1,7 +1,9 @@
-"""The timers layer: durable timer rows in partition state, with only a near window in memory."""
+"""The timers layer: durable timer rows in partition state, with only a near window in memory
+(``index``), and what each kind of timer is for and how it fires (``kinds``)."""
 
 from __future__ import annotations
 
 from timers.index import Timer, TimerIndex
+from timers.kinds import Fired, TimerKind, decode_timer, encode_timer, fire
 
-__all__ = ["Timer", "TimerIndex"]
+__all__ = ["Fired", "Timer", "TimerIndex", "TimerKind", "decode_timer", "encode_timer", "fire"]

@@ -36,10 +36,11 @@ from confluent_kafka.admin import AdminClient
 from processor._app import App
 from processor._engine import faults, steps, txn
 from processor._engine import kafka as kio
+from processor._engine.cycle import Cycle
 from processor._engine.lanes import Deadline, Lane, Stuck
 from processor._engine.memtrim import Trimmer
 from processor._engine.metrics import CommitTimings
-from processor._engine.partition import CycleSlice, InRecord, PartitionWorker, Salvaged, meta_int
+from processor._engine.partition import InRecord, PartitionWorker, Salvaged, meta_int
 from processor._engine.statedir import lock_state_dir, persisted_instance_id
 from processor._engine.steps import StepLog
 from processor._errors import ConfigurationError, ProcessorError
@@ -509,17 +510,16 @@ class Engine:
         if producer is None:
             self._begin_rebuild("no usable transactional producer")
             return False
-        slices = [w.seal() for w in workers]
+        cycle = Cycle.seal(workers, self.app.inbox_topic)  # 1
         self._end_drain()
         self._sealed.set()
-        offsets = _fence_offsets(workers, slices, self.app.inbox_topic)
         group = self._group_metadata
         timeout = self._txn_s if deadline is None else min(self._txn_s, deadline.left())
         started = time.perf_counter()
-        try:
+        try:  # 2
             written = await self._producer_lanes[slot].call(
-                lambda: txn.commit(producer, changelog=self.app.changelog_topic, slices=slices, offsets=offsets,
-                                   group=group, timings=self.timings, flush_timeout=self._txn_s),
+                lambda: cycle.transact(producer, changelog=self.app.changelog_topic, group=group,
+                                       timings=self.timings, flush_timeout=self._txn_s),
                 timeout, "a commit cycle's Kafka transaction")
         except Stuck as e:
             # Whatever stuck this call (a broker or coordinator gone) is likely to stick the
@@ -533,47 +533,28 @@ class Engine:
             self._begin_rebuild(f"transaction failed ({e})")
             return False
         self._turn = (slot + 1) % len(self._producers)
-        stores: dict[int, Store] = {s.partition: self._stores[s.partition] for s in slices}
-        try:
+        stores: dict[int, Store] = {s.partition: self._stores[s.partition] for s in cycle.slices}
+        try:  # 3
             foreign = await _uncancellable(asyncio.get_running_loop().run_in_executor(
-                self._apply_pool, self._apply, slices, written, stores))
+                self._apply_pool, partial(cycle.apply, written, stores, gap_allowed=len(self._producers),
+                                          read_tail=self._read_tail)))
         except Exception as e:
             log.exception("applying a committed cycle to LMDB failed")
             self._begin_rebuild(f"apply failed ({e})")
             return False
         self.timings.add("cycle", time.perf_counter() - started)
         self.commits += 1
-        for w, s in zip(workers, slices, strict=True):
-            if self.workers.get(s.partition) is w:  # not dropped meanwhile by a release past its deadline
-                w.committed(s)
+        cycle.release(self.workers)  # 4
         if foreign:
             self._begin_rebuild(f"changelog partitions {sorted(foreign)} hold records this instance did not "
                                 "write after its store's offset")
         return True
 
-    def _apply(self, slices: list[CycleSlice], written: txn.Written, stores: dict[int, Store]) -> set[int]:
-        """On the apply thread, after the transaction committed: write each overlay into its store
-        with the changelog offset after its last record — but only where those records follow the
-        store's offset directly (at most one commit marker per producer in between). Anything else
-        means records the store never saw: read them from the changelog instead. Returns the
-        partitions where that read found records of another writer."""
-        foreign: set[int] = set()
-        gap_allowed = len(self._producers)
-        for s in slices:
-            if not len(s.overlay):
-                continue
-            store, p = stores[s.partition], s.partition
-            start, first = store.changelog_offset(), written.first[p]
-            if 0 <= first - start <= gap_allowed:
-                store.apply(s.overlay.items(), written.end[p])
-                continue
-            log.warning("partition %d: this cycle's changelog records start at %d but the store is at %d; "
-                        "reading the changelog tail instead of applying", p, first, start)
-            stats = restore(store, consumer_config=kio.base_config(self.bootstrap), topic=self.app.changelog_topic,
-                            partition=p, deadline_s=60)
-            if stats.records > len(s.overlay):
-                foreign.add(p)
-        return foreign
+    def _read_tail(self, store: Store, partition: int) -> int:
+        """On the apply thread: bring `store` up to the changelog's end; how many records it read."""
+        stats = restore(store, consumer_config=kio.base_config(self.bootstrap), topic=self.app.changelog_topic,
+                        partition=partition, deadline_s=60)
+        return stats.records
 
     async def _settle_failed(self, slot: int, e: txn.TxnFailed, deadline: Deadline | None, *,
                              age_s: float, quiet: bool = False) -> None:
@@ -959,18 +940,6 @@ async def _uncancellable(fut: asyncio.Future[T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return fut.result()
-
-
-def _fence_offsets(workers: list[PartitionWorker], slices: list[CycleSlice], inbox: str) -> list[TopicPartition]:
-    """The offsets a cycle sends with the group metadata: the ones it moved, else the ones the group
-    already holds. Never none: a transaction without them would not be checked against the group."""
-    offsets: list[TopicPartition] = []
-    for w, s in zip(workers, slices, strict=True):
-        moved = s.offsets or w.committed_offsets()
-        offsets.extend(TopicPartition(t, s.partition, o) for t, o in moved.items())
-    if not offsets:  # nothing was ever committed for these partitions: re-committing "from 0" is the same
-        offsets.append(TopicPartition(inbox, slices[0].partition, 0))
-    return offsets
 
 
 def _fetch(consumer: Consumer, flow: list[tuple[str, list[TopicPartition]]], most: int) -> list[Message]:

@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 
-import schemas
+from processor._engine.commands import CommandKind, InboxCommand
 from processor._engine.routing import partition_for_key
 
 log = logging.getLogger("processor.routing")
@@ -31,9 +31,8 @@ def owner(key: bytes | None, keyed: bool, landed: int, partitions: int) -> int |
 def forward_command(*, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
                     headers: Sequence[tuple[str, bytes]]) -> bytes:
     """The ``forward`` inbox command carrying the record at (topic, partition, offset)."""
-    return schemas.encode("InboxCommand", {
-        "kind": "forward", "source_topic": topic, "source_partition": partition, "source_offset": offset,
-        "record_key": key, "payload": value, "headers": [{"name": n, "value": v} for n, v in headers]})
+    return InboxCommand(kind=CommandKind.FORWARD, source_topic=topic, source_partition=partition,
+                        source_offset=offset, record_key=key, payload=value, headers=list(headers)).encode()
 
 
 class ForwardStats:

@@ -41,13 +41,14 @@ from processor._engine.core import (
     retry_entry,
 )
 from processor._engine.inline import STEPS
-from processor._engine.records import InvocationRow, TimerKind
+from processor._engine.records import InvocationRow
 from processor._engine.waits import CANCELLED, Waits, failure_error
 from processor._errors import NondeterminismError, SerdeError, StepFailedError, TerminalError, _Abandon
 from processor._futures import DurableFuture
 from processor._retry import RetryPolicy
 from processor._serde import Serde
 from state import keys
+from timers import TimerKind
 
 log = logging.getLogger("processor.invocation")
 

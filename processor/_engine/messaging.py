@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 import schemas
 from processor._app import App, Binding, HandlerDef, HandlerKind
 from processor._engine import forwarding, routing
+from processor._engine.commands import CommandKind, InboxCommand
 from processor._engine.core import Entry, EntryKind, Failure, decode_journal, encode_chunk, invocation_id_for_record
-from processor._engine.records import InvocationRow, Status, TimerKind, encode_timer
+from processor._engine.records import InvocationRow, Status
 from processor._errors import TerminalError
 from schemas import SchemaError
 from state import keys
+from timers import TimerKind, encode_timer
 
 if TYPE_CHECKING:
     from processor._engine.invocation import InvocationRuntime
@@ -29,10 +31,6 @@ log = logging.getLogger("processor.partition")
 
 KILLED = Failure(type="Killed", message="the invocation was killed")
 ALIAS_SEQ = 0xFFFFFFFF  # subscriber seq of an alias: publish the outcome under the alias id
-
-
-def command(kind: str, **fields: Any) -> bytes:
-    return schemas.encode("InboxCommand", {"kind": kind, **fields})
 
 
 def failure_dict(f: Failure | None) -> dict[str, str] | None:
@@ -118,10 +116,10 @@ class Messaging:
                timer_owner: tuple[str, int] | None = None) -> str:
         serde = h.input_serde or self.app.config.serde
         callee, p = self.callee_id(h, key, seed)
-        data = command("invoke", invocation_id=callee, service=h.service, handler=h.name,
-                       key=key if h.keyed else None, payload=serde.serialize(arg),
-                       caller_id=caller[0] if caller else None, caller_seq=caller[1] if caller else -1,
-                       caller_partition=self.partition if caller else -1)
+        data = InboxCommand(kind=CommandKind.INVOKE, invocation_id=callee, service=h.service, handler=h.name,
+                            key=key if h.keyed else None, payload=serde.serialize(arg),
+                            caller_id=caller[0] if caller else None, caller_seq=caller[1] if caller else -1,
+                            caller_partition=self.partition if caller else -1).encode()
         if delay_ms:
             owner = timer_owner or (callee, 0)
             # a SEND timer's `attempt` carries the target partition
@@ -132,7 +130,8 @@ class Messaging:
         return callee
 
     def cancel_callee(self, callee_id: str) -> None:
-        self.send_command(routing.partition_of(callee_id), callee_id, command("cancel", invocation_id=callee_id))
+        self.send_command(routing.partition_of(callee_id), callee_id,
+                          InboxCommand(kind=CommandKind.CANCEL, invocation_id=callee_id).encode())
 
     def answer(self, row: InvocationRow, h: HandlerDef | None) -> None:
         """A finished invocation answers every caller waiting for it and, if asked, the Clients.
@@ -156,9 +155,9 @@ class Messaging:
             if seq == ALIAS_SEQ:
                 self._answer_alias(row, caller)
             else:
-                self.send_command(int(v.decode()), caller, command(
-                    "response", invocation_id=caller, seq=seq, payload=row.result,
-                    failure=failure_dict(row.failure)))
+                self.send_command(int(v.decode()), caller, InboxCommand(
+                    kind=CommandKind.RESPONSE, invocation_id=caller, seq=seq, payload=row.result,
+                    failure=row.failure).encode())
             self.write(k, None)
 
     def publish_result(self, row: InvocationRow | None, invocation_id: str | None = None) -> None:
@@ -178,13 +177,13 @@ class Messaging:
 
     def on_command(self, msg: InRecord) -> None:
         try:
-            cmd = schemas.decode("InboxCommand", msg.value or b"")
+            cmd = InboxCommand.decode(msg.value or b"")
         except SchemaError as e:
             self.dead_letter(msg, f"undecodable inbox command: {e}", "SchemaError")
             return
-        handler = _COMMANDS.get(cmd["kind"])
+        handler = _COMMANDS.get(cmd.kind)
         if handler is None:
-            self.dead_letter(msg, f"unknown inbox command {cmd['kind']!r}", "UnknownCommand")
+            self.dead_letter(msg, f"unknown inbox command {cmd.kind!r}", "UnknownCommand")
             return
         problem = handler(self, msg, cmd)
         if problem is not None:
@@ -213,9 +212,11 @@ class Messaging:
         n = 0 if last is None else keys.parse_journal_key(last)[1] + 1
         self.write(keys.journal_key(invocation_id, n), encode_chunk(entries))
 
-    def _cmd_invoke(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
-        target = f"{cmd['service']}/{cmd['handler']}"
-        inv = cmd["invocation_id"] or invocation_id_for_record(msg.topic, self.partition, msg.offset)
+    def _cmd_invoke(self, msg: InRecord, cmd: InboxCommand) -> tuple[str, str] | None:
+        if cmd.service is None or cmd.handler is None:
+            return "BadCommand", "an invoke command names no service or no handler"
+        target = f"{cmd.service}/{cmd.handler}"
+        inv = cmd.invocation_id or invocation_id_for_record(msg.topic, self.partition, msg.offset)
         try:
             home = routing.partition_of(inv)
         except ValueError as e:
@@ -226,30 +227,30 @@ class Messaging:
         refused: Failure | None = None
         if h is None:
             refused = Failure(type="UnknownHandler", message=f"no handler {target} in app {self.app.name}")
-        elif h.keyed and cmd["key"] is None:
+        elif h.keyed and cmd.key is None:
             refused = Failure(type="MissingKey", message=f"{target} is keyed: invoke it with a key")
         problem = None if refused is None else (refused.type, refused.message)
-        notify = cmd["notify"]
+        notify = cmd.notify
         if h is not None and refused is None and h.kind is HandlerKind.WORKFLOW_RUN:
-            run_id, home = self.callee_id(h, cmd["key"], ())
+            run_id, home = self.callee_id(h, cmd.key, ())
             if run_id != inv:  # a Client's own id for the run: make it an alias of the key's one run
                 if home != self.partition:
                     return "WrongPartition", f"workflow run {run_id} belongs to partition {home}"
                 self._alias(inv, run_id)
                 inv, notify = run_id, False  # the alias publishes the outcome under its own id
-        if cmd["caller_id"] is not None:
-            self.write(keys.subscriber_key(inv, cmd["caller_id"], cmd["caller_seq"]),
-                       str(cmd["caller_partition"]).encode())
+        if cmd.caller_id is not None:
+            self.write(keys.subscriber_key(inv, cmd.caller_id, cmd.caller_seq),
+                       str(cmd.caller_partition).encode())
         existing = self._row(inv)
         if existing is not None:  # the same invocation again (idempotency key, workflow run, redelivery)
             self._attach(existing, notify=notify)
             return problem
         row = InvocationRow(
-            id=inv, service=cmd["service"], handler=cmd["handler"],
-            key=cmd["key"] if h is None or h.keyed else None,
-            status=Status.QUEUED, input=cmd["payload"] or b"", created_ms=self.now_ms(),
-            caller_id=cmd["caller_id"], caller_seq=cmd["caller_seq"], caller_partition=cmd["caller_partition"],
-            notify=notify, idempotency_key=cmd["idempotency_key"])
+            id=inv, service=cmd.service, handler=cmd.handler,
+            key=cmd.key if h is None or h.keyed else None,
+            status=Status.QUEUED, input=cmd.payload or b"", created_ms=self.now_ms(),
+            caller_id=cmd.caller_id, caller_seq=cmd.caller_seq, caller_partition=cmd.caller_partition,
+            notify=notify, idempotency_key=cmd.idempotency_key)
         if refused is not None:
             # Besides the DLQ record, fail it for good: its caller or Client gets the reason at once,
             # and `result(id)` (or the same command again) finds it while it is retained.
@@ -310,8 +311,8 @@ class Messaging:
         if row is not None:
             self.write(keys.invocation_key(row.id), change(row).encode())
 
-    def _cmd_attach(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
-        inv = cmd["invocation_id"] or ""
+    def _cmd_attach(self, msg: InRecord, cmd: InboxCommand) -> tuple[str, str] | None:
+        inv = cmd.invocation_id or ""
         target = self.resolve_alias(inv)
         row = self._row(target)
         if row is None:
@@ -322,12 +323,12 @@ class Messaging:
             self._attach(row, notify=True)
         return None
 
-    def _cmd_forward(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
+    def _cmd_forward(self, msg: InRecord, cmd: InboxCommand) -> tuple[str, str] | None:
         from processor._engine.partition import InRecord
 
-        rec = InRecord(topic=cmd["source_topic"] or "", partition=cmd["source_partition"],
-                       offset=cmd["source_offset"], key=cmd["record_key"], value=cmd["payload"],
-                       headers=[(h["name"], h["value"]) for h in cmd["headers"]])
+        rec = InRecord(topic=cmd.source_topic or "", partition=cmd.source_partition,
+                       offset=cmd.source_offset, key=cmd.record_key, value=cmd.payload,
+                       headers=cmd.headers)
         binding = self.app.bindings.get(rec.topic)
         if binding is None:
             self.dead_letter(rec, f"forwarded record of topic {rec.topic!r}, which no handler of this deploy is "
@@ -339,18 +340,19 @@ class Messaging:
             self.admit(rec, binding)
         return None
 
-    def _cmd_response(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
-        return self._complete_pending(cmd["invocation_id"], cmd["seq"], EntryKind.CALL, cmd["payload"],
-                                      failure_of(cmd["failure"]))
+    def _cmd_response(self, msg: InRecord, cmd: InboxCommand) -> tuple[str, str] | None:
+        if cmd.invocation_id is None:
+            return "BadCommand", "a response command names no invocation"
+        return self._complete_pending(cmd.invocation_id, cmd.seq, EntryKind.CALL, cmd.payload, cmd.failure)
 
-    def _cmd_awakeable(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
+    def _cmd_awakeable(self, msg: InRecord, cmd: InboxCommand) -> tuple[str, str] | None:
         try:
-            inv, seq = routing.parse_awakeable_id(cmd["target_id"] or "")
+            inv, seq = routing.parse_awakeable_id(cmd.target_id or "")
         except ValueError as e:
             return "BadAwakeable", str(e)
-        if cmd["kind"] == "resolve_awakeable":
-            return self._complete_pending(inv, seq, EntryKind.AWAKEABLE, cmd["payload"], None)
-        reason = cmd["failure"]["message"] if cmd["failure"] else "rejected"
+        if cmd.kind is CommandKind.RESOLVE_AWAKEABLE:
+            return self._complete_pending(inv, seq, EntryKind.AWAKEABLE, cmd.payload, None)
+        reason = cmd.failure.message if cmd.failure else "rejected"
         return self._complete_pending(inv, seq, EntryKind.AWAKEABLE, None,
                                       Failure(type="AwakeableRejected", message=reason))
 
@@ -368,8 +370,8 @@ class Messaging:
         self.complete_entry(inv, replace(entry, pending=False, value=value, failure=failure))
         return None
 
-    def _cmd_cancel(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
-        inv = self.resolve_alias(cmd["invocation_id"] or "")
+    def _cmd_cancel(self, msg: InRecord, cmd: InboxCommand) -> tuple[str, str] | None:
+        inv = self.resolve_alias(cmd.invocation_id or "")
         row = self._row(inv)
         if row is None or row.status.terminal:
             return None
@@ -405,8 +407,8 @@ class Messaging:
                 q.remove(row.id)
         self.finish_row(row, None, failure)
 
-    def _cmd_kill(self, msg: InRecord, cmd: dict[str, Any]) -> tuple[str, str] | None:
-        inv = self.resolve_alias(cmd["invocation_id"] or "")
+    def _cmd_kill(self, msg: InRecord, cmd: InboxCommand) -> tuple[str, str] | None:
+        inv = self.resolve_alias(cmd.invocation_id or "")
         row = self._row(inv)
         if row is None or row.status.terminal:
             return None
@@ -491,13 +493,13 @@ def _timer(due_ms: int, owner: tuple[str, int], payload: bytes) -> Any:
     return Timer(due_ms=due_ms, invocation_id=owner[0], seq=owner[1], payload=payload)
 
 
-_COMMANDS: dict[str, Callable[[Messaging, InRecord, dict[str, Any]], tuple[str, str] | None]] = {
-    "invoke": Messaging._cmd_invoke,
-    "forward": Messaging._cmd_forward,
-    "response": Messaging._cmd_response,
-    "resolve_awakeable": Messaging._cmd_awakeable,
-    "reject_awakeable": Messaging._cmd_awakeable,
-    "attach": Messaging._cmd_attach,
-    "cancel": Messaging._cmd_cancel,
-    "kill": Messaging._cmd_kill,
+_COMMANDS: dict[str, Callable[[Messaging, InRecord, InboxCommand], tuple[str, str] | None]] = {
+    CommandKind.INVOKE: Messaging._cmd_invoke,
+    CommandKind.FORWARD: Messaging._cmd_forward,
+    CommandKind.RESPONSE: Messaging._cmd_response,
+    CommandKind.RESOLVE_AWAKEABLE: Messaging._cmd_awakeable,
+    CommandKind.REJECT_AWAKEABLE: Messaging._cmd_awakeable,
+    CommandKind.ATTACH: Messaging._cmd_attach,
+    CommandKind.CANCEL: Messaging._cmd_cancel,
+    CommandKind.KILL: Messaging._cmd_kill,
 }

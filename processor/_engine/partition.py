@@ -22,12 +22,12 @@ from processor._engine.core import Entry, EntryKind, Failure, encode_chunk, invo
 from processor._engine.invocation import InvocationRuntime
 from processor._engine.memtrim import Trimmer
 from processor._engine.messaging import Messaging
-from processor._engine.records import InvocationRow, Status, TimerKind, decode_timer, encode_timer
+from processor._engine.records import InvocationRow, Status
 from processor._serde import Serde
 from state import keys
 from state.overlay import Overlay, PartitionState
 from state.store import Store
-from timers import Timer, TimerIndex
+from timers import Fired, Timer, TimerIndex, TimerKind, encode_timer, fire
 
 log = logging.getLogger("processor.partition")
 
@@ -112,6 +112,10 @@ class PartitionWorker(Messaging):
         self.step_executor = step_executor
         self.state = PartitionState(store)
         self.timers = TimerIndex(self.state)
+        self._timer_actions = {TimerKind.SLEEP: self._sleep_over, TimerKind.SEND: self._send_due,
+                               TimerKind.STEP_RETRY: self._step_retry_due,
+                               TimerKind.INVOCATION_RETRY: self._invocation_retry_due,
+                               TimerKind.PURGE: self._retention_over}
         self._on_work = on_work
         self._positions: dict[str, int] = {}
         self._committed_positions: dict[str, int] = {}
@@ -575,26 +579,33 @@ class PartitionWorker(Messaging):
 
     def fire_timers(self, now_ms: int) -> None:
         self._route_stale_held()
-        for t in self.timers.pop_due(now_ms):
+        if fire(self.timers.pop_due(now_ms), self._timer_actions):
             self._on_work()
-            kind, attempt, data = decode_timer(t.payload)
-            if kind is TimerKind.SLEEP:
-                self._complete_pending(t.invocation_id, t.seq, EntryKind.SLEEP, None, None)
-            elif kind is TimerKind.SEND and data is not None:
-                self.send_command(attempt, t.invocation_id, data)
-            elif kind is TimerKind.STEP_RETRY:
-                rt = self.runtimes.get(t.invocation_id)
-                if rt is not None:
-                    rt.wake_retry(t.seq, t.due_ms)
-            elif kind is TimerKind.INVOCATION_RETRY:
-                row_data = self.state.get(keys.invocation_key(t.invocation_id))
-                if row_data is not None and InvocationRow.decode(row_data).status is Status.BACKING_OFF:
-                    self.start(InvocationRow.decode(row_data))
-            elif kind is TimerKind.PURGE:
-                self._purge(t.invocation_id)
         if time.monotonic() >= self._next_suspend_check:
             self._next_suspend_check = time.monotonic() + 0.25
             self.trimmer.evicted(self.suspend_idle(self.app.config.suspend_after.total_seconds()))
+
+    def _sleep_over(self, f: Fired) -> None:
+        self._complete_pending(f.timer.invocation_id, f.timer.seq, EntryKind.SLEEP, None, None)
+
+    def _send_due(self, f: Fired) -> None:
+        if f.data is not None:
+            self.send_command(f.attempt, f.timer.invocation_id, f.data)
+
+    def _step_retry_due(self, f: Fired) -> None:
+        rt = self.runtimes.get(f.timer.invocation_id)
+        if rt is not None:
+            rt.wake_retry(f.timer.seq, f.timer.due_ms)
+
+    def _invocation_retry_due(self, f: Fired) -> None:
+        data = self.state.get(keys.invocation_key(f.timer.invocation_id))
+        if data is not None:
+            row = InvocationRow.decode(data)
+            if row.status is Status.BACKING_OFF:
+                self.start(row)
+
+    def _retention_over(self, f: Fired) -> None:
+        self._purge(f.timer.invocation_id)
 
     def _purge(self, invocation_id: str) -> None:
         for k, _ in list(self.state.scan(keys.journal_prefix(invocation_id))):

@@ -107,20 +107,3 @@ class InvocationRow:
             paused_reason=r["paused_reason"], caller_id=r["caller_id"], caller_seq=r["caller_seq"],
             caller_partition=r["caller_partition"], notify=r["notify"], cancelled=r["cancelled"],
             idempotency_key=r["idempotency_key"])
-
-
-class TimerKind(enum.Enum):
-    STEP_RETRY = "step_retry"
-    INVOCATION_RETRY = "invocation_retry"
-    PURGE = "purge"
-    SLEEP = "sleep"
-    SEND = "send"  # a delayed one-way call: data holds the inbox command to produce
-
-
-def encode_timer(kind: TimerKind, attempt: int = 0, data: bytes | None = None) -> bytes:
-    return schemas.encode("Timer", {"kind": kind.value, "attempt": attempt, "data": data})
-
-
-def decode_timer(data: bytes) -> tuple[TimerKind, int, bytes | None]:
-    r = schemas.decode("Timer", data)
-    return TimerKind(r["kind"]), r["attempt"], r["data"]

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from processor._engine import txn
-from processor._engine.engine import _fence_offsets
+from processor._engine.cycle import fence_offsets
 from processor._engine.partition import CycleSlice
 from state.overlay import Overlay
 from tests.kafka_support import Kafka, wait_until
@@ -78,11 +78,11 @@ class _Worker:
 
 def test_a_cycle_without_new_input_resends_the_offsets_the_group_holds() -> None:
     workers: list[Any] = [_Worker({"in": 5, "app.inbox": 9}), _Worker({"in": 2})]
-    offsets = _fence_offsets(workers, [_slice(0, {}), _slice(1, {"in": 3})], "app.inbox")
+    offsets = fence_offsets(workers, [_slice(0, {}), _slice(1, {"in": 3})], "app.inbox")
     assert sorted((tp.topic, tp.partition, tp.offset) for tp in offsets) == [
         ("app.inbox", 0, 9), ("in", 0, 5), ("in", 1, 3)]
 
 
 def test_a_partition_with_nothing_ever_committed_still_sends_an_offset() -> None:
-    offsets = _fence_offsets([_Worker({})], [_slice(2, {})], "app.inbox")  # type: ignore[list-item]
+    offsets = fence_offsets([_Worker({})], [_slice(2, {})], "app.inbox")  # type: ignore[list-item]
     assert [(tp.topic, tp.partition, tp.offset) for tp in offsets] == [("app.inbox", 2, 0)]

@@ -14,7 +14,8 @@ from typing import Any
 import processor as p
 import schemas
 from processor._engine import routing
-from processor._engine.messaging import command
+from processor._engine.commands import CommandKind, InboxCommand
+from processor._engine.core import Failure
 from processor._engine.partition import InRecord, PartitionWorker
 from processor._engine.records import InvocationRow, Status
 from state import keys
@@ -48,7 +49,7 @@ class Worker:
     def send(self, kind: str, **fields: Any) -> None:
         self.offset += 1
         self.w.on_inbox(InRecord(topic="inv.inbox", partition=0, offset=self.offset, key=b"k",
-                                 value=command(kind, **fields)))
+                                 value=InboxCommand(kind=kind, **fields).encode()))
 
     async def commit(self) -> None:
         for _ in range(3):
@@ -124,3 +125,12 @@ def test_an_invoke_of_an_unknown_handler_is_dead_lettered_and_failed_for_its_cli
         assert sorted((r.id, r.status) for r in w.rows()) == sorted([(client, Status.FAILED),
                                                                      (callee, Status.FAILED)])
     _run(scenario)
+
+
+def test_inbox_commands_round_trip_and_an_unknown_kind_keeps_its_name() -> None:
+    cmd = InboxCommand(kind=CommandKind.REJECT_AWAKEABLE, target_id="awk-inv-0-a-3", notify=True,
+                       failure=Failure(type="AwakeableRejected", message="no"), headers=[("h", b"\xff")])
+    back = InboxCommand.decode(cmd.encode())
+    assert back == cmd and back.kind is CommandKind.REJECT_AWAKEABLE
+    newer = InboxCommand.decode(schemas.encode("InboxCommand", {"kind": "from_the_future"}))
+    assert newer.kind == "from_the_future" and not isinstance(newer.kind, CommandKind)

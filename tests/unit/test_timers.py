@@ -8,7 +8,7 @@ import pytest
 from state.keys import TIMER, timer_key
 from state.memory import MemoryStore
 from state.overlay import PartitionState
-from timers import Timer, TimerIndex
+from timers import Fired, Timer, TimerIndex, TimerKind, encode_timer, fire
 
 
 def timer(due: int, inv: str = "inv", seq: int = 0, payload: bytes = b"p") -> Timer:
@@ -187,3 +187,14 @@ def test_sealed_but_uncommitted_schedules_are_visible_and_fire(ps: PartitionStat
     assert idx.next_due_ms() == 5_000
     ps.applied(sealed, 1)
     assert [t.invocation_id for t in idx.pop_due(5_000)] == ["far"]
+
+
+def test_fire_hands_each_due_timer_decoded_to_its_kinds_action_in_due_order() -> None:
+    due = [Timer(due_ms=5, invocation_id="inv-0-a", seq=2, payload=encode_timer(TimerKind.SLEEP)),
+           Timer(due_ms=6, invocation_id="inv-0-b", seq=0, payload=encode_timer(TimerKind.SEND, 3, b"cmd"))]
+    got: list[Fired] = []
+    assert fire(due, {TimerKind.SLEEP: got.append, TimerKind.SEND: got.append}) == 2
+    assert [(f.timer.invocation_id, f.kind, f.attempt, f.data) for f in got] == [
+        ("inv-0-a", TimerKind.SLEEP, 0, None), ("inv-0-b", TimerKind.SEND, 3, b"cmd")]
+    with pytest.raises(KeyError):  # every kind a partition schedules, it handles
+        fire(due, {TimerKind.SEND: got.append})

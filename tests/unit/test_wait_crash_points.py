@@ -15,7 +15,7 @@ import orjson
 
 import processor as p
 from processor._engine import routing
-from processor._engine.messaging import command
+from processor._engine.commands import InboxCommand
 from processor._engine.partition import InRecord, PartitionWorker
 from processor._engine.records import InvocationRow, Status
 from state import keys
@@ -66,7 +66,7 @@ class Partition:
     def inbox(self, kind: str, **fields: Any) -> None:
         self.offset += 1
         self.w.on_inbox(InRecord(topic=self.app.inbox_topic, partition=0, offset=self.offset, key=b"k",
-                                 value=command(kind, **fields)))
+                                 value=InboxCommand(kind=kind, **fields).encode()))
 
     async def settle(self) -> None:
         for _ in range(50):
