@@ -118,6 +118,8 @@ class PartitionWorker(Messaging):
                                TimerKind.PURGE: self._retention_over}
         self._on_work = on_work
         self._positions: dict[str, int] = {}
+        self._received: dict[str, int] = {}  # per topic: the offset after the last record received
+        self.redelivered = 0  # records the consumer delivered again, dropped (``_delivered_again``)
         self._committed_positions: dict[str, int] = {}
         self._outputs: list[OutRecord] = []
         self._releases: list[Callable[[], None]] = []
@@ -261,6 +263,8 @@ class PartitionWorker(Messaging):
         """Route an input record — or hold it (and every later one) back while its key has an
         invocation running: an invocation still queued at a seal must be saved, a held record costs
         nothing and its offset is simply not committed yet. A partition holding input is paused."""
+        if self._delivered_again(msg):
+            return
         if self._held or self._key_queue_full(msg, binding):
             if not self._held:
                 self._held_since = time.monotonic()
@@ -355,7 +359,25 @@ class PartitionWorker(Messaging):
             source_topic=topic, source_partition=msg.partition, source_offset=offset), h, fresh=True, eager=True,
             decoded=(decoded,))
 
+    def _delivered_again(self, msg: InRecord) -> bool:
+        """Whether `msg` is below what this partition already received of its topic: the consumer
+        delivered it again (seen while the broker shut down: librdkafka fetched a partition from
+        its start again). Routing it again would process it twice and move the committed offset
+        back, so it is dropped: a partition's records are taken once, in offset order, from the
+        committed offset on (a rewind after an abort starts a new worker or resets this one)."""
+        expected = self._received.get(msg.topic)
+        if expected is not None and msg.offset < expected:
+            self.redelivered += 1
+            if self.redelivered == 1 or self.redelivered % 1000 == 0:
+                log.warning("partition %d: %s@%d delivered again (already received up to %d): dropped "
+                            "(%d so far)", self.partition, msg.topic, msg.offset, expected - 1, self.redelivered)
+            return True
+        self._received[msg.topic] = msg.offset + 1
+        return False
+
     def on_inbox(self, msg: InRecord) -> None:
+        if self._delivered_again(msg):
+            return
         self._positions[msg.topic] = msg.offset + 1
         self._on_work()
         self.on_command(msg)
@@ -659,6 +681,7 @@ class PartitionWorker(Messaging):
         """The group's committed offsets of this partition's topics, read when it became active."""
         self._committed_positions = dict(offsets)
         self._positions = dict(offsets)
+        self._received = dict(offsets)
 
     def committed_offsets(self) -> dict[str, int]:
         """What the group has committed for this partition (as far as this instance knows)."""
@@ -688,6 +711,7 @@ class PartitionWorker(Messaging):
         self.state.discard()
         self._outputs, self._releases = [], []
         self._positions = dict(self._committed_positions)
+        self._received = dict(self._committed_positions)
 
     def rows(self) -> list[InvocationRow]:
         """Every invocation row this partition knows, the in-memory version where there is one."""

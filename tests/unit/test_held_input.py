@@ -226,3 +226,43 @@ def test_asyncio_timeout_and_task_groups_in_an_eagerly_started_handler_act_on_th
             w.discard()
 
     asyncio.run(scenario())
+
+
+def test_records_the_consumer_delivers_again_are_dropped_not_processed_twice() -> None:
+    """Seen in a broker restart test: the consumer fetched a partition from its start again. Routing
+    those records again ran their invocations twice and moved the committed offset back."""
+    app = p.App("again")
+    obj = app.virtual_object("obj")
+    ran: list[int] = []
+    gate = asyncio.Event()
+
+    @obj.handler()
+    async def handle(ctx: p.ObjectContext, ev: Any) -> None:
+        ran.append(ev["i"])
+        if ev["i"] == 1:
+            await gate.wait()
+
+    app.subscribe("in", handle)
+
+    def rec(i: int, key: bytes) -> InRecord:
+        return InRecord(topic="in", partition=0, offset=i, key=key, value=orjson.dumps({"i": i}))
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            w = _worker(app, pool)
+            w.set_committed({"in": 0})
+            for i, key in enumerate([b"a", b"b", b"b"]):  # 2 is held behind 1
+                w.on_input(rec(i, key), app.bindings["in"])
+            assert ran == [0, 1] and w.holding()
+            assert w.seal().offsets == {"in": 2}
+            for i, key in enumerate([b"a", b"b", b"b"]):  # the same records again
+                w.on_input(rec(i, key), app.bindings["in"])
+            assert ran == [0, 1], "nothing ran twice"
+            gate.set()
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert ran == [0, 1, 2], "the held record ran once"
+            assert w.seal().offsets == {"in": 3} and w.redelivered == 3
+            w.discard()
+
+    asyncio.run(scenario())
