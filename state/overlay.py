@@ -112,13 +112,16 @@ class Overlay:
 
 
 CACHE_MAX = 65_536
-"""Store values a :class:`PartitionState` keeps after reading them (then it starts over)."""
+"""Store values a :class:`PartitionState` keeps after reading them (then it starts over) ..."""
+CACHE_BYTES = 8 * 1024 * 1024
+"""... or as many as hold this many bytes of keys and values."""
 
 
 class PartitionState:
     """One partition's state as the engine sees it: overlays over a :class:`state.store.Store`.
 
-    Values read from the store are cached (at most ``CACHE_MAX``): every LMDB read releases the GIL,
+    Values read from the store are cached (at most ``CACHE_MAX`` or ``CACHE_BYTES``): every LMDB read
+    releases the GIL,
     and on a loop sharing it with the Kafka clients' threads getting it back can take milliseconds.
     The store only changes by sealed overlays of this state, so the cache follows them
     (``applied``/``forget``); it never holds an uncommitted value.
@@ -130,6 +133,7 @@ class PartitionState:
         self._open = Overlay()
         self._sealed: list[Overlay] = []  # oldest first
         self._cache: dict[bytes, bytes | None] = {}
+        self._cache_bytes = 0
 
     def put(self, key: bytes, value: bytes) -> None:
         """Write into the open overlay."""
@@ -154,9 +158,11 @@ class PartitionState:
         except KeyError:
             pass
         value = self.store.get(key)
-        if len(cache) >= CACHE_MAX:
+        if len(cache) >= CACHE_MAX or self._cache_bytes >= CACHE_BYTES:
             cache.clear()
+            self._cache_bytes = 0
         cache[key] = value
+        self._cache_bytes += len(key) + (len(value) if value else 0)
         return value
 
     def scan(self, prefix: bytes, *, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
@@ -211,13 +217,12 @@ class PartitionState:
         cache = self._cache
         if not cache:
             return
-        if len(applied) < len(cache):
-            for k, v in applied.items():
-                if k in cache:
-                    cache[k] = v
-        else:
-            for k in cache.keys() & applied._data.keys():
-                cache[k] = applied._data[k]
+        changed = [k for k, _ in applied.items() if k in cache] if len(applied) < len(cache) else \
+            list(cache.keys() & applied._data.keys())
+        for k in changed:
+            old, new = cache[k], applied._data[k]
+            self._cache_bytes += (len(new) if new else 0) - (len(old) if old else 0)
+            cache[k] = new
 
     def discard(self) -> None:
         """Abort: forget every overlay, open and sealed; reads fall back to the store."""

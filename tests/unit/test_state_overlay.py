@@ -197,10 +197,17 @@ def test_cached_store_reads_follow_the_overlays_the_store_takes(store: Store, vi
     assert st.get(b"Sa") == b"2"
 
 
-def test_the_read_cache_is_bounded(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_read_cache_is_bounded_in_entries_and_bytes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     import state.overlay
     monkeypatch.setattr(state.overlay, "CACHE_MAX", 8)
     st = PartitionState(store)
     for i in range(100):
         assert st.get(b"S%d" % i) is None
     assert len(st._cache) <= 8
+    monkeypatch.setattr(state.overlay, "CACHE_MAX", 1000)
+    monkeypatch.setattr(state.overlay, "CACHE_BYTES", 10_000)
+    store.apply([(b"S%03d" % i, b"v" * 1000) for i in range(50)], store.changelog_offset() + 1)
+    st = PartitionState(store)
+    for i in range(50):
+        assert st.get(b"S%03d" % i) == b"v" * 1000
+    assert len(st._cache) <= 11 and st._cache_bytes <= 11 * 1004
