@@ -40,7 +40,8 @@ from processor._engine.cycle import Cycle
 from processor._engine.lanes import Deadline, Lane, Stuck
 from processor._engine.memtrim import Trimmer
 from processor._engine.metrics import CommitTimings
-from processor._engine.partition import InRecord, PartitionWorker, Salvaged, meta_int
+from processor._engine.partition import PartitionWorker, Salvaged, meta_int
+from processor._engine.records import InRecord
 from processor._engine.statedir import lock_state_dir, persisted_instance_id
 from processor._engine.steps import StepLog
 from processor._errors import ConfigurationError, ProcessorError

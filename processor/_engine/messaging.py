@@ -15,7 +15,7 @@ from processor._app import App, Binding, HandlerDef, HandlerKind
 from processor._engine import forwarding, routing
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._engine.core import Entry, EntryKind, Failure, decode_journal, encode_chunk, invocation_id_for_record
-from processor._engine.records import InvocationRow, Status
+from processor._engine.records import InRecord, InvocationRow, OutRecord, Status
 from processor._errors import TerminalError
 from schemas import SchemaError
 from state import keys
@@ -23,7 +23,6 @@ from timers import TimerKind, encode_timer
 
 if TYPE_CHECKING:
     from processor._engine.invocation import InvocationRuntime
-    from processor._engine.partition import InRecord, OutRecord
     from state.overlay import PartitionState
     from timers import TimerIndex
 
@@ -74,8 +73,6 @@ class Messaging:
     # -- out ---------------------------------------------------------------------------------------
 
     def send_command(self, partition: int, record_key: str, data: bytes) -> None:
-        from processor._engine.partition import OutRecord
-
         self._outputs.append(OutRecord(topic=self.app.inbox_topic, partition=partition,
                                        key=record_key.encode(), value=data))
         self._on_work()
@@ -83,8 +80,6 @@ class Messaging:
     def forward_if_foreign(self, msg: InRecord, binding: Binding) -> bool:
         """Forward bound record `msg` to the partition that owns its key if that is not this one; the
         command commits with the record's offset, so it is forwarded exactly once."""
-        from processor._engine.partition import OutRecord
-
         to = forwarding.owner(msg.key, binding.handler.keyed, self.partition, self.partitions_total)
         if to is None or msg.key is None:
             return False
@@ -161,8 +156,6 @@ class Messaging:
             self.write(k, None)
 
     def publish_result(self, row: InvocationRow | None, invocation_id: str | None = None) -> None:
-        from processor._engine.partition import OutRecord
-
         inv = row.id if row else invocation_id
         assert inv is not None
         status = row.status.value if row and row.status.terminal else "unknown"
@@ -324,8 +317,6 @@ class Messaging:
         return None
 
     def _cmd_forward(self, msg: InRecord, cmd: InboxCommand) -> tuple[str, str] | None:
-        from processor._engine.partition import InRecord
-
         rec = InRecord(topic=cmd.source_topic or "", partition=cmd.source_partition,
                        offset=cmd.source_offset, key=cmd.record_key, value=cmd.payload,
                        headers=cmd.headers)

@@ -12,17 +12,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
-
-from confluent_kafka import Message
 
 from processor._app import App, Binding, HandlerDef, HandlerKind
 from processor._engine.core import Entry, EntryKind, Failure, encode_chunk, invocation_id_for_record
 from processor._engine.invocation import InvocationRuntime
 from processor._engine.memtrim import Trimmer
 from processor._engine.messaging import Messaging
-from processor._engine.records import InvocationRow, Status
+from processor._engine.records import InRecord, InvocationRow, OutRecord, Status
 from processor._serde import Serde
 from state import keys
 from state.overlay import Overlay, PartitionState
@@ -35,36 +33,6 @@ INVOCATION_SEQ = 0xFFFFFFFF  # timer seq of invocation-level timers (retry, purg
 MAX_KEY_QUEUE = 1  # an exclusive key with a running invocation: later input is held back
 HOLD_MAX_S = 1.0   # ... for this long at most
 _U64 = struct.Struct(">Q")
-
-
-@dataclass(slots=True, kw_only=True)  # a value (not frozen only because a frozen init is slow: one per record)
-class InRecord:
-    """A consumed record, as the worker sees it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-    @staticmethod
-    def of(m: Message) -> InRecord:
-        raw: Any = m.headers() or []
-        headers = [(str(k), v if isinstance(v, bytes) else str(v or "").encode()) for k, v in raw]
-        key, value = m.key(), m.value()
-        return InRecord(topic=m.topic() or "", partition=m.partition() or 0, offset=m.offset() or 0,
-                        key=key.encode() if isinstance(key, str) else key,
-                        value=value.encode() if isinstance(value, str) else value, headers=headers)
-
-
-@dataclass(slots=True, kw_only=True)  # a value, as InRecord
-class OutRecord:
-    topic: str
-    partition: int | None
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -1,4 +1,5 @@
-"""Engine rows as values: the invocation status row and timer payloads, with their wire encoding."""
+"""Engine records as values: records consumed and produced, and the invocation status row with its
+wire encoding."""
 
 from __future__ import annotations
 
@@ -6,8 +7,41 @@ import enum
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from confluent_kafka import Message
+
 import schemas
 from processor._engine.core import Failure
+
+
+@dataclass(slots=True, kw_only=True)  # a value (not frozen only because a frozen init is slow: one per record)
+class InRecord:
+    """A consumed record, as the worker sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @staticmethod
+    def of(m: Message) -> InRecord:
+        raw: Any = m.headers() or []
+        headers = [(str(k), v if isinstance(v, bytes) else str(v or "").encode()) for k, v in raw]
+        key, value = m.key(), m.value()
+        return InRecord(topic=m.topic() or "", partition=m.partition() or 0, offset=m.offset() or 0,
+                        key=key.encode() if isinstance(key, str) else key,
+                        value=value.encode() if isinstance(value, str) else value, headers=headers)
+
+
+@dataclass(slots=True, kw_only=True)  # a value, as InRecord
+class OutRecord:
+    topic: str
+    partition: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
 
 
 class Status(enum.Enum):

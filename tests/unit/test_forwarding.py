@@ -16,8 +16,8 @@ import processor as p
 import schemas
 from processor._engine import forwarding, routing
 from processor._engine.core import invocation_id_for_record
-from processor._engine.partition import InRecord, OutRecord, PartitionWorker
-from processor._engine.records import InvocationRow
+from processor._engine.partition import PartitionWorker
+from processor._engine.records import InRecord, InvocationRow, OutRecord
 from state.memory import MemoryStore
 
 P = 4

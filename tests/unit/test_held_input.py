@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 
 import processor as p
-from processor._engine.partition import InRecord, PartitionWorker
+from processor._engine.partition import PartitionWorker
+from processor._engine.records import InRecord
 from state.memory import MemoryStore
 
 

@@ -16,8 +16,8 @@ import schemas
 from processor._engine import routing
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._engine.core import Failure
-from processor._engine.partition import InRecord, PartitionWorker
-from processor._engine.records import InvocationRow, Status
+from processor._engine.partition import PartitionWorker
+from processor._engine.records import InRecord, InvocationRow, Status
 from state import keys
 from state.memory import MemoryStore
 
