@@ -440,11 +440,10 @@ class Engine:
         makes no progress, the cycle is full, or after MAX_LINGER_S."""
         await self._settle(MAX_LINGER_S, bodies=False)
         # Drain: no new input (neither fetched nor held), so the invocations running now — most of
-        # them waiting only for a step's acknowledgement — can finish in this cycle instead of
-        # being saved by it (and deleted by the next).
-        # It ends when the cycle is sealed (``_end_drain``).
-        # It waits for the bodies running now (mostly acknowledgements on their way), not for the
-        # next steps of the invocations they release: those would keep it going to its bound.
+        # them waiting only for a step's acknowledgement — finish in this cycle instead of being
+        # saved by it (and deleted by the next). It waits for the bodies running now, not for the
+        # next steps of the invocations they release (those would keep it going to its bound), and
+        # ends when the cycle is sealed (``_end_drain``).
         self._draining = True
         for w in self.workers.values():
             w.draining = True

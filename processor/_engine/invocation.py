@@ -59,7 +59,8 @@ class Host(Protocol):
     app: App
     step_executor: Executor
     bodies_running: int  # step bodies executing or awaiting their acknowledgement (the cycle lingers for them)
-    bodies_ended: int    # how many ever ended (a body run, an acknowledgement)
+
+    def body_ended(self) -> None: ...
     partition: int
 
     def now_ms(self) -> int: ...
@@ -385,8 +386,7 @@ class InvocationRuntime:
                 await self._wait_retry(seq, retry_at, attempts)
                 continue
             finally:
-                self.host.bodies_running -= 1
-                self.host.bodies_ended += 1
+                self.host.body_ended()
                 _CURRENT_STEP.reset(token)
             self._outcome(Entry(seq=seq, kind=EntryKind.RUN, name=name, value=data, attempts=attempts),
                           _resolve(fut, value))

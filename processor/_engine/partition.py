@@ -141,8 +141,7 @@ class PartitionWorker(Messaging):
         assert self._salvaged is not None
 
         def acked(offset: int | None) -> None:
-            self.bodies_running -= 1
-            self.bodies_ended += 1
+            self.body_ended()
             if not rt.alive or self.runtimes.get(rt.invocation_id) is not rt:
                 return  # dropped meanwhile (abort, revoke): a restore salvages the record
             rt.record(entry)
@@ -154,6 +153,11 @@ class PartitionWorker(Messaging):
         self.bodies_running += 1  # a step is not done until acknowledged: the cycle lingers for it too
         self._steps.write(self.partition, rt.invocation_id, self._salvaged.generation, entry, acked)
         return True
+
+    def body_ended(self) -> None:
+        """A step body returned, or its record was acknowledged (``bodies_running`` went up for it)."""
+        self.bodies_running -= 1
+        self.bodies_ended += 1
 
     def read(self, key: bytes) -> bytes | None:
         return self.state.get(key)
