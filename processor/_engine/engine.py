@@ -40,7 +40,7 @@ from processor._engine.cycle import Cycle
 from processor._engine.lanes import Deadline, Lane, Stuck
 from processor._engine.memtrim import Trimmer
 from processor._engine.metrics import CommitTimings
-from processor._engine.partition import PartitionWorker, Salvaged, meta_int
+from processor._engine.partition import PartitionWorker, meta_int
 from processor._engine.records import InRecord
 from processor._engine.statedir import lock_state_dir, persisted_instance_id
 from processor._engine.steps import StepLog
@@ -68,7 +68,7 @@ class _Restore:
     stop: bool = False
     task: asyncio.Task[None] | None = None
     started: float = field(default_factory=time.monotonic)
-    salvaged: Salvaged | None = None  # what the steps log holds that no committed cycle absorbed
+    salvaged: steps.Salvaged | None = None  # what the steps log holds that no committed cycle absorbed
 
 
 class Engine:
@@ -85,6 +85,7 @@ class Engine:
         self.instance_id = instance_id or persisted_instance_id(self.root)
         self._consumer_extra = consumer_config or {}
         self._producer_extra = producer_config or {}
+        self._step_lease_s = kio.step_lease_s(kio.consumer_config(bootstrap_servers, app, self._consumer_extra))
         self.workers: dict[int, PartitionWorker] = {}
         self._stores: dict[int, PartitionStore] = {}
         self._owned: set[int] = set()
@@ -799,20 +800,16 @@ class Engine:
                      sum(len(es) for es in r.salvaged.entries.values()), len(r.salvaged.entries),
                      self.app.steps_topic)
 
-    def _salvage(self, p: int, store: Store) -> Salvaged:
+    def _salvage(self, p: int, store: Store) -> steps.Salvaged:
         """On a lane: the steps log's records past the last absorbed offset that the latest committed
         generation wrote, re-written under this owner's generation (docs/decisions/007)."""
-        assert self._steps is not None
+        step_log = self._steps
+        assert step_log is not None
         gen, start = meta_int(store.get, "steps-gen"), meta_int(store.get, "steps-from")
         config = kio.base_config(self.bootstrap)
         end = log_end(config, self.app.steps_topic, p, deadline=time.monotonic() + 60)
-        found = steps.adopt(steps.read(config, self.app.steps_topic, p, start, end, timeout=60), gen, end)
-        copies = [(inv, gen + 1, e) for inv, es in found.entries.items() for e in es]
-        written = self._steps.write_now(p, copies, timeout=30)
-        offsets: dict[str, int] = {}
-        for (inv, _, _), offset in zip(copies, written, strict=True):
-            offsets.setdefault(inv, offset)
-        return Salvaged(generation=gen + 1, entries=found.entries, offsets=offsets, end=end)
+        return steps.salvage(gen, steps.read(config, self.app.steps_topic, p, start, end, timeout=60), end,
+                             lambda copies: step_log.write_now(p, copies, timeout=30))
 
     async def _consumer_step(self, fn: Callable[[], T], what: str, partitions: Iterable[int]) -> T | None:
         """One activation step on the consumer lane; None when it failed (retried at the next poll;
@@ -860,7 +857,7 @@ class Engine:
             del self._restored[p]
             w = PartitionWorker(app=self.app, partition=p, partitions_total=self.partitions_total,
                                 store=self._stores[p], step_executor=self.step_executor, on_work=self._on_work,
-                                trimmer=self._trimmer, steps=self._steps)
+                                trimmer=self._trimmer, steps=self._steps, step_lease_s=self._step_lease_s)
             w.set_committed(by_partition[p])
             self._held_paused.discard(p)  # resumed above, with a worker that holds nothing
             self.workers[p] = w

@@ -127,3 +127,11 @@ def check_copartitioned(assigned: Iterable[tuple[str, int]], topics: Iterable[st
         raise ConfigurationError(f"assignment breaks co-partitioning: partitions missing topics {broken}; "
                                  "every instance must use the range assignor and the same topics")
     return set(by_partition)
+
+
+def step_lease_s(consumer: Mapping[str, Any]) -> float:
+    """How long after a cycle's seal a committed transaction still proves this member owns its
+    partitions: the session timeout less two heartbeat intervals (``PartitionWorker.log_step``)."""
+    session = float(consumer.get("session.timeout.ms", 45_000))
+    heartbeat = float(consumer.get("heartbeat.interval.ms", 3_000))
+    return max(0.0, (session - 2 * heartbeat) / 1000)

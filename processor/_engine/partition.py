@@ -21,6 +21,7 @@ from processor._engine.invocation import InvocationRuntime
 from processor._engine.memtrim import Trimmer
 from processor._engine.messaging import Messaging
 from processor._engine.records import InRecord, InvocationRow, OutRecord, Status
+from processor._engine.steps import Salvaged
 from processor._serde import Serde
 from state import keys
 from state.overlay import Overlay, PartitionState
@@ -45,16 +46,7 @@ class CycleSlice:
     offsets: dict[str, int]
     releases: list[Callable[[], None]]
     generation: bool = False  # holds this owner's step generation: steps skip the commit wait once it commits
-
-
-@dataclass(slots=True, kw_only=True)
-class Salvaged:
-    """What a restore adopted from the steps log for this partition (processor/_engine/steps.py)."""
-
-    generation: int                      # this owner's: one more than the latest committed
-    entries: dict[str, list[Entry]]      # per invocation, re-written under `generation` at `offsets`
-    offsets: dict[str, int]              # per invocation, the first offset of its re-written records
-    end: int                             # the log end the restore read to
+    sealed_at: float = 0.0  # the worker's clock at the seal, before the transaction proves the membership
 
 
 def meta_int(get: Callable[[bytes], bytes | None], name: str) -> int:
@@ -72,7 +64,8 @@ class StepSink(Protocol):
 
 class PartitionWorker(Messaging):
     def __init__(self, *, app: App, partition: int, partitions_total: int, store: Store, step_executor: Executor,
-                 on_work: Callable[[], None], trimmer: Trimmer | None = None, steps: StepSink | None = None) -> None:
+                 on_work: Callable[[], None], trimmer: Trimmer | None = None, steps: StepSink | None = None,
+                 step_lease_s: float = 4.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.app = app
         self.partition = partition
         self.partitions_total = partitions_total
@@ -113,6 +106,11 @@ class PartitionWorker(Messaging):
         self._absorbing: set[str] = set()
         self._acked_end = 0
         self._steps_from = 0
+        # A step acknowledged later than `step_lease_s` after the seal of the last cycle that
+        # committed waits for the next commit instead (a zombie's never comes): see ``log_step``.
+        self.step_lease_s = step_lease_s
+        self._clock = clock
+        self._lease_until = 0.0
         self._inbox_seq = 0
         self.bodies_running = 0
         self.bodies_ended = 0  # ever (step bodies run, acknowledgements received): a drain waits on it
@@ -135,7 +133,17 @@ class PartitionWorker(Messaging):
     def log_step(self, rt: InvocationRuntime, entry: Entry, release: Callable[[], None]) -> bool:
         """Make a step's outcome durable by the steps log's acknowledgement, then journal it and run
         `release` at once (no wait for the cycle to commit). False when this partition cannot yet:
-        the caller journals it and releases after commit."""
+        the caller journals it and releases after commit.
+
+        The release also needs a lease. A commit proves this instance was a member of the group
+        when its cycle was sealed; the partition moves to another owner only once this member's
+        session expired (``session.timeout.ms`` without a heartbeat, sent by a thread that runs
+        whenever this loop does). So within `step_lease_s` of that seal (the session timeout less
+        two heartbeat intervals) no new owner has read the steps log past this record; later, the
+        release waits for the next commit — which a zombie woken from a stall never makes, so its
+        handler never sees a step result the new owner's replay contradicts (decision 007). With
+        static membership a second process with the same instance id would take over at once; the
+        state-dir lock keeps one per id on a machine, and a deployment must keep one per id too."""
         if self._steps is None or not self.steps_ready:
             return False
         assert self._salvaged is not None
@@ -149,6 +157,9 @@ class PartitionWorker(Messaging):
                 rt.after_commit(release)
                 return
             self._acked_end = max(self._acked_end, offset + 1)
+            if self._clock() > self._lease_until:
+                rt.after_commit(release)  # this owner may be a zombie by now: a commit proves it is not
+                return
             release()
         self.bodies_running += 1  # a step is not done until acknowledged: the cycle lingers for it too
         self._steps.write(self.partition, rt.invocation_id, self._salvaged.generation, entry, acked)
@@ -620,7 +631,8 @@ class PartitionWorker(Messaging):
     def seal(self) -> CycleSlice:
         self._save_touched()
         generation = self._seal_steps()
-        s = CycleSlice(generation=generation, partition=self.partition, overlay=self.state.seal(),
+        s = CycleSlice(generation=generation, sealed_at=self._clock(), partition=self.partition,
+                       overlay=self.state.seal(),
                        outputs=self._outputs,
                        offsets={t: o for t, o in self._positions.items()
                                 if self._committed_positions.get(t) != o},
@@ -666,6 +678,7 @@ class PartitionWorker(Messaging):
         self._committed_positions.update(s.offsets)
         if s.generation:
             self.steps_ready = True
+        self._lease_until = max(self._lease_until, s.sealed_at + self.step_lease_s)
         for release in s.releases:
             release()
 

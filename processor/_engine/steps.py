@@ -114,6 +114,30 @@ def adopt(records: list[Logged], committed_gen: int, end: int) -> Salvage:
     return out
 
 
+@dataclass(slots=True, kw_only=True)
+class Salvaged:
+    """What a restore adopted from the steps log for one partition, handed to its worker."""
+
+    generation: int                      # this owner's: one more than the latest committed
+    entries: dict[str, list[Entry]]      # per invocation, re-written under `generation` at `offsets`
+    offsets: dict[str, int]              # per invocation, the first offset of its re-written records
+    end: int                             # the log end the restore read to
+
+
+def salvage(committed_gen: int, records: list[Logged], end: int,
+            write_now: Callable[[list[tuple[str, int, Entry]]], list[int]]) -> Salvaged:
+    """A restore's adoption (decision 007, rules 3 and 4), without I/O: adopt the `records` read up
+    to `end` that generation `committed_gen` wrote, re-write them under the next generation with
+    `write_now` (which returns once they are acknowledged, with their offsets), and hand over the
+    result. The engine passes the Kafka log; the crash-point tests a list."""
+    found = adopt(records, committed_gen, end)
+    copies = [(inv, committed_gen + 1, e) for inv, es in found.entries.items() for e in es]
+    offsets: dict[str, int] = {}
+    for (inv, _, _), offset in zip(copies, write_now(copies), strict=True):
+        offsets.setdefault(inv, offset)
+    return Salvaged(generation=committed_gen + 1, entries=found.entries, offsets=offsets, end=end)
+
+
 def read(consumer_config: Mapping[str, object], topic: str, partition: int, start: int, end: int,
          *, timeout: float) -> list[Logged]:
     """Every record of `topic`[`partition`] in [start, end): a plain consumer, no group."""
