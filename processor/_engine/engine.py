@@ -59,6 +59,7 @@ CONSUMER_FENCES_TO_GIVE_UP = 10  # consumers fenced (FENCED_INSTANCE_ID) within 
 FENCE_WINDOW_S = 120.0
 ROUTE_TURN = 64         # records routed per event-loop turn (their handlers run as they are routed)
 MAX_LINGER_S = 0.1      # the longest a cycle waits for handlers still making progress before it seals
+FINISH_FEW = 64         # a cycle waits for the running invocations to finish when there are at most this many
 
 
 @dataclass(slots=True, eq=False)
@@ -94,6 +95,7 @@ class Engine:
         self._assign_generation = 0
         self._stop = asyncio.Event()
         self._work = asyncio.Event()
+        self._progress = asyncio.Event()  # set on any work: what a cycle waiting for invocations wakes on
         self._work_done = 0  # counts every write, output and touched invocation: handlers progressing
         self._sealed = asyncio.Event()  # set whenever a cycle is sealed: a full cycle lets input flow again
         self._commit_lock = asyncio.Lock()
@@ -418,6 +420,7 @@ class Engine:
     def _on_work(self) -> None:
         self._work_done += 1
         self._work.set()
+        self._progress.set()
 
     async def _commit_loop(self) -> None:
         while True:
@@ -449,7 +452,32 @@ class Engine:
         for w in self.workers.values():
             w.draining = True
             w.drain_until_ended = w.bodies_ended + w.bodies_running
-        await self._settle(self.app.config.commit_linger_ms / 1000, bodies=True)
+        linger = self.app.config.commit_linger_ms / 1000
+        until = time.monotonic() + linger
+        await self._settle(linger, bodies=True)
+        self._end_drain()
+        await self._let_few_finish(until)
+
+    async def _let_few_finish(self, until: float) -> None:
+        """When only a few invocations are running (not waiting on a durable wait), let them finish
+        in this cycle, until `until` at most, with input flowing again: one taking a string of steps
+        (each released on its acknowledgement) then commits once, when it is done, instead of being
+        saved by a cycle mid-way — whose commit its finish would then wait behind (the tail latency
+        of a handler run one at a time). Many running means a busy partition: cycles go as they are."""
+        if sum(len(w.runtimes) for w in self.workers.values()) > FINISH_FEW:
+            return
+        running = [(w, rt) for w in self.workers.values() for rt in w.runtimes.values() if not rt.waits.pending]
+        while running and not self._cycle_full():
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), left)
+            except TimeoutError:
+                return
+            running = [(w, rt) for w, rt in running
+                       if w.runtimes.get(rt.invocation_id) is rt and not rt.waits.pending]
 
     def _end_drain(self) -> None:
         if not self._draining:
