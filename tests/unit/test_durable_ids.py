@@ -44,6 +44,8 @@ def test_record_invocation_ids_are_deterministic_per_record_and_carry_its_partit
     assert a == invocation_id_for_record("orders", 5, 42)
     assert a not in {invocation_id_for_record("orders", 5, 43), invocation_id_for_record("other", 5, 42)}
     assert routing.partition_of(a) == 5
+    assert a == "inv-5-orders@5:42", "readable: where the record was"
+    assert invocation_id_for_record("orders", 5, 42, owner=2) == "inv-2-orders@5:42"
 
 
 def test_a_call_from_the_same_caller_position_names_the_same_callee_on_every_replay() -> None:
