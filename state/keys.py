@@ -187,14 +187,10 @@ def state_key(obj: str, key: str, name: str) -> bytes:
     return _done(state_prefix(obj, key) + _str(name))
 
 
+@functools.lru_cache(maxsize=65_536)  # a get and a set of the same entry per event: keys recur
 def state_key_under(prefix: bytes, name: str) -> bytes:
     """:func:`state_key` for a prefix from :func:`state_prefix` (built once per object instance)."""
-    return _done(prefix + _name(name))
-
-
-@functools.lru_cache(maxsize=4096)
-def _name(name: str) -> bytes:
-    return _str(name)  # a handler uses few state names: encode each once
+    return _done(prefix + _str(name))
 
 
 def parse_state_key(k: bytes) -> tuple[str, str, str]:

@@ -441,9 +441,9 @@ class InvocationRuntime:
         d = self.journal_call(EntryKind.EMIT, topic)
         if isinstance(d, Replay):
             return
-        data = bytes(value) if isinstance(value, bytes | bytearray) else self._serde.serialize(value)
+        data = bytes(value) if isinstance(value, (bytes, bytearray)) else self._serde.serialize(value)
         kb = key.encode() if isinstance(key, str) else key
-        hs = [(k, v.encode() if isinstance(v, str) else v) for k, v in (headers or {}).items()]
+        hs = [(k, v.encode() if isinstance(v, str) else v) for k, v in headers.items()] if headers else []
         self.record(Entry(seq=d.seq, kind=EntryKind.EMIT, name=topic))
         if self.alive:
             self.host.produce(topic, kb, data, hs)
