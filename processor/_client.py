@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 import schemas
-from processor._engine import routing
+from processor._engine import routing, tracing
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._engine.core import Failure
 from processor._errors import ProcessorError, terminal_error
@@ -88,10 +88,12 @@ class Client:
         p = routing.target_partition(key, f"client\0{target}\0{seed}", await self._partition_count())
         inv = routing.invocation_id(p, "client", target, key or "", seed)
         payload = self._serde.serialize(arg)
+        headers = tracing.current_headers()  # the caller's trace goes on in the invocation
 
         async def send() -> None:
             await self._send(p, key or inv, CommandKind.INVOKE, invocation_id=inv, service=service, handler=handler,
-                             key=key, payload=payload, idempotency_key=idempotency_key, notify=True)
+                             key=key, payload=payload, idempotency_key=idempotency_key, notify=True,
+                             headers=headers)
         return inv, send
 
     async def submit_workflow(self, workflow: str, key: str, arg: Any) -> str:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Mapping
 from concurrent.futures import Executor
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -29,6 +29,7 @@ from processor._context import (
     WorkflowContext,
     WorkflowSharedContext,
 )
+from processor._engine import tracing
 from processor._engine.core import (
     Entry,
     EntryKind,
@@ -50,6 +51,9 @@ from processor._serde import Serde
 from state import keys
 from timers import TimerKind
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
+
 log = logging.getLogger("processor.invocation")
 
 
@@ -60,6 +64,7 @@ class Host(Protocol):
     step_executor: Executor
     bodies_running: int  # step bodies executing or awaiting their acknowledgement (the cycle lingers for them)
     partition: int
+    tracer: Tracer | None  # OpenTelemetry, when the process set a tracer provider (processor/_engine/tracing.py)
 
     def body_ended(self) -> None: ...
     def now_ms(self) -> int: ...
@@ -79,7 +84,7 @@ class Host(Protocol):
     def resolve_target(self, target: Callable[..., Any] | str, key: str | None) -> HandlerDef: ...
     def invoke(self, h: HandlerDef, arg: Any, key: str | None, *, seed: tuple[str, ...],
                caller: tuple[str, int] | None, delay_ms: int | None = None,
-               timer_owner: tuple[str, int] | None = None) -> str: ...
+               timer_owner: tuple[str, int] | None = None, headers: list[tuple[str, bytes]] | None = None) -> str: ...
     def complete_entry(self, invocation_id: str, entry: Entry) -> None: ...
     def cancel_callee(self, callee_id: str) -> None: ...
     def cancel_delivered(self, rt: InvocationRuntime) -> None: ...
@@ -157,6 +162,8 @@ class InvocationRuntime:
         self._unreleased = 0
         self.waits = Waits(self)
         self.waits.cancel_next = row.cancelled  # cancelled before it reached a durable await
+        self.span: Span | None = None  # this attempt's, when tracing (``_traced``)
+        self._span_error: BaseException | str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -164,10 +171,11 @@ class InvocationRuntime:
         """Drive the handler in a task of its own; `eager`: run it right here up to its first
         suspension first — a handler that runs to completion without waiting costs no task at all."""
         name = f"invocation {self.invocation_id}"
+        main = self._main() if self.host.tracer is None else self._traced(self.host.tracer)
         if eager:
-            self._task = eager_task(self._main(), name)
+            self._task = eager_task(main, name)
         else:
-            self._task = asyncio.get_running_loop().create_task(self._main(), name=name)
+            self._task = asyncio.get_running_loop().create_task(main, name=name)
 
     def drop(self) -> None:
         """Stop driving this attempt: nothing it does from now on reaches the store."""
@@ -208,6 +216,24 @@ class InvocationRuntime:
             if not wait[1].done():
                 wait[1].set_result(None)
 
+    async def _traced(self, tracer: Tracer) -> None:
+        """``_main`` in a span of this attempt, the current span while the handler runs."""
+        row = self.row
+        self.span = tracing.start_attempt(
+            tracer, name=self.handler.target, headers=row.input_headers, from_record=row.source_topic is not None,
+            attributes={"processor.invocation.id": self.invocation_id, "processor.handler": self.handler.target,
+                        "processor.key": self.key or "", "processor.partition": self.host.partition,
+                        "processor.attempt": row.attempt})
+        try:
+            with tracing.current(self.span):
+                await self._main()
+        finally:
+            tracing.end(self.span, self._span_error)
+
+    def trace_headers(self) -> list[tuple[str, bytes]]:
+        """Headers carrying this attempt's trace context (none when not tracing)."""
+        return [] if self.span is None else tracing.inject(self.span)
+
     async def _main(self) -> None:
         ctx = _CONTEXTS[self.handler.kind](self)
         try:
@@ -220,6 +246,7 @@ class InvocationRuntime:
         except _Abandon:
             if self.alive and self._divergence is not None:
                 self.alive = False
+                self._span_error = self._divergence
                 self.host.paused(self, str(self._divergence))
             return
         except asyncio.CancelledError:
@@ -233,6 +260,7 @@ class InvocationRuntime:
         except Exception as e:
             if self.alive:
                 self.alive = False
+                self._span_error = e
                 self.host.backing_off(self, e)
             return
         if not self.alive:
@@ -246,6 +274,8 @@ class InvocationRuntime:
 
     def _finish(self, result: bytes | None, failure: Failure | None) -> None:
         self.alive = False
+        if failure is not None:
+            self._span_error = f"{failure.type}: {failure.message}"
         for t in (*self._steps, *self._tasks):  # what the handler never awaited cannot outlive it
             t.cancel()
         self.host.finished(self, result=result, failure=failure)
@@ -348,23 +378,29 @@ class InvocationRuntime:
             started = time.monotonic()
             token = _CURRENT_STEP.set((self.invocation_id, seq, name, attempts))
             self.host.bodies_running += 1
+            span = None if self.span is None else tracing.start_step(self.host.tracer, self.span, name, attempts)
+            error: BaseException | None = None
             try:
-                if inspect.iscoroutinefunction(fn):
-                    result = await fn(*args)
-                else:
-                    result = await self._run_sync(name, fn, args)
-                    if inspect.isawaitable(result):
-                        result = await result
+                with tracing.current(span):
+                    if inspect.iscoroutinefunction(fn):
+                        result = await fn(*args)
+                    else:
+                        result = await self._run_sync(name, fn, args)
+                        if inspect.isawaitable(result):
+                            result = await result
                 data = None if result is None else self._serde.serialize(result)
                 value = self.decode_value(data)  # the handler sees exactly what a replay will see
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as e:
+                error = e
                 raise
             except (TerminalError, SerdeError) as e:
+                error = e
                 failure = Failure(type=getattr(e, "error_type", type(e).__name__), message=str(e))
                 self._outcome(Entry(seq=seq, kind=EntryKind.RUN, name=name, failure=failure, attempts=attempts),
                               _reject(fut, _terminal(failure)))
                 return
             except Exception as e:
+                error = e
                 elapsed_ms += int((time.monotonic() - started) * 1000)
                 delay = policy.next_delay_ms(attempts, elapsed_ms)
                 failure = Failure(type=type(e).__name__, message=str(e))
@@ -387,6 +423,8 @@ class InvocationRuntime:
             finally:
                 self.host.body_ended()
                 _CURRENT_STEP.reset(token)
+                if span is not None:
+                    tracing.end(span, error)
             self._outcome(Entry(seq=seq, kind=EntryKind.RUN, name=name, value=data, attempts=attempts),
                           _resolve(fut, value))
             return
@@ -444,6 +482,8 @@ class InvocationRuntime:
         data = bytes(value) if isinstance(value, (bytes, bytearray)) else self._serde.serialize(value)
         kb = key.encode() if isinstance(key, str) else key
         hs = [(k, v.encode() if isinstance(v, str) else v) for k, v in headers.items()] if headers else []
+        if self.span is not None:
+            hs = tracing.inject(self.span, hs)
         self.record(Entry(seq=d.seq, kind=EntryKind.EMIT, name=topic))
         if self.alive:
             self.host.produce(topic, kb, data, hs)

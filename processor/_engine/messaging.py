@@ -108,13 +108,14 @@ class Messaging:
 
     def invoke(self, h: HandlerDef, arg: Any, key: str | None, *, seed: tuple[str, ...],
                caller: tuple[str, int] | None, delay_ms: int | None = None,
-               timer_owner: tuple[str, int] | None = None) -> str:
+               timer_owner: tuple[str, int] | None = None, headers: list[tuple[str, bytes]] | None = None) -> str:
+        """Invoke `h` exactly once per `seed`; `headers` go to the callee as its input headers (trace context)."""
         serde = h.input_serde or self.app.config.serde
         callee, p = self.callee_id(h, key, seed)
         data = InboxCommand(kind=CommandKind.INVOKE, invocation_id=callee, service=h.service, handler=h.name,
                             key=key if h.keyed else None, payload=serde.serialize(arg),
                             caller_id=caller[0] if caller else None, caller_seq=caller[1] if caller else -1,
-                            caller_partition=self.partition if caller else -1).encode()
+                            caller_partition=self.partition if caller else -1, headers=headers or []).encode()
         if delay_ms:
             owner = timer_owner or (callee, 0)
             # a SEND timer's `attempt` carries the target partition
@@ -242,7 +243,8 @@ class Messaging:
             id=inv, service=cmd.service, handler=cmd.handler,
             key=cmd.key if h is None or h.keyed else None,
             status=Status.QUEUED, input=cmd.payload or b"", created_ms=self.now_ms(),
-            caller_id=cmd.caller_id, caller_seq=cmd.caller_seq, caller_partition=cmd.caller_partition,
+            input_headers=dict(cmd.headers), caller_id=cmd.caller_id, caller_seq=cmd.caller_seq,
+            caller_partition=cmd.caller_partition,
             notify=notify, idempotency_key=cmd.idempotency_key)
         if refused is not None:
             # Besides the DLQ record, fail it for good: its caller or Client gets the reason at once,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from processor._app import App, Binding, HandlerDef, HandlerKind
+from processor._engine import tracing
 from processor._engine.core import Entry, EntryKind, Failure, encode_chunk, invocation_id_for_record
 from processor._engine.invocation import InvocationRuntime
 from processor._engine.memtrim import Trimmer
@@ -119,6 +120,7 @@ class PartitionWorker(Messaging):
         self.draining = False  # set by the engine before a seal: held input waits (``route_held``)
         self.queued = 0  # exclusive invocations waiting behind another of their key
         self.trimmer = trimmer or Trimmer()
+        self.tracer = tracing.tracer()
 
     # -- host protocol for invocations ----------------------------------------------------------
 

@@ -123,7 +123,7 @@ class Waits:
 
         def start(seq: int) -> Entry:
             callee = rt.host.invoke(h, arg, key, seed=("call", rt.invocation_id, str(seq)),
-                                    caller=(rt.invocation_id, seq))
+                                    caller=(rt.invocation_id, seq), headers=rt.trace_headers())
             return Entry(seq=seq, kind=EntryKind.CALL, name=h.target, pending=True, value=callee.encode())
         return self.wait(EntryKind.CALL, h.target, start)
 
@@ -136,7 +136,8 @@ class Waits:
             return (d.entry.value or b"").decode()
         delay_ms = None if delay is None else max(0, int(delay.total_seconds() * 1000))
         callee = rt.host.invoke(h, arg, key, seed=("send", rt.invocation_id, str(d.seq)), caller=None,
-                                delay_ms=delay_ms, timer_owner=(rt.invocation_id, d.seq))
+                                delay_ms=delay_ms, timer_owner=(rt.invocation_id, d.seq),
+                                headers=rt.trace_headers())
         rt.record(Entry(seq=d.seq, kind=EntryKind.SEND, name=h.target, value=callee.encode()))
         return callee
 
