@@ -36,6 +36,7 @@ FORMAT_VERSION = 1
 
 OFFSET_KEY = local_key("changelog-offset")
 FORMAT_KEY = local_key("format")
+APPLY_CHUNK = 1000  # writes per LMDB write transaction of an apply (``PartitionStore.apply``)
 _U64 = struct.Struct(">Q")
 
 
@@ -221,23 +222,46 @@ class PartitionStore:
         self._live().sync(True)
 
     def apply(self, writes: Iterable[tuple[bytes, bytes | None]], changelog_offset: int) -> None:
-        """One write transaction: put/delete each in order, then record `changelog_offset`."""
+        """Put/delete each in order, then record `changelog_offset` — in write transactions of at
+        most ``APPLY_CHUNK`` writes, the offset in the last. LMDB keeps every page a transaction
+        dirtied on a free list of its own until the environment closes, so one transaction of a
+        big cycle would hold its size in memory for good (24 MB after one of 50,000 puts). A crash
+        between the transactions leaves the old offset: the restore applies the changelog from it
+        again, rewriting the same values. Readers never see a half-applied cycle: the sealed
+        overlay that holds it covers the store until the apply returns."""
         offset = encode_offset(changelog_offset)
-        with self._live().begin(write=True) as txn:
-            cur = txn.cursor()
-            run: list[tuple[bytes, bytes]] = []  # consecutive puts go through putmulti in one call
-            for key, value in writes:
-                check_key(key)
-                if value is None:
-                    if run:
-                        cur.putmulti(run)
-                        run = []
-                    txn.delete(key)
-                else:
-                    run.append((key, value))
-            if run:
-                cur.putmulti(run)
-            txn.put(OFFSET_KEY, offset)
+        env = self._live()
+        writes = list(writes)
+        for key, _ in writes:  # a key LMDB would refuse refuses the whole apply, before any write
+            check_key(key)
+        it = iter(writes)
+        while True:
+            with env.begin(write=True) as txn:
+                more = self._apply_chunk(txn, it)
+                if not more:
+                    txn.put(OFFSET_KEY, offset)
+                    return
+
+    @staticmethod
+    def _apply_chunk(txn: lmdb.Transaction, writes: Iterator[tuple[bytes, bytes | None]]) -> bool:
+        """Up to APPLY_CHUNK of `writes` in `txn`; whether any are left."""
+        cur = txn.cursor()
+        run: list[tuple[bytes, bytes]] = []  # consecutive puts go through putmulti in one call
+        n = 0
+        for key, value in writes:
+            if value is None:
+                if run:
+                    cur.putmulti(run)
+                    run = []
+                txn.delete(key)
+            else:
+                run.append((key, value))
+            n += 1
+            if n >= APPLY_CHUNK:
+                break
+        if run:
+            cur.putmulti(run)
+        return n >= APPLY_CHUNK
 
     def clear(self) -> None:
         """Delete every key (data and offset); keep the format marker."""

@@ -51,6 +51,7 @@ class Messaging:
     runtimes: dict[str, InvocationRuntime]
     _queues: dict[tuple[str, str], deque[str]]
     _queued_rows: dict[str, InvocationRow]
+    _durable: set[str]
     _outputs: list[OutRecord]
     _on_work: Callable[[], None]
     forwards: forwarding.ForwardStats = forwarding.FORWARDS
@@ -445,6 +446,9 @@ class Messaging:
                 rt.drop()
                 del self.runtimes[inv]
                 self.save(rt, rt.row.moved(Status.SUSPENDED))
+                # Out of memory, out of `_durable` too: a hundred thousand sleepers' ids, kept, pin
+                # the allocator's arenas (start() and finish_row() ask the store instead).
+                self._durable.discard(inv)
                 evicted += 1
         return evicted
 

@@ -88,8 +88,9 @@ class PartitionWorker(Messaging):
         self.runtimes: dict[str, InvocationRuntime] = {}
         self._queues: dict[tuple[str, str], deque[str]] = {}
         # Invocations in flight are written to the store only when a cycle they outlive is sealed
-        # (docs/architecture.md, "What a cycle writes"): `_durable` holds the ids whose row and slot
-        # (inbox or active key) the store or a sealed overlay has, `_dirty` the in-memory ones with
+        # (docs/architecture.md, "What a cycle writes"): `_durable` holds the ids of those in memory
+        # or queued whose row and slot (inbox or active key) the store or a sealed overlay has (one
+        # out of memory is durable if the store has its row), `_dirty` the in-memory ones with
         # unsaved changes, `_queued_rows` rows queued behind their key that were never saved.
         self._durable: set[str] = set()
         self._dirty: dict[str, InvocationRuntime] = {}
@@ -413,6 +414,8 @@ class PartitionWorker(Messaging):
             return
         if fresh is None:
             fresh = row.status is Status.QUEUED
+        if not fresh and row.id not in self._durable and self.state.get(keys.invocation_key(row.id)) is not None:
+            self._durable.add(row.id)  # back from the store (an evicted invocation leaves `_durable`)
         self._queued_rows.pop(row.id, None)
         if row.status is not Status.RUNNING:
             row = row.moved(Status.RUNNING)
@@ -447,7 +450,8 @@ class PartitionWorker(Messaging):
         """Finish `row` for good: answer its callers, keep its row for ``retention`` where someone
         may still ask for it, and delete what a save wrote of it (nothing, if it never outlived a cycle)."""
         now = self.now_ms()
-        durable = row.id in self._durable
+        # Out of memory (evicted, or never in it): durable if the store has its row.
+        durable = row.id in self._durable or (rt is None and self.state.get(keys.invocation_key(row.id)) is not None)
         self._durable.discard(row.id)
         self._queued_rows.pop(row.id, None)
         h = rt.handler if rt is not None else self.app.handler(row.target)
