@@ -201,6 +201,9 @@ class Client:
             return int(high)
         except KafkaException as e:
             self._raise_refusal(e.args[0], f"reading {self.results}")
+            if e.args[0].code() in (KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC):
+                t = c.list_topics(self.results, timeout=10).topics.get(self.results)  # why unknown?
+                self._raise_refusal(None if t is None else t.error, f"reading {self.results}")
             raise
         finally:
             c.close()
