@@ -634,6 +634,9 @@ class Engine:
                     await self._confirm_ownership()
                     if not self._reconfirm:
                         break
+                except ConfigurationError as e:  # refused (an ACL revoked, say): retrying cannot help
+                    self._refuse(str(e))
+                    return
                 except (Stuck, txn.TxnFailed, KafkaException) as e:
                     tries += 1
                     if time.monotonic() - said > 30:  # one line per 30 s while the broker or group is away

@@ -127,8 +127,9 @@ def ensure_topics(admin: AdminClient, app: App, *, timeout: float = 30.0) -> int
     for t in app.bindings:
         tm = md.topics.get(t)
         if tm is None or tm.error is not None:
-            raise ConfigurationError(f"input topic {t!r} does not exist; create it (all inputs of app "
-                                     f"{app.name!r} need the same partition count)")
+            raise ConfigurationError(f"input topic {t!r} does not exist (or the app's principal may not "
+                                     f"Describe it); create it (all inputs of app {app.name!r} need the same "
+                                     "partition count)")
         counts[t] = len(tm.partitions)
     if counts:
         p = next(iter(counts.values()))
