@@ -5,12 +5,14 @@ from __future__ import annotations
 import enum
 import inspect
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 from processor._errors import ConfigurationError
+from processor._kafka_config import KafkaConfig, from_code
 from processor._retry import RetryPolicy
 from processor._serde import JsonSerde, Serde
 
@@ -125,6 +127,9 @@ class AppConfig:
     suspend_after: timedelta = timedelta(seconds=5)  # idle time before a waiting invocation leaves memory
     commit_linger_ms: float = 50.0           # max wait for step bodies (and their acknowledgements) running at a seal
     max_cycle_records: int = 10_000          # writes + outputs a cycle holds before input waits for it to seal
+    # librdkafka settings for every Kafka client (security, tuning); a --kafka-config file and
+    # PROCESSOR_KAFKA_* variables override them key by key (docs/security.md)
+    kafka_config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
 
 class App:
@@ -142,6 +147,7 @@ class App:
             self.config = AppConfig(**config)
         except TypeError as e:
             raise ConfigurationError(f"App({name!r}): {e}") from e
+        self.kafka_config: KafkaConfig = from_code(self.config.kafka_config, f"App({name!r}, kafka_config=...)")
         self._definitions: dict[str, _Definition[Any]] = {}
         self._handlers: dict[str, HandlerDef] = {}
         self._by_fn: dict[Callable[..., Any], HandlerDef] = {}

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from processor import _kafka_config, _logs
 from processor._app import App
 from processor._engine.records import Status
 from processor._engine.statedir import lock_state_dir, persisted_instance_id
@@ -46,28 +47,35 @@ def load_app(spec: str) -> App:
     return app
 
 
-async def _run(args: argparse.Namespace) -> None:
+async def _run(args: argparse.Namespace, context: dict[str, str]) -> None:
     from processor._engine.engine import Engine
 
     app = load_app(args.app)
+    context["app"] = app.name
+    kafka = _kafka_config.resolve(app.kafka_config, file=args.kafka_config)
     engine = Engine(app, bootstrap_servers=args.bootstrap_servers, state_dir=args.state_dir,
-                    instance_id=args.instance_id)
+                    instance_id=args.instance_id, kafka_config=kafka)
+    context["instance"] = engine.instance_id
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stopper(engine))
     await engine.run()
 
 
-def _supervise(args: argparse.Namespace) -> int:
+def _supervise(args: argparse.Namespace, context: dict[str, str]) -> int:
     """``--workers N`` with N > 1: run N single-engine processes of the app and watch over them."""
     app = load_app(args.app)
+    context["app"] = app.name
+    _kafka_config.resolve(app.kafka_config, file=args.kafka_config)  # a bad setting stops us, not N workers
     state_dir = Path(args.state_dir)
     root = state_dir / app.name
     root.mkdir(parents=True, exist_ok=True)
     with lock_state_dir(root):  # one supervisor per state dir; each worker locks its own
         base_id = args.instance_id or persisted_instance_id(root)
+        context["instance"] = base_id
+        extra = ("--log-format", args.log_format, *(("--kafka-config", args.kafka_config) if args.kafka_config else ()))
         specs = worker_specs(app_spec=args.app, bootstrap=args.bootstrap_servers, state_dir=state_dir,
-                             base_id=base_id, log_level=args.log_level, workers=args.workers)
+                             base_id=base_id, log_level=args.log_level, workers=args.workers, extra=extra)
         wait_until_unlocked([s.state_dir / app.name for s in specs], WORKERS_STOP_S)
         supervisor = Supervisor(specs, stop_s=WORKERS_STOP_S)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -114,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--instance-id", default=None,
                      help="stable id of this instance (default: generated once, kept in the state dir)")
     run.add_argument("--log-level", default=os.environ.get("PROCESSOR_LOG_LEVEL", "INFO"))
+    run.add_argument("--log-format", choices=_logs.LOG_FORMATS, default=os.environ.get("PROCESSOR_LOG_FORMAT", "text"),
+                     help="text, or json: one JSON object per line (time, level, logger, message, app, "
+                          "instance) (default: $PROCESSOR_LOG_FORMAT or text)")
+    run.add_argument("--kafka-config", metavar="FILE", default=os.environ.get(_kafka_config.FILE_ENV) or None,
+                     help="librdkafka settings (security, tuning) in a properties file, key=value per line; "
+                          "PROCESSOR_KAFKA_<SETTING> variables override it, and it overrides App(kafka_config=...) "
+                          f"(default: ${_kafka_config.FILE_ENV}); see docs/security.md")
     run.add_argument("--workers", type=_worker_count, metavar="N",
                      default=os.environ.get("PROCESSOR_WORKERS") or str(os.cpu_count() or 1),
                      help="engine processes, each a group member with its own state dir DIR/worker-<i> "
@@ -138,22 +153,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.supervisor_pid is not None and not die_with_parent(args.supervisor_pid):
         print("processor: the supervisor that started this worker is gone; not starting", file=sys.stderr)
         return 1
-    logging.basicConfig(level=args.log_level.upper(), format=_log_format(args))
+    context: dict[str, str] = {}  # app and instance, for JSON lines: filled in once known
+    _logs.configure(level=args.log_level, fmt=args.log_format, text_format=_log_format(args), context=context)
     code = 0
     try:
         if args.workers > 1:
-            code = _supervise(args)
+            code = _supervise(args, context)
         else:
-            asyncio.run(_run(args))
+            asyncio.run(_run(args, context))
     except ConfigurationError as e:
-        print(f"processor: {e}", file=sys.stderr)
+        _fail(args, str(e))
         code = 2
     except ProcessorError as e:
-        print(f"processor: {e}", file=sys.stderr)
+        _fail(args, str(e))
         code = 1
     except KeyboardInterrupt:
         code = 130
     return _exit_leaving_stuck_threads(code)
+
+
+def _fail(args: argparse.Namespace, message: str) -> None:
+    """The one line saying why the command stops: a log record in JSON mode (so every line parses)."""
+    if args.log_format == "json":
+        log.error("%s", message)
+    else:
+        print(f"processor: {message}", file=sys.stderr)
 
 
 def _log_format(args: argparse.Namespace) -> str:

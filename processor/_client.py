@@ -9,18 +9,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 import schemas
+from processor import _kafka_config
+from processor._engine import kafka as kio
 from processor._engine import routing, tracing
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._engine.core import Failure
-from processor._errors import ProcessorError, terminal_error
+from processor._errors import ConfigurationError, ProcessorError, terminal_error
 from processor._serde import JsonSerde, Serde
 
 
@@ -30,15 +31,23 @@ class InvocationNotFound(ProcessorError):
 
 class Client:
     """Invoke handlers, await results, complete awakeables and cancel or kill invocations of app
-    `app` through the Kafka cluster at `bootstrap_servers`."""
+    `app` through the Kafka cluster at `bootstrap_servers`.
+
+    `kafka_config` holds librdkafka settings (security, tuning) for its clients; the file named by
+    ``$PROCESSOR_KAFKA_CONFIG_FILE`` and ``PROCESSOR_KAFKA_*`` variables override them key by key
+    (docs/security.md). A cluster that refuses the login or an ACL raises ConfigurationError."""
 
     def __init__(self, bootstrap_servers: str, app: str, *, serde: Serde[Any] | None = None,
-                 config: dict[str, Any] | None = None) -> None:
+                 kafka_config: Mapping[str, Any] | None = None) -> None:
         self.app = app
         self._bootstrap = bootstrap_servers
         self._serde: Serde[Any] = serde or JsonSerde()
-        self._config = {"bootstrap.servers": bootstrap_servers, **(config or {})}
-        self._producer = Producer({**self._config, "enable.idempotence": True, "acks": "all", "linger.ms": 0})
+        self.kafka_config = _kafka_config.resolve(_kafka_config.from_code(kafka_config, "Client(kafka_config=...)"))
+        self._config = kio.client_config(bootstrap_servers, self.kafka_config)
+        try:
+            self._producer = Producer({**self._config, "enable.idempotence": True, "acks": "all", "linger.ms": 0})
+        except KafkaException as e:
+            raise ConfigurationError(f"invalid Kafka client settings: {e.args[0]}") from None
         self._partitions: int | None = None
 
     @property
@@ -114,6 +123,7 @@ class Client:
         """Attach to an invocation and return its result once it finished (TerminalError if it failed,
         InvocationCancelled / InvocationKilled if it was cancelled / killed, InvocationNotFound if
         there is no such invocation)."""
+        await self._partition_count()  # a refusal fails here, with its reason
         p = routing.partition_of(invocation_id)
         start = await asyncio.to_thread(self._end_offset, p)
         await self._send(p, invocation_id, CommandKind.ATTACH, invocation_id=invocation_id)
@@ -147,10 +157,14 @@ class Client:
     # -- plumbing ------------------------------------------------------------------------------------
 
     async def _partition_count(self) -> int:
+        """The inbox's partition count, read once: the first thing every request does, so a cluster
+        that refuses us fails it at once with the reason."""
         if self._partitions is None:
             def count() -> int:
-                md = AdminClient({"bootstrap.servers": self._bootstrap}).list_topics(self.inbox, timeout=15)
+                md = kio.connect(self._config).list_topics(self.inbox, timeout=15)
                 t = md.topics.get(self.inbox)
+                if t is not None and t.error is not None and kio.is_refusal(t.error.code()):
+                    raise ConfigurationError(kio.not_authorized(t.error.str(), f"describing {self.inbox}"))
                 if t is None or t.error is not None or not t.partitions:
                     raise ProcessorError(f"app {self.app!r} has no inbox topic {self.inbox!r}: is a processor "
                                          "of it running (or did one ever run) on this cluster?")
@@ -159,6 +173,7 @@ class Client:
         return self._partitions
 
     async def _send(self, partition: int, record_key: str, kind: CommandKind, **fields: Any) -> None:
+        await self._partition_count()
         data = InboxCommand(kind=kind, **fields).encode()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
@@ -166,7 +181,9 @@ class Client:
         def settle(err: Any) -> None:
             if done.done():
                 return
-            if err is not None:
+            if err is not None and kio.is_refusal(err.code()):
+                done.set_exception(ConfigurationError(kio.not_authorized(err.str(), f"writing to {self.inbox}")))
+            elif err is not None:
                 done.set_exception(KafkaException(err))
             else:
                 done.set_result(None)
@@ -184,8 +201,18 @@ class Client:
         try:
             _low, high = c.get_watermark_offsets(TopicPartition(self.results, partition), timeout=15, cached=False)
             return int(high)
+        except KafkaException as e:
+            self._raise_refusal(e.args[0], f"reading {self.results}")
+            if e.args[0].code() in (KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC):
+                t = c.list_topics(self.results, timeout=10).topics.get(self.results)  # why unknown?
+                self._raise_refusal(None if t is None else t.error, f"reading {self.results}")
+            raise
         finally:
             c.close()
+
+    def _raise_refusal(self, err: KafkaError | None, doing: str) -> None:
+        if err is not None and kio.is_refusal(err.code()):
+            raise ConfigurationError(kio.not_authorized(err.str(), doing))
 
     async def _await_result(self, invocation_id: str, start: int, timeout: timedelta) -> Any:
         p = routing.partition_of(invocation_id)
@@ -200,6 +227,8 @@ class Client:
             want = invocation_id.encode()
             while time.monotonic() < deadline:
                 m = c.poll(0.2)
+                if m is not None and m.error() is not None:
+                    self._raise_refusal(m.error(), f"reading {self.results}")
                 if m is None or m.error() is not None or m.key() != want:
                     continue
                 r = schemas.decode("InvocationResult", m.value() or b"")

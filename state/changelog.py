@@ -192,9 +192,9 @@ class _Run:
         if final:
             log.info("restore %s: done, %d records in %.1fs (%.0f records/s), store at offset %d",
                      self.where, self.records, elapsed, rate, self.applied)
-        else:
-            log.info("restore %s: %d records applied, ~%d left, %.0f records/s",
-                     self.where, self.records, left, rate)
+        else:  # the caller's `progress` reports to the operator, at an interval of its own
+            log.debug("restore %s: %d records applied, ~%d left, %.0f records/s",
+                      self.where, self.records, left, rate)
         if self.progress is not None:
             self.progress(self.records, left, rate)
 

@@ -47,7 +47,7 @@ class Kafka:
     @property
     def admin(self) -> AdminClient:
         if self._admin is None:
-            self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
+            self._admin = AdminClient(self.config())
         return self._admin
 
     def config(self, **extra: Any) -> dict[str, Any]:

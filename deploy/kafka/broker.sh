@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A real single-node Apache Kafka (KRaft, broker+controller in one JVM) on 127.0.0.1, built from
-# Maven Central jars: no Docker, no .tgz. Usage: broker.sh start|stop|status|logs|fetch
+# Maven Central jars: no Docker, no .tgz.
+# Usage: broker.sh start|stop|status|logs [N]|fetch|reset|user NAME PASSWORD|kafka-acls ARGS...
 #
 # Environment:
 #   KAFKA_VERSION   (4.1.1)          the org.apache.kafka:kafka_2.13 version to run
@@ -8,6 +9,17 @@
 #   KAFKA_CACHE     (~/.cache/processor-kafka)  where jars are cached (shared by all work dirs)
 #   KAFKA_WORK      (<repo>/.kafka/<port>)      config, data, logs and pid of this broker
 #   KAFKA_START_TIMEOUT (120)        seconds to wait for readiness
+#   KAFKA_SECURITY  (plaintext)      plaintext, or sasl_ssl: the client listener speaks TLS (a CA made
+#                                    here, in KAFKA_WORK/tls) and SCRAM-SHA-512, and the KRaft
+#                                    StandardAuthorizer denies what no ACL allows. Fixed when the
+#                                    work dir is first formatted (`reset` to change it).
+#   KAFKA_ADMIN_PASSWORD (admin-secret)  sasl_ssl: password of the super user `admin`
+#
+# With sasl_ssl, `start` also writes KAFKA_WORK/admin.properties (Java clients' --command-config for
+# kafka-acls.sh / kafka-configs.sh) and KAFKA_WORK/admin-librdkafka.properties (`processor run
+# --kafka-config`), both for `admin`. `user NAME PASSWORD` creates or updates a SCRAM-SHA-512 user;
+# `kafka-acls ARGS...` runs Kafka's kafka-acls tool as `admin` against this broker (its jar is
+# fetched once). See docs/security.md.
 set -euo pipefail
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
@@ -21,6 +33,11 @@ WORK="${KAFKA_WORK:-$REPO/.kafka/$KAFKA_PORT}"
 PIDFILE="$WORK/broker.pid"
 LOG="$WORK/logs/server.log"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
+TOOLS="$CACHE/tools-$KAFKA_VERSION"
+TLS="$WORK/tls"
+STOREPASS="processor-local"          # key and trust stores of this local test broker only
+ADMIN_PASSWORD="${KAFKA_ADMIN_PASSWORD:-admin-secret}"
+BROKER_DN="CN=processor-local-broker"  # the broker's certificate: its principal on the controller listener
 
 say() { printf 'broker.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
@@ -47,16 +64,103 @@ fetch() {
 
 pid_alive() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
-write_config() {
-  mkdir -p "$WORK/data" "$WORK/logs"
-  cat >"$WORK/server.properties" <<PROPS
-process.roles=broker,controller
-node.id=1
+# The security mode of this work dir: what it was formatted with, else KAFKA_SECURITY.
+security() {
+  if [ -f "$WORK/security" ]; then cat "$WORK/security"; else echo "${KAFKA_SECURITY:-plaintext}"; fi
+}
+
+# A CA of our own and a broker certificate it signs (SAN 127.0.0.1 and localhost), made with keytool
+# (Java 17 brings it). The broker presents it to clients and, on the controller listener (mutual
+# TLS), to itself.
+make_tls() {
+  [ -f "$TLS/.complete" ] && return 0
+  command -v keytool >/dev/null || die "keytool (Java 17+) is needed to make the TLS certificates"
+  rm -rf "$TLS"
+  mkdir -p "$TLS"
+  local kt=(keytool -storetype PKCS12 -storepass "$STOREPASS" -keypass "$STOREPASS")
+  {
+    "${kt[@]}" -genkeypair -keystore "$TLS/ca.p12" -alias ca -dname "CN=processor-local-ca" \
+      -keyalg RSA -keysize 2048 -validity 3650 -ext bc:c
+    "${kt[@]}" -exportcert -rfc -keystore "$TLS/ca.p12" -alias ca -file "$TLS/ca.pem"
+    "${kt[@]}" -genkeypair -keystore "$TLS/broker.p12" -alias broker -dname "$BROKER_DN" \
+      -keyalg RSA -keysize 2048 -validity 3650
+    "${kt[@]}" -certreq -keystore "$TLS/broker.p12" -alias broker -file "$TLS/broker.csr"
+    "${kt[@]}" -gencert -keystore "$TLS/ca.p12" -alias ca -infile "$TLS/broker.csr" -outfile "$TLS/broker.pem" \
+      -rfc -validity 3650 -ext SAN=IP:127.0.0.1,DNS:localhost -ext KU=digitalSignature,keyEncipherment \
+      -ext EKU=serverAuth,clientAuth
+    "${kt[@]}" -importcert -noprompt -keystore "$TLS/broker.p12" -alias ca -file "$TLS/ca.pem"
+    "${kt[@]}" -importcert -noprompt -keystore "$TLS/broker.p12" -alias broker -file "$TLS/broker.pem"
+    "${kt[@]}" -importcert -noprompt -keystore "$TLS/truststore.p12" -alias ca -file "$TLS/ca.pem"
+  } >"$TLS/keytool.log" 2>&1 || { cat "$TLS/keytool.log" >&2; die "making the TLS certificates failed"; }
+  touch "$TLS/.complete"
+}
+
+listener_config() {
+  if [ "$(security)" = plaintext ]; then
+    cat <<PROPS
 listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
 advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
+PROPS
+    return
+  fi
+  # Clients and the broker itself on SASL_SSL (SCRAM-SHA-512; the broker as `admin`); the controller
+  # listener on mutual TLS, where the broker is the principal of its certificate. Both are super users.
+  cat <<PROPS
+listeners=SASL_SSL://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=SASL_SSL://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SSL
+inter.broker.listener.name=SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$ADMIN_PASSWORD";
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS/broker.p12
+ssl.keystore.password=$STOREPASS
+ssl.key.password=$STOREPASS
+ssl.truststore.type=PKCS12
+ssl.truststore.location=$TLS/truststore.p12
+ssl.truststore.password=$STOREPASS
+listener.name.controller.ssl.client.auth=required
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:admin;User:$BROKER_DN
+allow.everyone.if.no.acl.found=false
+PROPS
+}
+
+write_client_configs() {
+  [ "$(security)" = plaintext ] && return 0
+  cat >"$WORK/admin.properties" <<PROPS
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$ADMIN_PASSWORD";
+ssl.truststore.type=PKCS12
+ssl.truststore.location=$TLS/truststore.p12
+ssl.truststore.password=$STOREPASS
+PROPS
+  cat >"$WORK/admin-librdkafka.properties" <<PROPS
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.username=admin
+sasl.password=$ADMIN_PASSWORD
+ssl.ca.location=$TLS/ca.pem
+PROPS
+  chmod 600 "$WORK/admin.properties" "$WORK/admin-librdkafka.properties"
+}
+
+write_config() {
+  mkdir -p "$WORK/data" "$WORK/logs"
+  case "$(security)" in
+    plaintext) ;;
+    sasl_ssl) make_tls ;;
+    *) die "KAFKA_SECURITY must be plaintext or sasl_ssl, not $(security)" ;;
+  esac
+  cat >"$WORK/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+$(listener_config)
+controller.listener.names=CONTROLLER
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
 log.dirs=$WORK/data
 num.partitions=1
@@ -101,16 +205,27 @@ start() {
     return 0
   fi
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process; set KAFKA_PORT"
+  if [ -f "$WORK/security" ] && [ -n "${KAFKA_SECURITY:-}" ] && [ "$KAFKA_SECURITY" != "$(security)" ]; then
+    die "$WORK was formatted for $(security), not $KAFKA_SECURITY; run '$0 reset' first"
+  fi
   fetch
   write_config
   local cp="$LIBS/*"
   if [ ! -f "$WORK/data/meta.properties" ]; then
+    local scram=()
+    # SCRAM credentials live in the cluster metadata: the broker's own user must be there before
+    # the broker can authenticate to itself, so it is written at format time.
+    [ "$(security)" = sasl_ssl ] && scram=(--add-scram "SCRAM-SHA-512=[name=admin,password=$ADMIN_PASSWORD]")
     java -Xmx256m -cp "$cp" -Dlog4j2.configurationFile="$WORK/log4j2.properties" \
       -Dkafka.logs.dir="$WORK/logs" kafka.tools.StorageTool format \
       -t "$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)" \
-      -c "$WORK/server.properties" >"$WORK/logs/format.log" 2>&1 \
+      -c "$WORK/server.properties" "${scram[@]}" >"$WORK/logs/format.log" 2>&1 \
       || { cat "$WORK/logs/format.log" >&2; die "formatting KRaft storage failed"; }
+    local mode
+    mode="$(security)"
+    echo "$mode" >"$WORK/security"
   fi
+  write_client_configs
   local offset=0
   [ -f "$LOG" ] && offset=$(wc -c <"$LOG")
   nohup java -server -Xms256m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
@@ -138,7 +253,7 @@ start() {
     fi
     sleep 0.3
   done
-  say "ready (pid $(cat "$PIDFILE"), data in $WORK)"
+  say "ready (pid $(cat "$PIDFILE"), $(security), data in $WORK)"
   echo "127.0.0.1:$KAFKA_PORT"
 }
 
@@ -164,11 +279,47 @@ stop() {
 
 status() {
   if pid_alive; then
-    echo "running pid=$(cat "$PIDFILE") bootstrap=127.0.0.1:$KAFKA_PORT"
+    echo "running pid=$(cat "$PIDFILE") bootstrap=127.0.0.1:$KAFKA_PORT security=$(security)"
   else
     echo "stopped"
     return 3
   fi
+}
+
+need_sasl() {
+  [ "$(security)" = sasl_ssl ] || die "$1 needs a broker started with KAFKA_SECURITY=sasl_ssl"
+  pid_alive || die "the broker on port $KAFKA_PORT is not running"
+}
+
+# Create or update SCRAM-SHA-512 user NAME (kafka-configs, run as admin).
+user() {
+  [ $# -eq 2 ] || die "usage: $0 user NAME PASSWORD"
+  need_sasl "user"
+  java -Xmx256m -cp "$LIBS/*" -Dlog4j2.configurationFile="$WORK/log4j2.properties" -Dkafka.logs.dir="$WORK/logs" \
+    kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --command-config "$WORK/admin.properties" \
+    --alter --entity-type users --entity-name "$1" --add-config "SCRAM-SHA-512=[password=$2]" \
+    >"$WORK/logs/user.log" 2>&1 || { cat "$WORK/logs/user.log" >&2; die "creating user $1 failed"; }
+  say "user $1 (SCRAM-SHA-512) set"
+}
+
+# Kafka's kafka-acls (org.apache.kafka.tools.AclCommand) as admin against this broker: its jar alone,
+# fetched once, runs on the broker's classpath.
+kafka_acls() {
+  need_sasl "kafka-acls"
+  if [ ! -f "$TOOLS/.complete" ]; then
+    mkdir -p "$CACHE"
+    local tmp
+    tmp="$(mktemp -d "$CACHE/fetch.XXXXXX")"
+    mvn -B -q dependency:copy -Dartifact="org.apache.kafka:kafka-tools:$KAFKA_VERSION" -DoutputDirectory="$tmp/libs" \
+      || { rm -rf "$tmp"; die "Maven could not fetch kafka-tools $KAFKA_VERSION"; }
+    rm -rf "$TOOLS"
+    mv "$tmp/libs" "$TOOLS"
+    rm -rf "$tmp"
+    touch "$TOOLS/.complete"
+  fi
+  java -Xmx256m -cp "$TOOLS/*:$LIBS/*" -Dlog4j2.configurationFile="$WORK/log4j2.properties" \
+    -Dkafka.logs.dir="$WORK/logs" org.apache.kafka.tools.AclCommand \
+    --bootstrap-server "127.0.0.1:$KAFKA_PORT" --command-config "$WORK/admin.properties" "$@"
 }
 
 case "${1:-}" in
@@ -178,5 +329,7 @@ case "${1:-}" in
   logs) tail -n "${2:-100}" "$LOG" ;;
   fetch) fetch ;;
   reset) stop; rm -rf "$WORK"; say "removed $WORK" ;;
-  *) echo "usage: $0 start|stop|status|logs [N]|fetch|reset" >&2; exit 2 ;;
+  user) shift; user "$@" ;;
+  kafka-acls) shift; kafka_acls "$@" ;;
+  *) echo "usage: $0 start|stop|status|logs [N]|fetch|reset|user NAME PASSWORD|kafka-acls ARGS..." >&2; exit 2 ;;
 esac

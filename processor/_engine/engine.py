@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from processor._app import App
 from processor._engine import faults, steps, txn
@@ -45,6 +44,7 @@ from processor._engine.records import InRecord
 from processor._engine.statedir import lock_state_dir, persisted_instance_id
 from processor._engine.steps import StepLog
 from processor._errors import ConfigurationError, ProcessorError
+from processor._kafka_config import KafkaConfig
 from state.changelog import RestoreCancelled, RestoreError, log_end, restore
 from state.store import PartitionStore, Store, StoreClosedError, StoreFormatError
 
@@ -76,17 +76,22 @@ class Engine:
     """Runs an app as one processor instance of its consumer group."""
 
     def __init__(self, app: App, *, bootstrap_servers: str, state_dir: str | Path,
-                 instance_id: str | None = None, consumer_config: dict[str, Any] | None = None,
+                 instance_id: str | None = None, kafka_config: KafkaConfig | None = None,
+                 consumer_config: dict[str, Any] | None = None,
                  producer_config: dict[str, Any] | None = None) -> None:
+        """`kafka_config`: the user's client settings (default: the app's ``kafka_config``);
+        `consumer_config`/`producer_config`: extra settings tests give the engine's own clients."""
         self.app = app
         self.bootstrap = bootstrap_servers
+        self.kafka_config = app.kafka_config if kafka_config is None else kafka_config
+        self._client = kio.client_config(bootstrap_servers, self.kafka_config)  # every client starts from it
         self.root = Path(state_dir) / app.name
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = lock_state_dir(self.root)
         self.instance_id = instance_id or persisted_instance_id(self.root)
         self._consumer_extra = consumer_config or {}
         self._producer_extra = producer_config or {}
-        self._step_lease_s = kio.step_lease_s(kio.consumer_config(bootstrap_servers, app, self._consumer_extra))
+        self._step_lease_s = kio.step_lease_s(kio.consumer_config(self._client, app, self._consumer_extra))
         self.workers: dict[int, PartitionWorker] = {}
         self._stores: dict[int, PartitionStore] = {}
         self._owned: set[int] = set()
@@ -157,11 +162,12 @@ class Engine:
     async def run(self) -> None:
         """Run until ``request_stop()`` (or an error it cannot recover from, which is raised)."""
         self._loop = asyncio.get_running_loop()
-        admin = AdminClient(kio.base_config(self.bootstrap))
-        await asyncio.to_thread(kio.check_reachable, admin, self.bootstrap)
+        if self.kafka_config.settings:
+            log.info("Kafka client settings: %s", self.kafka_config.describe())
+        admin = await asyncio.to_thread(kio.connect, self._client)
         self.partitions_total = await asyncio.to_thread(kio.ensure_topics, admin, self.app)
         await asyncio.gather(*(self._start_producer(i) for i in range(len(self._producers))))
-        self._steps = StepLog({**kio.base_config(self.bootstrap), **self._producer_extra}, self.app.steps_topic,
+        self._steps = StepLog({**self._client, **self._producer_extra}, self.app.steps_topic,
                               self._loop)
         self._consumer = await self._consumer_lane.call(self._new_consumer, 30, "creating the consumer")
         log.info("instance %s of app %s started (transactional.ids %s; %d partitions per topic)",
@@ -183,8 +189,14 @@ class Engine:
             raise self._error
 
     def _new_producer(self, slot: int) -> Producer:
-        p = Producer(kio.producer_config(self.bootstrap, self.app, self.transactional_id(slot), self._producer_extra))
-        p.init_transactions(30)  # fences our predecessor and aborts (or completes) its open transaction
+        p = Producer(kio.producer_config(self._client, self.app, self.transactional_id(slot), self._producer_extra))
+        try:
+            p.init_transactions(30)  # fences our predecessor and aborts (or completes) its open transaction
+        except KafkaException as e:
+            if kio.is_refusal(e.args[0].code()):
+                raise ConfigurationError(kio.not_authorized(
+                    e.args[0].str(), f"transactional.id {self.transactional_id(slot)}")) from None
+            raise
         return p
 
     async def _start_producer(self, slot: int) -> None:
@@ -208,7 +220,7 @@ class Engine:
     def _new_consumer(self) -> Consumer:
         # Static membership: a restarted instance takes its partitions straight back, no rebalance.
         c = Consumer(kio.consumer_config(
-            self.bootstrap, self.app, {"group.instance.id": self.instance_id, **self._consumer_extra}))
+            self._client, self.app, {"group.instance.id": self.instance_id, **self._consumer_extra}))
         c.subscribe(self.input_topics, on_assign=self._cb_assign, on_revoke=self._cb_revoke, on_lost=self._cb_lost)
         return c
 
@@ -351,7 +363,10 @@ class Engine:
     def _route(self, m: Message) -> None:
         err = m.error()
         if err is not None:
-            if err.fatal() or err.code() == KafkaError._FATAL:
+            if kio.is_refusal(err.code()):
+                self._refuse(kio.not_authorized(err.str(), f"consumer group {self.app.name!r} reading "
+                                                f"{', '.join(self.input_topics)}"))
+            elif err.fatal() or err.code() == KafkaError._FATAL:
                 # e.g. FENCED_INSTANCE_ID after the broker was away longer than the session: the
                 # consumer object is done for, the instance is not
                 self._consumer_failed = f"the consumer hit a fatal error: {err.str()}"
@@ -401,6 +416,13 @@ class Engine:
                     self._consumer_lane = Lane("consumer")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _refuse(self, why: str) -> None:
+        """The cluster refuses what the app needs (an ACL, a login): stop with a configuration error
+        (exit 2; retrying cannot help, and a restarted worker would only fail again)."""
+        if self._error is None:
+            self._error = ConfigurationError(why)
+        self.request_stop()
 
     def _note_fence(self, fences: deque[float], limit: int, why: str) -> None:
         """Count fences of our own ids; many in a short time mean another instance runs with ours
@@ -559,7 +581,7 @@ class Engine:
             return False
         except txn.TxnFailed as e:
             await self._settle_failed(slot, e, deadline, age_s=time.perf_counter() - started)
-            self._begin_rebuild(f"transaction failed ({e})")
+            self._begin_rebuild(f"transaction failed ({e})", quiet=kio.is_refusal(e.code))
             return False
         self._turn = (slot + 1) % len(self._producers)
         stores: dict[int, Store] = {s.partition: self._stores[s.partition] for s in cycle.slices}
@@ -581,14 +603,17 @@ class Engine:
 
     def _read_tail(self, store: Store, partition: int) -> int:
         """On the apply thread: bring `store` up to the changelog's end; how many records it read."""
-        stats = restore(store, consumer_config=kio.base_config(self.bootstrap), topic=self.app.changelog_topic,
+        stats = restore(store, consumer_config=self._client, topic=self.app.changelog_topic,
                         partition=partition, deadline_s=60)
         return stats.records
 
     async def _settle_failed(self, slot: int, e: txn.TxnFailed, deadline: Deadline | None, *,
                              age_s: float, quiet: bool = False) -> None:
         """After a failed transaction: abort it, or give up on the producer."""
-        (log.debug if quiet else log.warning)("transaction on %s failed: %s", self.transactional_id(slot), e)
+        refused = kio.is_refusal(e.code)  # stops the engine, with that one line to say why
+        if refused:
+            self._refuse(kio.not_authorized(str(e), f"a transaction of {self.transactional_id(slot)}"))
+        (log.debug if quiet or refused else log.warning)("transaction on %s failed: %s", self.transactional_id(slot), e)
         if e.code in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED) and age_s < 0.8 * self._txn_s:
             # Fenced though the broker cannot have timed it out: another producer with our id started.
             self._note_fence(self._producer_fences, FENCES_TO_GIVE_UP, str(e))
@@ -608,14 +633,15 @@ class Engine:
 
     # -- recovery --------------------------------------------------------------------------------
 
-    def _begin_rebuild(self, why: str) -> None:
+    def _begin_rebuild(self, why: str, *, quiet: bool = False) -> None:
         self._epoch += 1
         if self._rebuilding:  # an ownership check under way may predate this (a freeze): check again
             self._reconfirm = True
             return
         self._rebuilding = True
         self.rebuilds += 1
-        log.warning("%s: rebuilding partitions %s from their last commit", why, sorted(self._owned))
+        (log.debug if quiet else log.warning)("%s: rebuilding partitions %s from their last commit", why,
+                                              sorted(self._owned))
         self._rebuild_task = asyncio.get_running_loop().create_task(self._rebuild(), name="rebuild")
 
     async def _rebuild(self) -> None:
@@ -637,6 +663,9 @@ class Engine:
                     await self._confirm_ownership()
                     if not self._reconfirm:
                         break
+                except ConfigurationError as e:  # refused (an ACL revoked, say): retrying cannot help
+                    self._refuse(str(e))
+                    return
                 except (Stuck, txn.TxnFailed, KafkaException) as e:
                     tries += 1
                     if time.monotonic() - said > 30:  # one line per 30 s while the broker or group is away
@@ -691,7 +720,7 @@ class Engine:
     def _group_offsets(self, partitions: set[int]) -> list[TopicPartition]:
         """On a lane of its own: the offsets the group holds for `partitions`, read by a consumer that
         never joins the group (the group's own consumer may be busy in a rebalance callback)."""
-        c = Consumer(kio.consumer_config(self.bootstrap, self.app, self._consumer_extra))
+        c = Consumer(kio.consumer_config(self._client, self.app, self._consumer_extra))
         try:
             committed = c.committed(self._tps(partitions), timeout=10)
         finally:
@@ -808,7 +837,7 @@ class Engine:
 
         try:
             stats = await lane.call(lambda: restore(
-                store, consumer_config=kio.base_config(self.bootstrap), topic=self.app.changelog_topic,
+                store, consumer_config=self._client, topic=self.app.changelog_topic,
                 partition=p, progress=progress, should_stop=lambda: r.stop, deadline_s=600),
                 660, f"restoring partition {p}")
         finally:
@@ -834,7 +863,7 @@ class Engine:
         step_log = self._steps
         assert step_log is not None
         gen, start = meta_int(store.get, "steps-gen"), meta_int(store.get, "steps-from")
-        config = kio.base_config(self.bootstrap)
+        config = self._client
         end = log_end(config, self.app.steps_topic, p, deadline=time.monotonic() + 60)
         return steps.salvage(gen, steps.read(config, self.app.steps_topic, p, start, end, timeout=60), end,
                              lambda copies: step_log.write_now(p, copies, timeout=30))

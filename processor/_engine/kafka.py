@@ -7,23 +7,38 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from processor._app import App
 from processor._errors import ConfigurationError
+from processor._kafka_config import KafkaConfig, redact
+from processor._logs import KAFKA_LOG
 
 log = logging.getLogger("processor.kafka")
 
+# The cluster refuses who we are (SASL) or we refuse it (TLS): retrying cannot help.
+UNAUTHENTICATED = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL})
+# The principal lacks an ACL for what it asked.
+UNAUTHORIZED = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+                          KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+                          KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED})
 
-def base_config(bootstrap: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    return {"bootstrap.servers": bootstrap, **(extra or {})}
+
+def client_config(bootstrap: str, user: KafkaConfig | None = None) -> dict[str, Any]:
+    """What every client of the processor starts from: the bootstrap servers, the user's settings
+    (security, tuning) and the rate-limited librdkafka logger."""
+    return {"bootstrap.servers": bootstrap, **(user.settings if user else {}), "logger": KAFKA_LOG}
 
 
-def producer_config(bootstrap: str, app: App, transactional_id: str,
+def base_config(base: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {**base, **(extra or {})}
+
+
+def producer_config(base: Mapping[str, Any], app: App, transactional_id: str,
                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    return base_config(bootstrap, {
+    return base_config(base, {
         "transactional.id": transactional_id,
         "enable.idempotence": True,
         "acks": "all",
@@ -33,8 +48,8 @@ def producer_config(bootstrap: str, app: App, transactional_id: str,
         **(extra or {})})
 
 
-def consumer_config(bootstrap: str, app: App, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    return base_config(bootstrap, {
+def consumer_config(base: Mapping[str, Any], app: App, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return base_config(base, {
         "group.id": app.name,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -48,11 +63,60 @@ def consumer_config(bootstrap: str, app: App, extra: Mapping[str, Any] | None = 
         **(extra or {})})
 
 
-def check_reachable(admin: AdminClient, bootstrap: str, timeout: float = 15.0) -> None:
+def connect(config: Mapping[str, Any], timeout: float = 15.0) -> AdminClient:
+    """An admin client that has reached the cluster. A refused login or TLS handshake fails at once,
+    with the broker's reason, instead of being retried until `timeout` (librdkafka retries it
+    several times a second); so does a cluster that cannot be reached within `timeout`."""
+    bootstrap = config["bootstrap.servers"]
+    refused: list[KafkaError] = []
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() in UNAUTHENTICATED:
+            refused.append(err)
+
     try:
-        admin.list_topics(timeout=timeout)
+        admin = AdminClient({**config, "error_cb": on_error})  # type: ignore[dict-item]  # stubs: values only
     except KafkaException as e:
-        raise ConfigurationError(f"cannot reach Kafka at {bootstrap} within {timeout:.0f}s: {e.args[0]}") from None
+        raise ConfigurationError(f"invalid Kafka client settings: {_safe(e.args[0], config)}") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+            return admin
+        except KafkaException as e:
+            last = e.args[0]
+        admin.poll(0)  # serves error_cb (and the log lines of this client)
+        if refused:
+            raise ConfigurationError(refusal(refused[0], bootstrap))
+        if time.monotonic() >= deadline:
+            raise ConfigurationError(f"cannot reach Kafka at {bootstrap} within {timeout:.0f}s: {last}")
+
+
+def refusal(err: KafkaError, bootstrap: str) -> str:
+    """One line saying why the cluster at `bootstrap` will not talk to us."""
+    what = "the TLS handshake failed" if err.code() == KafkaError._SSL else "authentication failed"
+    return (f"Kafka at {bootstrap} refused the connection: {what} ({err.str()}); check the security "
+            "settings (docs/security.md)")
+
+
+def not_authorized(reason: str, doing: str) -> str:
+    """One line for an ACL the principal lacks (or a login the cluster no longer accepts)."""
+    return (f"Kafka refused {doing}: {reason}; the app's principal lacks an ACL or its login is refused "
+            "(docs/security.md lists the ACLs an app needs)")
+
+
+def is_refusal(code: int | None) -> bool:
+    """Whether error `code` says the cluster refuses us (login, TLS or an ACL): retrying cannot help."""
+    return code in UNAUTHENTICATED or code in UNAUTHORIZED
+
+
+def _safe(err: Any, config: Mapping[str, Any]) -> str:
+    """An error text with any secret value of `config` blanked out."""
+    text = str(err)
+    for k, v in config.items():
+        if redact({k: v})[k] != v and isinstance(v, str) and v:
+            text = text.replace(v, "[redacted]")
+    return text
 
 
 def ensure_topics(admin: AdminClient, app: App, *, timeout: float = 30.0) -> int:
@@ -63,8 +127,9 @@ def ensure_topics(admin: AdminClient, app: App, *, timeout: float = 30.0) -> int
     for t in app.bindings:
         tm = md.topics.get(t)
         if tm is None or tm.error is not None:
-            raise ConfigurationError(f"input topic {t!r} does not exist; create it (all inputs of app "
-                                     f"{app.name!r} need the same partition count)")
+            raise ConfigurationError(f"input topic {t!r} does not exist (or the app's principal may not "
+                                     f"Describe it); create it (all inputs of app {app.name!r} need the same "
+                                     "partition count)")
         counts[t] = len(tm.partitions)
     if counts:
         p = next(iter(counts.values()))

@@ -79,18 +79,24 @@ def commit(producer: Producer, *, changelog: str, slices: Sequence[CycleSlice],
     metadata and commit. Raises :class:`TxnFailed` (the transaction is then still open or failed;
     the caller aborts or replaces the producer)."""
     written = Written()
-    errors: list[KafkaError] = []
+    errors: list[tuple[KafkaError, str | None]] = []
 
     def on_changelog(err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            errors.append(err)
+            errors.append((err, msg.topic()))
         else:
             written.add(msg.partition() or 0, msg.offset() or 0)
 
+    def on_output(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            errors.append((err, msg.topic()))
+
     # Delivery reports only where they tell something: the first and last changelog record of each
     # partition (where this cycle's records landed). A record that fails puts the transaction in
-    # the abortable state, so its commit fails: no per-record callback is needed to notice.
+    # the abortable state, so its commit fails: no per-record callback is needed to notice. The first
+    # output to each topic reports too: a topic that refuses us (no Write ACL) then says so.
     watch = Stopwatch(timings)
+    reporting: set[str] = set()
     during = "begin_transaction"
     try:
         producer.begin_transaction()
@@ -102,14 +108,18 @@ def commit(producer: Producer, *, changelog: str, slices: Sequence[CycleSlice],
                 produce(producer, changelog, s.partition, k, v, None, on_changelog if i == 0 or i == last else None)
             n += last + 1
             for r in s.outputs:
-                produce(producer, r.topic, r.partition, r.key, r.value, r.headers, None)
+                first = r.topic not in reporting
+                if first:
+                    reporting.add(r.topic)
+                produce(producer, r.topic, r.partition, r.key, r.value, r.headers, on_output if first else None)
             n += len(s.outputs)
         timings.records.append(n)
         watch.lap("produce")
         during = "flush"
         left = producer.flush(flush_timeout)
         if errors:
-            raise TxnFailed(f"delivery failed: {errors[0].str()}", classify(errors[0]), errors[0].code())
+            err, topic = errors[0]
+            raise TxnFailed(f"delivery to {topic} failed: {err.str()}", classify(err), err.code())
         if left:
             raise TxnFailed(f"{left} records undelivered after {flush_timeout:.0f}s", Outcome.ABORTABLE)
         watch.lap("flush")

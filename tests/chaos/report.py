@@ -116,7 +116,7 @@ class Result:
         return "\n".join(out)
 
 
-_NOISE = re.compile(r"\|FAIL\|.*(Connection refused|Disconnected|Connect to)")
+_NOISE = re.compile(r"(\|FAIL\||processor\.librdkafka: FAIL ).*(Connection refused|Disconnected|Connect to)")
 
 
 def _quiet(lines: list[str]) -> list[str]:

@@ -179,6 +179,14 @@ def test_worker_specs_give_each_worker_its_instance_id_state_dir_and_one_engine(
     assert args.supervisor_pid is not None
 
 
+def test_every_worker_gets_the_supervisors_log_format_and_kafka_config_file(tmp_path: Path) -> None:
+    specs = worker_specs(app_spec="m:app", bootstrap="h:1", state_dir=tmp_path, base_id="abc", log_level="INFO",
+                         workers=2, extra=("--log-format", "json", "--kafka-config", "/etc/kafka.properties"))
+    for s in specs:
+        args = build_parser().parse_args(list(s.argv[3:]))
+        assert (args.log_format, args.kafka_config) == ("json", "/etc/kafka.properties")
+
+
 def test_workers_default_to_the_environment_then_the_number_of_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROCESSOR_WORKERS", "3")
     assert build_parser().parse_args(["run", "m:app"]).workers == 3
