@@ -104,7 +104,7 @@ def commit(producer: Producer, *, changelog: str, slices: Sequence[CycleSlice],
             for r in s.outputs:
                 produce(producer, r.topic, r.partition, r.key, r.value, r.headers, None)
             n += len(s.outputs)
-        timings.records.append(n)
+        timings.add_records(n)
         watch.lap("produce")
         during = "flush"
         left = producer.flush(flush_timeout)
