@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.kafka_support import REPO, wait_until
@@ -18,7 +18,7 @@ class ProcessorProcess:
     `workers` > 1 a supervisor of that many engine processes."""
 
     def __init__(self, *, spec: str, bootstrap: str, state_dir: Path, instance_id: str,
-                 env: Mapping[str, str], log_dir: Path, workers: int = 1) -> None:
+                 env: Mapping[str, str], log_dir: Path, workers: int = 1, args: Sequence[str] = ()) -> None:
         self.spec = spec
         self.bootstrap = bootstrap
         self.state_dir = state_dir
@@ -26,6 +26,7 @@ class ProcessorProcess:
         self.env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
         self.log_dir = log_dir
         self.workers = workers
+        self.args = tuple(args)  # more `processor run` flags
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
         self.log_path = log_dir / f"{instance_id}-0.log"
@@ -38,7 +39,7 @@ class ProcessorProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "processor", "run", self.spec, "--bootstrap-servers", self.bootstrap,
                  "--state-dir", str(self.state_dir), "--instance-id", self.instance_id,
-                 "--workers", str(self.workers)],
+                 "--workers", str(self.workers), *self.args],
                 env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         return self
 
