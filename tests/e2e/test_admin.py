@@ -162,8 +162,15 @@ def test_readyz_metrics_json_api_and_token_guarded_actions_of_a_live_processor(
     assert admin.request(f"/api/invocations/{inv}/cancel", method="POST", token=TOKEN)[0] == 409
     assert admin.request(f"/api/invocations/{inv}/purge", method="POST", token=TOKEN)[0] == 202
     wait_until(lambda: admin.request(f"/api/invocations/{inv}")[0] == 404, 60, f"{inv} to be purged")
-    failed = admin.metrics()[("processor_invocations_failed_total", handle)]
-    assert failed == 1
+    assert admin.metrics()[("processor_invocations_failed_total", handle)] == 1
+    lag: list[float] = []
+
+    def lag_reported() -> bool:  # from the consumer's statistics, every 5 s
+        lag[:] = [v for (name, labels), v in admin.metrics().items()
+                  if name == "processor_consumer_lag_records" and ("topic", a.input) in labels]
+        return len(lag) == PARTITIONS
+    wait_until(lag_reported, 30, "consumer lag of both input partitions")
+    assert all(n >= 0 for n in lag)
     assert a.proc.stop() == 0
 
 
