@@ -54,7 +54,7 @@ async def _run(args: argparse.Namespace, context: dict[str, str]) -> None:
     context["app"] = app.name
     kafka = _kafka_config.resolve(app.kafka_config, file=args.kafka_config)
     engine = Engine(app, bootstrap_servers=args.bootstrap_servers, state_dir=args.state_dir,
-                    instance_id=args.instance_id, kafka_config=kafka)
+                    instance_id=args.instance_id, kafka_config=kafka, admin=_admin_config(args))
     context["instance"] = engine.instance_id
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -62,11 +62,36 @@ async def _run(args: argparse.Namespace, context: dict[str, str]) -> None:
     await engine.run()
 
 
+def _admin_config(args: argparse.Namespace) -> Any:
+    """The admin endpoint's config from ``--admin-*`` (None without ``--admin-port``); checked now,
+    so a bad one fails before anything connects to Kafka."""
+    if args.admin_port is None:
+        return None
+    from processor._admin.server import AdminConfig
+
+    config = AdminConfig(port=args.admin_port, host=args.admin_host, token=args.admin_token or None,
+                         stall_s=args.admin_stall_s)
+    config.check()
+    return config
+
+
+def _admin_args(args: argparse.Namespace, worker: int) -> tuple[str, ...]:
+    """A supervisor's ``--admin-*`` flags for worker `worker`: port + worker (0 stays 0: each picks a
+    free one); the token travels in the environment (PROCESSOR_ADMIN_TOKEN), never on a command line."""
+    if args.admin_port is None:
+        return ()
+    port = args.admin_port + worker if args.admin_port else 0
+    return ("--admin-port", str(port), "--admin-host", args.admin_host, "--admin-stall-s", str(args.admin_stall_s))
+
+
 def _supervise(args: argparse.Namespace, context: dict[str, str]) -> int:
     """``--workers N`` with N > 1: run N single-engine processes of the app and watch over them."""
     app = load_app(args.app)
     context["app"] = app.name
     _kafka_config.resolve(app.kafka_config, file=args.kafka_config)  # a bad setting stops us, not N workers
+    _admin_config(args)
+    if args.admin_token:
+        os.environ["PROCESSOR_ADMIN_TOKEN"] = args.admin_token  # the workers' default
     state_dir = Path(args.state_dir)
     root = state_dir / app.name
     root.mkdir(parents=True, exist_ok=True)
@@ -75,7 +100,8 @@ def _supervise(args: argparse.Namespace, context: dict[str, str]) -> int:
         context["instance"] = base_id
         extra = ("--log-format", args.log_format, *(("--kafka-config", args.kafka_config) if args.kafka_config else ()))
         specs = worker_specs(app_spec=args.app, bootstrap=args.bootstrap_servers, state_dir=state_dir,
-                             base_id=base_id, log_level=args.log_level, workers=args.workers, extra=extra)
+                             base_id=base_id, log_level=args.log_level, workers=args.workers, extra=extra,
+                             extra_args=lambda i: _admin_args(args, i))
         wait_until_unlocked([s.state_dir / app.name for s in specs], WORKERS_STOP_S)
         supervisor = Supervisor(specs, stop_s=WORKERS_STOP_S)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -133,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
                      default=os.environ.get("PROCESSOR_WORKERS") or str(os.cpu_count() or 1),
                      help="engine processes, each a group member with its own state dir DIR/worker-<i> "
                           "(default: $PROCESSOR_WORKERS or the number of cores); 1 runs the engine in this process")
+    run.add_argument("--admin-port", type=int, default=None, metavar="PORT",
+                     help="serve the admin endpoint (/healthz, /readyz, /metrics, /api; docs/operate.md) on PORT "
+                          "(0: any free port; with --workers N, worker i uses PORT+i) (default: off)")
+    run.add_argument("--admin-host", default="127.0.0.1",
+                     help="address the admin endpoint binds (default: 127.0.0.1; beyond loopback it needs a token)")
+    run.add_argument("--admin-token", default=os.environ.get("PROCESSOR_ADMIN_TOKEN"), metavar="TOKEN",
+                     help="bearer token for actions (cancel, kill, purge, retry) and, beyond loopback, for every "
+                          "request but /healthz and /readyz (default: $PROCESSOR_ADMIN_TOKEN)")
+    run.add_argument("--admin-stall-s", type=float, default=60.0, metavar="SECONDS",
+                     help="/healthz fails when the event loop has not run, or the commit loop has had work "
+                          "without finishing a cycle, for this long (default: 60)")
     run.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)  # set on workers
     inv = sub.add_parser("invocations", help="list invocations from a state dir (works next to a running processor)")
     inv.add_argument("--state-dir", default="./state-dir")

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,15 +60,17 @@ class WorkerSpec:
 
 
 def worker_specs(*, app_spec: str, bootstrap: str, state_dir: Path, base_id: str, log_level: str,
-                 workers: int, extra: Sequence[str] = ()) -> list[WorkerSpec]:
+                 workers: int, extra: Sequence[str] = (),
+                 extra_args: Callable[[int], tuple[str, ...]] = lambda _i: ()) -> list[WorkerSpec]:
     """The N single-engine commands of ``processor run --workers N``, each told our pid so it can
-    arm its parent-death signal; `extra` arguments go to every worker."""
+    arm its parent-death signal; `extra` arguments go to every worker, `extra_args(i)` to worker i
+    (its admin endpoint)."""
     specs = []
     for i in range(workers):
         instance_id, wdir = f"{base_id}-w{i}", state_dir / f"worker-{i}"
         argv = (sys.executable, "-m", "processor", "run", app_spec, "--workers", "1",
                 "--bootstrap-servers", bootstrap, "--state-dir", str(wdir), "--instance-id", instance_id,
-                "--log-level", log_level, "--supervisor-pid", str(os.getpid()), *extra)
+                "--log-level", log_level, "--supervisor-pid", str(os.getpid()), *extra, *extra_args(i))
         specs.append(WorkerSpec(index=i, instance_id=instance_id, state_dir=wdir, argv=argv))
     return specs
 

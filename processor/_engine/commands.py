@@ -24,6 +24,8 @@ class CommandKind(enum.StrEnum):
     CANCEL = "cancel"
     KILL = "kill"
     FORWARD = "forward"                      # a bound record that landed on a partition not owning its key
+    PURGE = "purge"                          # an operator: forget a finished invocation now
+    RETRY = "retry"                          # an operator: run a backing-off or paused invocation now
     RESOLVE_PROMISE = "resolve_promise"      # in the schema, not handled (dead-lettered)
     REJECT_PROMISE = "reject_promise"
 

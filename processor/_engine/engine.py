@@ -28,25 +28,31 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from processor._app import App
 from processor._engine import faults, steps, txn
 from processor._engine import kafka as kio
 from processor._engine.cycle import Cycle
+from processor._engine.health import BEAT_S, Health
 from processor._engine.lanes import Deadline, Lane, Stuck
 from processor._engine.memtrim import Trimmer
 from processor._engine.metrics import CommitTimings
 from processor._engine.partition import PartitionWorker, meta_int
 from processor._engine.records import InRecord
 from processor._engine.statedir import lock_state_dir, persisted_instance_id
+from processor._engine.stats import PartitionStats
 from processor._engine.steps import StepLog
 from processor._errors import ConfigurationError, ProcessorError
 from processor._kafka_config import KafkaConfig
 from state.changelog import RestoreCancelled, RestoreError, log_end, restore
 from state.store import PartitionStore, Store, StoreClosedError, StoreFormatError
+
+if TYPE_CHECKING:
+    from processor._admin.server import AdminConfig, AdminServer
 
 log = logging.getLogger("processor.engine")
 T = TypeVar("T")
@@ -70,6 +76,9 @@ class _Restore:
     task: asyncio.Task[None] | None = None
     started: float = field(default_factory=time.monotonic)
     salvaged: steps.Salvaged | None = None  # what the steps log holds that no committed cycle absorbed
+    done: int = 0        # progress as the restore last reported it (the admin endpoint shows it)
+    left: int = 0
+    rate: float = 0.0
 
 
 class Engine:
@@ -78,9 +87,10 @@ class Engine:
     def __init__(self, app: App, *, bootstrap_servers: str, state_dir: str | Path,
                  instance_id: str | None = None, kafka_config: KafkaConfig | None = None,
                  consumer_config: dict[str, Any] | None = None,
-                 producer_config: dict[str, Any] | None = None) -> None:
+                 producer_config: dict[str, Any] | None = None, admin: AdminConfig | None = None) -> None:
         """`kafka_config`: the user's client settings (default: the app's ``kafka_config``);
-        `consumer_config`/`producer_config`: extra settings tests give the engine's own clients."""
+        `consumer_config`/`producer_config`: extra settings tests give the engine's own clients;
+        `admin`: the admin endpoint's (processor/_admin), none without."""
         self.app = app
         self.bootstrap = bootstrap_servers
         self.kafka_config = app.kafka_config if kafka_config is None else kafka_config
@@ -138,6 +148,17 @@ class Engine:
         self._group_metadata: object | None = None
         self.timings = CommitTimings()
         self.ready = asyncio.Event()
+        # Read by the admin endpoint (processor/_admin): plain counters, marks and the latest stable
+        # offsets the consumer's statistics reported.
+        self.admin_config = admin
+        self.admin: AdminServer | None = None
+        self.health = Health()
+        self.stats = PartitionStats()
+        self.records_in: dict[str, int] = {}
+        self.rebalances = {"assigned": 0, "revoked": 0, "lost": 0}
+        self.txn_failures: dict[str, int] = {}
+        self.fences = {"producer": 0, "consumer": 0}
+        self.stable_offsets: dict[tuple[str, int], int] = {}
 
     def transactional_id(self, slot: int) -> str:
         return f"{self.app.name}-{self.instance_id}-{slot}"
@@ -162,6 +183,18 @@ class Engine:
     async def run(self) -> None:
         """Run until ``request_stop()`` (or an error it cannot recover from, which is raised)."""
         self._loop = asyncio.get_running_loop()
+        if self.admin_config is not None:  # first: /healthz answers while the engine connects
+            from processor._admin.server import AdminServer
+
+            self.admin = AdminServer.start(self, self.admin_config, self._loop)
+        try:
+            await self._run()
+        finally:
+            if self.admin is not None:
+                await asyncio.to_thread(self.admin.close)
+
+    async def _run(self) -> None:
+        assert self._loop is not None
         if self.kafka_config.settings:
             log.info("Kafka client settings: %s", self.kafka_config.describe())
         admin = await asyncio.to_thread(kio.connect, self._client)
@@ -178,8 +211,12 @@ class Engine:
         ticker.start()
         tasks = [asyncio.create_task(self._poll_loop(), name="poll"),
                  asyncio.create_task(self._commit_loop(), name="commit")]
+        beat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        self.health.running = True
         stop = asyncio.create_task(self._stop.wait())
         await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        self.health.running = False
+        beat.cancel()
         for t in tasks:
             if t.done() and t.exception() is not None:
                 self._error = self._error or t.exception()
@@ -219,8 +256,10 @@ class Engine:
 
     def _new_consumer(self) -> Consumer:
         # Static membership: a restarted instance takes its partitions straight back, no rebalance.
-        c = Consumer(kio.consumer_config(
-            self._client, self.app, {"group.instance.id": self.instance_id, **self._consumer_extra}))
+        extra: dict[str, Any] = {"group.instance.id": self.instance_id}
+        if self.admin_config is not None:  # consumer lag for /metrics, from the latest stable offsets
+            extra |= {"statistics.interval.ms": 5000, "stats_cb": self._on_consumer_stats}
+        c = Consumer(kio.consumer_config(self._client, self.app, {**extra, **self._consumer_extra}))
         c.subscribe(self.input_topics, on_assign=self._cb_assign, on_revoke=self._cb_revoke, on_lost=self._cb_lost)
         return c
 
@@ -253,6 +292,24 @@ class Engine:
             self._steps.close()
         log.info("commit cycles: %s", self.timings.summary())
         log.info("instance %s stopped", self.instance_id)
+
+    def _on_consumer_stats(self, text: str) -> None:
+        """On the consumer lane (librdkafka's statistics, every 5 s): keep each partition's last
+        stable offset (``read_committed``: what the group's committed offset trails). Replaced whole,
+        so a reader on another thread sees one report or the next."""
+        try:
+            topics = orjson.loads(text).get("topics", {})
+            self.stable_offsets = {(t, int(p)): int(ps["ls_offset"]) for t, ts in topics.items()
+                                   for p, ps in ts.get("partitions", {}).items()
+                                   if int(p) >= 0 and int(ps.get("ls_offset", -1)) >= 0}
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            log.debug("consumer statistics not understood: %s", e)
+
+    async def _heartbeat(self) -> None:
+        """Marks that the event loop runs (``/healthz`` fails when it stops: a handler blocking it)."""
+        while True:
+            self.health.beat = time.monotonic()
+            await asyncio.sleep(BEAT_S)
 
     # -- stalls ----------------------------------------------------------------------------------
 
@@ -377,6 +434,7 @@ class Engine:
         w = self.workers.get(rec.partition)
         if w is None:
             return  # not active (restoring, revoked, rebuilding): re-read from the committed offset
+        self.records_in[rec.topic] = self.records_in.get(rec.topic, 0) + 1
         if rec.topic == self.app.inbox_topic:
             w.on_inbox(rec)
         else:
@@ -428,6 +486,7 @@ class Engine:
         """Count fences of our own ids; many in a short time mean another instance runs with ours
         (one broker outage costs at most one of each kind)."""
         now = time.monotonic()
+        self.fences["producer" if fences is self._producer_fences else "consumer"] += 1
         fences.append(now)
         while fences and fences[0] < now - FENCE_WINDOW_S:
             fences.popleft()
@@ -450,11 +509,13 @@ class Engine:
             self._work.clear()
             if self._stop.is_set() and not self._has_work():
                 return
+            self.health.woke()
             await self._linger()
             try:
                 await self.commit_cycle()
             finally:
                 self._end_drain()
+                self.health.cycle_done()
             if self._stop.is_set() and not self._has_work():
                 return
 
@@ -573,6 +634,7 @@ class Engine:
                                        timings=self.timings, flush_timeout=self._txn_s),
                 timeout, "a commit cycle's Kafka transaction")
         except Stuck as e:
+            self.txn_failures["stuck"] = self.txn_failures.get("stuck", 0) + 1
             # Whatever stuck this call (a broker or coordinator gone) is likely to stick the
             # other producer too: replace them all now rather than find out one deadline later.
             for i in range(len(self._producers)):
@@ -614,6 +676,7 @@ class Engine:
         if refused:
             self._refuse(kio.not_authorized(str(e), f"a transaction of {self.transactional_id(slot)}"))
         (log.debug if quiet or refused else log.warning)("transaction on %s failed: %s", self.transactional_id(slot), e)
+        self.txn_failures[e.outcome.value] = self.txn_failures.get(e.outcome.value, 0) + 1
         if e.code in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED) and age_s < 0.8 * self._txn_s:
             # Fenced though the broker cannot have timed it out: another producer with our id started.
             self._note_fence(self._producer_fences, FENCES_TO_GIVE_UP, str(e))
@@ -744,6 +807,7 @@ class Engine:
             self._loop.call_soon_threadsafe(self.request_stop)
 
     def _cb_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances["assigned"] += 1
         self._group_metadata = consumer.consumer_group_metadata()
         # Paused until restored: the other partitions flow meanwhile (restore runs in the background).
         consumer.assign(partitions)
@@ -751,12 +815,14 @@ class Engine:
         self._hop(lambda: self._assigned(partitions), 60)
 
     def _cb_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances["revoked"] += 1
         deadline = Deadline(self._txn_s + 10)
         self._hop(lambda: self._release({tp.partition for tp in partitions}, commit=True, deadline=deadline),
                   deadline.left() + 10)
 
     def _cb_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         faults.point("on_lost")
+        self.rebalances["lost"] += 1
         deadline = Deadline(self._txn_s + 10)
         self._hop(lambda: self._release({tp.partition for tp in partitions}, commit=False, deadline=deadline),
                   deadline.left() + 10)
@@ -829,6 +895,7 @@ class Engine:
 
         def progress(done: int, left: int, rate: float) -> None:
             nonlocal last
+            r.done, r.left, r.rate = done, left, rate
             if (done or left) and time.monotonic() - last >= 5:
                 last = time.monotonic()
                 eta = f", ETA {left / rate:.0f}s" if rate > 0 and left else ""
@@ -915,6 +982,7 @@ class Engine:
             w = PartitionWorker(app=self.app, partition=p, partitions_total=self.partitions_total,
                                 store=self._stores[p], step_executor=self.step_executor, on_work=self._on_work,
                                 trimmer=self._trimmer, steps=self._steps, step_lease_s=self._step_lease_s)
+            w.stats = self.stats
             w.set_committed(by_partition[p])
             self._held_paused.discard(p)  # resumed above, with a worker that holds nothing
             self.workers[p] = w

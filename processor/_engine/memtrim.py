@@ -29,9 +29,11 @@ class Trimmer:
         self._every_s = every_s
         self._pending = 0
         self._last = 0.0
+        self.evicted_total = 0  # invocations suspended (left memory) ever: a metric
 
     def evicted(self, n: int) -> None:
         self._pending += n
+        self.evicted_total += n
         now = time.monotonic()
         if _trim is not None and self._pending >= self._threshold and now - self._last >= self._every_s:
             _trim(0)

@@ -1,5 +1,5 @@
 """What a partition worker says to and hears from other partitions and the outside world: inbox
-commands (invoke, forward, response, awakeables, attach, cancel, kill), results for Clients,
+commands (invoke, forward, response, awakeables, attach, cancel, kill, purge, retry), results for Clients,
 completions of durable waits, workflow promises, and suspension of idle invocations."""
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class Messaging:
         def finish_row(self, row: InvocationRow, result: bytes | None, failure: Failure | None, *,
                        rt: InvocationRuntime | None = None) -> None: ...
         def save(self, rt: InvocationRuntime, row: InvocationRow | None = None) -> None: ...
+        def _purge(self, invocation_id: str) -> None: ...
         def touched(self, rt: InvocationRuntime) -> None: ...
         def schedule_timer(self, due_ms: int, invocation_id: str, seq: int, kind: TimerKind,
                            attempt: int = 0) -> None: ...
@@ -414,6 +415,28 @@ class Messaging:
         self._finish_idle(row, KILLED)
         return None
 
+    def _cmd_purge(self, msg: InRecord, cmd: InboxCommand) -> tuple[str, str] | None:
+        """Forget a finished invocation before its retention ends (its purge timer then finds nothing)."""
+        inv = self.resolve_alias(cmd.invocation_id or "")
+        row = self._row(inv)
+        if row is not None and row.status.terminal:
+            self._purge(inv)
+        return None
+
+    def _cmd_retry(self, msg: InRecord, cmd: InboxCommand) -> tuple[str, str] | None:
+        """Run a backing-off invocation now instead of at its retry timer (which is cancelled), or
+        replay a paused one (as a new deploy's load does). Anything else: a no-op."""
+        from processor._engine.partition import INVOCATION_SEQ
+
+        inv = self.resolve_alias(cmd.invocation_id or "")
+        row = self._row(inv)
+        if row is None or inv in self.runtimes or row.status not in (Status.BACKING_OFF, Status.PAUSED):
+            return None
+        if row.status is Status.BACKING_OFF and row.retry_at_ms is not None:
+            self.timers.cancel(row.retry_at_ms, inv, INVOCATION_SEQ)
+        self.start(row)
+        return None
+
     def cancel_delivered(self, rt: InvocationRuntime) -> None:
         self._update_row(rt.invocation_id, lambda r: replace(r, cancelled=False))
 
@@ -499,4 +522,6 @@ _COMMANDS: dict[str, Callable[[Messaging, InRecord, InboxCommand], tuple[str, st
     CommandKind.ATTACH: Messaging._cmd_attach,
     CommandKind.CANCEL: Messaging._cmd_cancel,
     CommandKind.KILL: Messaging._cmd_kill,
+    CommandKind.PURGE: Messaging._cmd_purge,
+    CommandKind.RETRY: Messaging._cmd_retry,
 }

@@ -22,6 +22,7 @@ from processor._engine.invocation import InvocationRuntime
 from processor._engine.memtrim import Trimmer
 from processor._engine.messaging import Messaging
 from processor._engine.records import InRecord, InvocationRow, OutRecord, Status
+from processor._engine.stats import UNCOUNTED, PartitionStats
 from processor._engine.steps import Salvaged
 from processor._serde import Serde
 from state import keys
@@ -64,6 +65,7 @@ class StepSink(Protocol):
 
 
 class PartitionWorker(Messaging):
+    stats: PartitionStats = UNCOUNTED  # the engine's counters (metrics), set when it builds the worker
     def __init__(self, *, app: App, partition: int, partitions_total: int, store: Store, step_executor: Executor,
                  on_work: Callable[[], None], trimmer: Trimmer | None = None, steps: StepSink | None = None,
                  step_lease_s: float = 4.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -147,6 +149,7 @@ class PartitionWorker(Messaging):
         handler never sees a step result the new owner's replay contradicts (decision 007). With
         static membership a second process with the same instance id would take over at once; the
         state-dir lock keeps one per id on a machine, and a deployment must keep one per id too."""
+        self.stats.step(entry)
         if self._steps is None or not self.steps_ready:
             return False
         assert self._salvaged is not None
@@ -370,6 +373,7 @@ class PartitionWorker(Messaging):
 
     def dead_letter(self, msg: InRecord, reason: str, error_class: str) -> None:
         """Send `msg` to the app's DLQ, committed with its offset; the partition keeps flowing."""
+        self.stats.dead_lettered(error_class)
         log.warning("partition %d: %s@%d to %s: %s", self.partition, msg.topic, msg.offset,
                     self.app.dlq_topic, reason)
         headers = [*msg.headers,
@@ -387,6 +391,7 @@ class PartitionWorker(Messaging):
                decoded: tuple[Any] | None = None) -> None:
         """A new invocation: run it now, or queue it behind the running one of its key. Nothing is
         written yet: a cycle it outlives saves it (``save``). `eager`: see ``start``."""
+        self.stats.created(h.target)
         if h.kind.exclusive:
             assert row.key is not None
             q = self._queues.setdefault((h.service, row.key), deque())
@@ -449,6 +454,7 @@ class PartitionWorker(Messaging):
                    rt: InvocationRuntime | None = None) -> None:
         """Finish `row` for good: answer its callers, keep its row for ``retention`` where someone
         may still ask for it, and delete what a save wrote of it (nothing, if it never outlived a cycle)."""
+        self.stats.finished(row.target, failure)
         now = self.now_ms()
         # Out of memory (evicted, or never in it): durable if the store has its row.
         durable = row.id in self._durable or (rt is None and self.state.get(keys.invocation_key(row.id)) is not None)
@@ -575,6 +581,7 @@ class PartitionWorker(Messaging):
                 type=type(error).__name__,
                 message=f"invocation failed after {attempt} attempt(s): {error}"))
             return
+        self.stats.backing_off(row.target)
         log.warning("invocation %s (%s) attempt %d raised %s: %s; retrying in %d ms", row.id, row.target,
                     attempt, type(error).__name__, error, delay, exc_info=error)
         # it leaves memory: the retry timer reads its row
@@ -583,6 +590,7 @@ class PartitionWorker(Messaging):
 
     def paused(self, rt: InvocationRuntime, reason: str) -> None:
         self.runtimes.pop(rt.invocation_id, None)
+        self.stats.paused(rt.row.target)
         log.error("invocation %s (%s) paused: %s", rt.row.id, rt.row.target, reason)
         self.save(rt, rt.row.moved(Status.PAUSED, paused_reason=reason))
 

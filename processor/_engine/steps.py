@@ -29,6 +29,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from processor._engine.core import Entry
+from processor._engine.metrics import SECONDS_BOUNDS
+from processor._engine.stats import Buckets
 
 log = logging.getLogger("processor.steps")
 
@@ -197,6 +199,7 @@ class StepLog:
         self._producer = Producer({**config, "enable.idempotence": True, "acks": "all", "linger.ms": 0,
                                    "message.timeout.ms": 10_000})
         self._batches: dict[tuple[int, int], _Batch] = {}  # (partition, generation) -> this turn's steps
+        self.ack_seconds = Buckets(SECONDS_BOUNDS)  # per record (a loop turn's steps of one partition)
         self._flush_scheduled = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="steps-acks", daemon=True)
@@ -232,9 +235,11 @@ class StepLog:
 
     def _produce(self, partition: int, gen: int, batch: _Batch) -> None:
         loop = self._loop
+        sent = time.perf_counter()
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
             offset = None if err is not None else msg.offset()
+            self.ack_seconds.observe(time.perf_counter() - sent)  # on the serving thread (at worst a lost count)
             if err is not None:
                 log.warning("a record of %d step(s) on %s[%d] not acknowledged: %s", len(batch.acked),
                             self.topic, partition, err.str())

@@ -113,7 +113,7 @@ def commit(producer: Producer, *, changelog: str, slices: Sequence[CycleSlice],
                     reporting.add(r.topic)
                 produce(producer, r.topic, r.partition, r.key, r.value, r.headers, on_output if first else None)
             n += len(s.outputs)
-        timings.records.append(n)
+        timings.add_records(n)
         watch.lap("produce")
         during = "flush"
         left = producer.flush(flush_timeout)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,9 +16,9 @@ class Spawner:
         self.procs: list[ProcessorProcess] = []
 
     def __call__(self, spec: str, env: dict[str, str], *, instance_id: str = "i1",
-                 state_dir: Path | None = None, workers: int = 1) -> ProcessorProcess:
+                 state_dir: Path | None = None, workers: int = 1, args: Sequence[str] = ()) -> ProcessorProcess:
         p = ProcessorProcess(spec=spec, bootstrap=self.kafka.bootstrap, state_dir=state_dir or self.tmp / "state",
-                             instance_id=instance_id, env=env, log_dir=self.tmp, workers=workers)
+                             instance_id=instance_id, env=env, log_dir=self.tmp, workers=workers, args=args)
         self.procs.append(p)
         return p
 

@@ -26,7 +26,7 @@ class ProcessorProcess:
         self.env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
         self.log_dir = log_dir
         self.workers = workers
-        self.args = tuple(args)
+        self.args = tuple(args)  # more `processor run` flags
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
         self.log_path = log_dir / f"{instance_id}-0.log"

@@ -1,0 +1,1 @@
+"""The admin endpoint: health and readiness probes, Prometheus metrics and a JSON API per instance."""

@@ -1,0 +1,306 @@
+"""The admin endpoint of one engine: ``/healthz``, ``/readyz``, ``/metrics`` and a JSON API over the
+partitions the instance owns, with actions (cancel, kill, purge, retry). See docs/operate.md.
+
+The standard library's ``ThreadingHTTPServer`` serves it from daemon threads, so ``/healthz``
+answers even when the event loop is stuck (that is one thing it reports). Everything that reads
+engine state runs ON the event loop (``on_loop``), bounded by a timeout: a loop that does not answer
+in time gets a 503 "engine busy". Actions never touch a store: they produce the inbox command a
+``Client`` would (``processor/_engine/commands.py``), which the owning partition applies exactly once.
+
+Access: bound to loopback (the default, 127.0.0.1), reads need no token; bound beyond it, the
+endpoint refuses to start without a bearer token and every request but the probes must carry it.
+Actions always need the token; without it a request gets 401 and nothing is produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hmac
+import ipaddress
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from processor._admin import api
+from processor._admin.metrics import exposition, registry
+from processor._engine import kafka as kio
+from processor._engine.commands import CommandKind, InboxCommand
+from processor._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from processor._engine.engine import Engine
+
+log = logging.getLogger("processor.admin")
+T = TypeVar("T")
+
+ACTIONS = {"cancel": CommandKind.CANCEL, "kill": CommandKind.KILL, "purge": CommandKind.PURGE,
+           "retry": CommandKind.RETRY}
+DEFAULT_STALL_S = 60.0  # > a transaction's deadline (10 s) + its abort (10 s) + a revoke's commit (20 s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    """Where the admin endpoint listens and who may use it.
+
+    `port` 0 picks a free port (logged). `token`: the bearer token actions always need, and every
+    request but ``/healthz`` and ``/readyz`` needs when `host` is beyond loopback. `stall_s`: how long
+    the event loop may not run, or the commit loop have work without finishing a cycle, before
+    ``/healthz`` fails. `loop_timeout_s`: how long a request waits for the event loop (then 503)."""
+
+    port: int
+    host: str = "127.0.0.1"
+    token: str | None = None
+    stall_s: float = DEFAULT_STALL_S
+    loop_timeout_s: float = 2.0
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def check(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigurationError(f"admin port {self.port} is not a port number")
+        if not self.loopback and not self.token:
+            raise ConfigurationError(
+                f"the admin endpoint would listen on {self.host}, beyond loopback, without a token: set "
+                "--admin-token or PROCESSOR_ADMIN_TOKEN (or keep --admin-host 127.0.0.1)")
+        if self.stall_s <= 0 or self.loop_timeout_s <= 0:
+            raise ConfigurationError("admin stall bound and loop timeout must be positive")
+
+
+class Busy(Exception):
+    """503: the event loop did not answer in time (or the engine is not running)."""
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    admin: AdminServer
+
+
+class _HTTPServer6(_HTTPServer):
+    address_family = socket.AF_INET6
+
+
+class AdminServer:
+    """One engine's admin endpoint, serving from its own threads until ``close``."""
+
+    def __init__(self, engine: Engine, config: AdminConfig, loop: asyncio.AbstractEventLoop,
+                 httpd: _HTTPServer) -> None:
+        self.engine = engine
+        self.config = config
+        self.loop = loop
+        self._httpd = httpd
+        self.registry = registry(lambda: self.on_loop(lambda: api.metrics_snapshot(engine)))
+        self._producer: Producer | None = None
+        self._producer_lock = threading.Lock()
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="admin-http", daemon=True)
+
+    @classmethod
+    def start(cls, engine: Engine, config: AdminConfig, loop: asyncio.AbstractEventLoop) -> AdminServer:
+        """Listen and serve; raises ConfigurationError for a bad config or an address in use."""
+        config.check()
+        server_class = _HTTPServer6 if ":" in config.host else _HTTPServer
+        try:
+            httpd = server_class((config.host, config.port), _Handler)
+        except OSError as e:
+            raise ConfigurationError(f"admin endpoint: cannot listen on {config.host}:{config.port}: {e}") from None
+        server = cls(engine, config, loop, httpd)
+        httpd.admin = server
+        server._thread.start()
+        host, port = httpd.server_address[:2]
+        log.info("admin endpoint listening on http://%s:%d (%s)", config.host if ":" not in str(host) else host,
+                 port, "loopback" if config.loopback else "bearer token required")
+        return server
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def close(self) -> None:
+        """Stop serving (blocking: call off the event loop)."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        with self._producer_lock:
+            if self._producer is not None:
+                self._producer.flush(5)
+
+    def on_loop(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the engine's event loop and return its result; Busy when the loop does not
+        answer within ``loop_timeout_s``."""
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def call() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return  # the request gave up waiting
+            try:
+                fut.set_result(fn())
+            except BaseException as e:
+                fut.set_exception(e)
+        try:
+            self.loop.call_soon_threadsafe(call)
+        except RuntimeError:  # the loop is closed
+            raise Busy("the engine is not running") from None
+        try:
+            return fut.result(self.config.loop_timeout_s)
+        except TimeoutError:
+            fut.cancel()
+            raise Busy(f"engine busy: its event loop did not answer within {self.config.loop_timeout_s:g}s") from None
+
+    def authorized(self, header: str | None) -> bool:
+        token = self.config.token
+        if not token or not header:
+            return False
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+    def send_command(self, partition: int, invocation_id: str, kind: CommandKind) -> None:
+        """Produce `kind` for `invocation_id` to its partition of the app's inbox, as the Client does;
+        returns once the broker acknowledged it. Raises RuntimeError when it did not."""
+        with self._producer_lock:
+            if self._producer is None:
+                self._producer = Producer({**kio.base_config(self.engine._client, self.engine._producer_extra),
+                                           "enable.idempotence": True, "acks": "all", "linger.ms": 0})
+            producer = self._producer
+        outcome: list[KafkaError | None] = []
+        producer.produce(self.engine.app.inbox_topic, key=invocation_id.encode(), partition=partition,
+                         value=InboxCommand(kind=kind, invocation_id=invocation_id).encode(),
+                         on_delivery=lambda err, _msg: outcome.append(err))
+        producer.flush(10)
+        if not outcome or outcome[0] is not None:
+            raise RuntimeError(f"the {kind} command was not acknowledged: "
+                               f"{outcome[0].str() if outcome and outcome[0] else 'no delivery report within 10s'}")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    server_version = "processor-admin"
+    protocol_version = "HTTP/1.1"
+
+    @property
+    def admin(self) -> AdminServer:
+        return self.server.admin
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    # -- responses -------------------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, value: Any) -> None:
+        self._send(status, orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS) + b"\n", "application/json")
+
+    def _error(self, status: int, message: str) -> None:
+        headers = {"WWW-Authenticate": 'Bearer realm="processor"'} if status == 401 else None
+        self._send(status, orjson.dumps({"error": message}) + b"\n", "application/json", headers)
+
+    # -- routing ---------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        parts = [unquote(p) for p in url.path.strip("/").split("/")]
+        query = dict(parse_qsl(url.query))
+        try:
+            if parts == ["healthz"]:
+                ok, why = self.admin.engine.health.verdict(self.admin.config.stall_s)
+                self._send(200 if ok else 503, f"{'ok' if ok else 'unhealthy'}: {why}\n".encode(), "text/plain")
+                return
+            if parts == ["readyz"]:
+                ready, detail = self.admin.on_loop(lambda: api.readiness(self.admin.engine))
+                self._json(200 if ready else 503, detail)
+                return
+            if not self.admin.config.loopback and not self.admin.authorized(self.headers.get("Authorization")):
+                self._error(401, "a bearer token is required (the endpoint listens beyond loopback)")
+                return
+            self._get(parts, query)
+        except Busy as e:
+            self._error(503, str(e))
+        except api.NotFound as e:
+            self._error(404, str(e))
+        except ValueError as e:
+            self._error(400, str(e))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _get(self, parts: list[str], query: dict[str, str]) -> None:
+        engine = self.admin.engine
+        match parts:
+            case ["metrics"]:
+                self._send(200, exposition(self.admin.registry), "text/plain; version=0.0.4; charset=utf-8")
+            case ["api", "invocations"]:
+                q = api.InvocationQuery.parse(query)
+                self._json(200, self.admin.on_loop(lambda: api.invocations(engine, q)))
+            case ["api", "invocations", inv]:
+                self._json(200, self.admin.on_loop(lambda: api.invocation(engine, inv)))
+            case ["api", "state", obj, key]:
+                self._json(200, self.admin.on_loop(lambda: api.object_state(engine, obj, key)))
+            case ["api", "timers"]:
+                limit = int(query.get("limit") or 100)
+                if not 1 <= limit <= api.MAX_LIMIT:
+                    raise ValueError(f"limit must be within 1..{api.MAX_LIMIT}")
+                self._json(200, self.admin.on_loop(lambda: api.timers(engine, limit)))
+            case ["api", "cycle"]:
+                self._json(200, self.admin.on_loop(lambda: api.cycle(engine)))
+            case ["api", "partitions"]:
+                self._json(200, self.admin.on_loop(lambda: api.partitions(engine)))
+            case _:
+                self._error(404, f"no such endpoint: {self.path}")
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(min(length, 1 << 16))  # no action takes a body
+        parts = [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")]
+        try:
+            match parts:
+                case ["api", "invocations", inv, action] if action in ACTIONS:
+                    pass
+                case _:
+                    self._error(404, f"no such action: {self.path}")
+                    return
+            if not self.admin.config.token:
+                self._error(401, "actions need a token: start the processor with --admin-token or "
+                                 "PROCESSOR_ADMIN_TOKEN")
+                return
+            if not self.admin.authorized(self.headers.get("Authorization")):
+                self._error(401, "actions need the bearer token")
+                return
+            engine = self.admin.engine
+            partition, owned = self.admin.on_loop(lambda: api.action_check(engine, inv, action))
+            self.admin.send_command(partition, inv, ACTIONS[action])
+            log.warning("admin: %s of invocation %s requested by %s", action, inv, self.address_string())
+            self._json(202, {"invocation_id": inv, "action": action, "partition": partition, "owned": owned})
+        except Busy as e:
+            self._error(503, str(e))
+        except api.NotFound as e:
+            self._error(404, str(e))
+        except api.Conflict as e:
+            self._error(409, str(e))
+        except (RuntimeError, KafkaException, BufferError) as e:
+            self._error(502, str(e))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
