@@ -100,9 +100,14 @@ def check_outputs(*, counts: list[tuple[str, dict[str, Any]]], sleeps: list[dict
     for k in sorted(set(n_by_key) | set(seq)):
         got_counts = [int(o.value.get("count", -1)) for o in seq.get(k, [])]
         if got_counts != list(range(1, n_by_key[k] + 1)):
+            outs = seq.get(k, [])
+            first = next((i for i, c in enumerate(got_counts) if c != i + 1), len(got_counts))
+            around = "; ".join(f"{_where(o)} inv={o.value.get('inv')} pid={o.value.get('pid')} t={o.value.get('t')}"
+                               for o in outs[max(0, first - 2):first + 2])
             bad.append(f"{k} (partition {partition_for_key(k.encode(), partitions)}): {n_by_key[k]} inputs, "
                        f"counts {_runs(got_counts, 160)}; emitted by partitions "
-                       f"{sorted({_inv_partition(o.value.get('inv')) for o in seq.get(k, [])})}")
+                       f"{sorted({_inv_partition(o.value.get('inv')) for o in outs})}; around the first "
+                       f"wrong one: {around}")
     if bad:
         v.fail(f"count: {len(bad)} keys whose counts are not 1..n in order", bad)
 
