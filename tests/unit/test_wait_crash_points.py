@@ -191,3 +191,40 @@ def test_an_invocation_waiting_with_a_timeout_is_suspended_and_resumed_by_its_ti
         row = part.row(INV)
         assert (row.status, row.result) == (Status.COMPLETED, b'"timed out"')
     _run(scenario)
+
+
+def test_an_evicted_invocation_holds_no_memory_and_a_kill_still_deletes_its_slot() -> None:
+    """Evicted invocations leave ``_durable`` (a hundred thousand sleepers' ids kept pinned the
+    allocator's arenas); finishing one out of memory still finds its row and slot in the store."""
+    async def scenario(app: p.App, store: MemoryStore, pool: ThreadPoolExecutor) -> None:
+        part = Partition(app, store, pool)
+        _invoke(part)
+        await part.commit()
+        assert part.w.suspend_idle(0.0) == 1
+        await part.commit()
+        assert INV not in part.w._durable and not part.w.runtimes
+        assert store.get(keys.active_key(INV)) is not None
+        part.inbox("kill", invocation_id=INV)
+        await part.commit()
+        assert store.get(keys.active_key(INV)) is None, "the slot went with the kill"
+        assert part.row(INV).status is Status.FAILED
+    _run(scenario)
+
+
+def test_an_evicted_invocation_woken_again_deletes_its_slot_when_it_finishes() -> None:
+    async def scenario(app: p.App, store: MemoryStore, pool: ThreadPoolExecutor) -> None:
+        part = Partition(app, store, pool)
+        _invoke(part, "timed", ms=3_600_000)
+        await part.commit()
+        assert part.w.suspend_idle(0.0) == 1
+        await part.commit()
+        part.w.start(part.row(INV))  # what a completion or a retry timer does to an evicted one
+        await part.settle()
+        assert INV in part.w.runtimes and INV in part.w._durable, (
+            "back in memory from the store: durable (a finish in this cycle deletes its row and slot)")
+        part.inbox("resolve_awakeable", target_id=routing.awakeable_id(INV, AWK_SEQ), payload=b'"late"')
+        for _ in range(3):
+            await part.commit()
+        assert part.row(INV).status is Status.COMPLETED
+        assert store.get(keys.active_key(INV)) is None
+    _run(scenario)
