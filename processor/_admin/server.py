@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from processor._admin import api
+from processor._admin import api, ui
 from processor._admin.metrics import exposition, registry
 from processor._engine import kafka as kio
 from processor._engine.commands import CommandKind, InboxCommand
@@ -225,6 +225,16 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [unquote(p) for p in url.path.strip("/").split("/")]
         query = dict(parse_qsl(url.query))
         try:
+            if url.path in ("/", "/ui"):  # relative, so a proxy's path prefix survives
+                self._send(302, b"", "text/plain", {"Location": "ui/"})
+                return
+            if parts[0] == "ui":  # the page must load to type the token: ui.py says why that is safe
+                found = ui.asset("/".join(parts[1:]))
+                if found is None:
+                    self._error(404, f"no such file: {self.path}")
+                else:
+                    self._send(200, found[0], found[1], ui.HEADERS)
+                return
             if parts == ["healthz"]:
                 ok, why = self.admin.engine.health.verdict(self.admin.config.stall_s)
                 self._send(200 if ok else 503, f"{'ok' if ok else 'unhealthy'}: {why}\n".encode(), "text/plain")
@@ -267,6 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, self.admin.on_loop(lambda: api.cycle(engine)))
             case ["api", "partitions"]:
                 self._json(200, self.admin.on_loop(lambda: api.partitions(engine)))
+            case ["api", "instances"]:
+                self._json(200, api.instances(engine))
             case _:
                 self._error(404, f"no such endpoint: {self.path}")
 
