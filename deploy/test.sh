@@ -4,6 +4,11 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
+# tests/e2e/test_web_ui.py drives Debian's chromium (Playwright given its path: no browser download).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "== apt-get install chromium"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 echo "== ruff"; ruff check processor state timers schemas tests benchmarks examples
 echo "== mypy --strict"; mypy
 # Tests get their own broker port so a running demo broker is never touched.

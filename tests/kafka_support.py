@@ -111,6 +111,15 @@ class Kafka:
         if left or errors:
             raise AssertionError(f"produce to {topic}: {left} undelivered, errors {errors[:3]}")
 
+    def end_offsets(self, topic: str, partitions: int) -> list[int]:
+        """The high watermark of each of the first `partitions` partitions of `topic`."""
+        c = Consumer(self.config(**{"group.id": self.unique("ends")}))
+        try:
+            return [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+                    for p in range(partitions)]
+        finally:
+            c.close()
+
     def drain(self, topic: str, *, isolation: str = "read_committed",
               timeout: float = 30.0) -> list[Record]:
         """Read every partition of `topic` from the beginning up to its end as seen by `isolation`

@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Spawner
@@ -77,12 +76,7 @@ class AdminApp:
         return len(self.kafka.drain(self.output))
 
     def inbox_ends(self) -> list[int]:
-        c = Consumer(self.kafka.config(**{"group.id": self.kafka.unique("ends")}))
-        try:
-            return [c.get_watermark_offsets(TopicPartition(f"{self.name}.inbox", p), timeout=10, cached=False)[1]
-                    for p in range(PARTITIONS)]
-        finally:
-            c.close()
+        return self.kafka.end_offsets(f"{self.name}.inbox", PARTITIONS)
 
 
 def _ready(admin: Admin) -> None:
