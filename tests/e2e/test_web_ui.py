@@ -8,13 +8,13 @@ cancels the invocation (checked through the JSON API)."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
+from tests.browser_support import chromium
 from tests.e2e.conftest import Spawner
 from tests.e2e.test_admin import PARTITIONS, TOKEN, Admin, AdminApp
 from tests.kafka_support import Kafka, wait_until
@@ -24,14 +24,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    assert chromium, "no chromium on PATH: deploy/test.sh installs Debian's chromium (apt-get install -y chromium)"
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=chromium, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def _one(admin: Admin, query: str, ready: Any) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The web UI's files as the admin endpoint serves them, without a broker: the page and its modules
 with their types and a policy that runs only the page's own scripts, no path out of the static
 folder, and the access rule (the files load without a token, so the token can be typed; the API
-they call still needs it beyond loopback). tests/e2e/test_web_ui.py runs the page in Chromium."""
+they call still needs it beyond loopback), that one in Chromium too. tests/e2e/test_web_ui.py runs
+the page against a live processor."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from playwright.sync_api import expect
 
 import processor as p
 from processor._admin import ui
 from processor._admin.server import AdminConfig, AdminServer
 from processor._engine.engine import Engine
+from tests.browser_support import chromium
 
 TOKEN = "ui-token"
 
@@ -92,3 +95,21 @@ def test_beyond_loopback_the_files_load_without_the_token_and_the_api_needs_it(s
     assert status == 200
     assert orjson.loads(body) == {"app": "ui-unit", "self": "i7", "source": "self", "instances": [
         {"instance_id": "i7", "app": "ui-unit", "self": True, "path": ""}]}
+
+
+def test_beyond_loopback_the_page_loads_in_chromium_and_reads_once_the_token_is_typed(server: AdminServer) -> None:
+    server.config = replace(server.config, host="10.1.2.3")  # as if bound there
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{server.port}/ui/#/partitions")
+        expect(page.locator("#flash")).to_contain_text("set the admin token")
+        page.fill("#token", TOKEN)
+        page.click("#token-form button[type=submit]")
+        expect(page.locator("#token-state")).to_have_text("token set for this tab")
+        expect(page.locator("#partition-summary")).to_contain_text("0 of 0 partition(s)")
+        expect(page.locator("#instances")).to_contain_text("i7")
+        expect(page.locator("#flash")).to_be_empty()
+        assert TOKEN not in page.url
+        page.click("#token-forget")
+        page.click("nav a[data-page=timers]")
+        expect(page.locator("#timers .error")).to_contain_text("i7: a bearer token is required")
