@@ -152,3 +152,10 @@ def test_the_cli_finds_reads_and_kills_a_stuck_invocation_and_shows_no_stale_row
     for p in procs:
         if p is not stopped:
             assert p.stop() == 0
+
+
+def test_a_wrong_app_exits_2_naming_the_apps_found(kafka: Kafka) -> None:
+    r = Cli(kafka, kafka.unique("nosuch")).run("invocations")
+    assert r.returncode == 2, r.stderr
+    assert "no app 'nosuch-" in r.stderr and ".inbox does not exist" in r.stderr and "apps found:" in r.stderr
+    assert "Traceback" not in r.stderr
