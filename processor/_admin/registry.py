@@ -160,8 +160,10 @@ class RegistryPublisher:
         if err is not None:
             log.debug("instance registry record not delivered: %s", err)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop publishing and take the record back (a tombstone): a stopped instance is not asked."""
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop publishing and take the record back (a tombstone): a stopped instance is not asked.
+        Bounded by `timeout`: with Kafka away the record stays, and the group's membership says it
+        is gone once the session times out."""
         self._stop.set()
         self._thread.join(timeout)
         if self._published and self._producer is not None:
