@@ -199,7 +199,8 @@ class App:
         h = self.handler_for(handler)
         if topic in self._bindings:
             raise ConfigurationError(f"topic {topic!r} is already bound to {self._bindings[topic].handler.target}")
-        if topic in (self.inbox_topic, self.changelog_topic, self.dlq_topic, self.results_topic, self.steps_topic):
+        if topic in (self.inbox_topic, self.changelog_topic, self.dlq_topic, self.results_topic, self.steps_topic,
+                     f"{self.name}.instances"):
             raise ConfigurationError(f"{topic!r} is an internal topic of app {self.name!r}")
         self._bindings[topic] = Binding(topic=topic, handler=h,
                                         serde=serde or h.input_serde or self.config.serde)

@@ -18,7 +18,6 @@ from typing import Any
 
 from processor import _kafka_config, _logs
 from processor._app import App
-from processor._engine.records import Status
 from processor._engine.statedir import lock_state_dir, persisted_instance_id
 from processor._errors import ConfigurationError, ProcessorError
 from processor._workers import Supervisor, die_with_parent, wait_until_unlocked, worker_specs
@@ -171,22 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="/healthz fails when the event loop has not run, or the commit loop has had work "
                           "without finishing a cycle, for this long (default: 60)")
     run.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)  # set on workers
-    inv = sub.add_parser("invocations", help="list invocations from a state dir (works next to a running processor)")
-    inv.add_argument("--state-dir", default="./state-dir")
-    inv.add_argument("--app", required=True, help="the app name (its directory under --state-dir)")
-    inv.add_argument("--status", choices=[s.value for s in Status], default=None)
-    inv.add_argument("--json", action="store_true", help="one JSON object per line")
-    jr = sub.add_parser("journal", help="show one invocation's journal")
-    jr.add_argument("invocation_id")
-    jr.add_argument("--state-dir", default="./state-dir")
-    jr.add_argument("--app", required=True)
+    from processor._cluster.commands import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("invocations", "journal"):
-        return _inspect_command(args)
+    if args.command != "run":
+        from processor._cluster import commands
+
+        try:
+            return commands.run(args)
+        except KeyboardInterrupt:
+            return 130
     if args.supervisor_pid is not None and not die_with_parent(args.supervisor_pid):
         print("processor: the supervisor that started this worker is gone; not starting", file=sys.stderr)
         return 1
@@ -221,24 +219,6 @@ def _log_format(args: argparse.Namespace) -> str:
     """A worker's lines name its instance: its supervisor's log holds every worker's."""
     who = "" if args.supervisor_pid is None else f"[{args.instance_id}] ".replace("%", "%%")
     return f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"
-
-
-def _inspect_command(args: argparse.Namespace) -> int:
-    from processor import _inspect
-
-    try:
-        if args.command == "invocations":
-            rows = _inspect.invocations(Path(args.state_dir), args.app)
-            print(_inspect.format_invocations(rows, status=args.status, as_json=args.json))
-        else:
-            print(_inspect.format_journal(_inspect.journal(Path(args.state_dir), args.app, args.invocation_id)))
-    except FileNotFoundError as e:
-        print(f"processor: {e}", file=sys.stderr)
-        return 2
-    except KeyError as e:
-        print(f"processor: no invocation {e.args[0]} in app {args.app!r}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _exit_leaving_stuck_threads(code: int) -> int:

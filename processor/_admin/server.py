@@ -32,6 +32,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from processor._admin import api, ui
 from processor._admin.metrics import exposition, registry
+from processor._admin.registry import RegistryPublisher
 from processor._engine import kafka as kio
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._errors import ConfigurationError
@@ -109,6 +110,7 @@ class AdminServer:
         self._producer_lock = threading.Lock()
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="admin-http", daemon=True)
+        self._registry: RegistryPublisher | None = None
 
     @classmethod
     def start(cls, engine: Engine, config: AdminConfig, loop: asyncio.AbstractEventLoop) -> AdminServer:
@@ -122,6 +124,8 @@ class AdminServer:
         server = cls(engine, config, loop, httpd)
         httpd.admin = server
         server._thread.start()
+        server._registry = RegistryPublisher(server)  # where the cluster-wide CLI finds this endpoint
+        server._registry.start()
         host, port = httpd.server_address[:2]
         log.info("admin endpoint listening on http://%s:%d (%s)", config.host if ":" not in str(host) else host,
                  port, "loopback" if config.loopback else "bearer token required")
@@ -133,6 +137,8 @@ class AdminServer:
 
     def close(self) -> None:
         """Stop serving (blocking: call off the event loop)."""
+        if self._registry is not None:
+            self._registry.close()
         self._httpd.shutdown()
         self._httpd.server_close()
         with self._producer_lock:

@@ -43,7 +43,7 @@ from processor._engine.memtrim import Trimmer
 from processor._engine.metrics import CommitTimings
 from processor._engine.partition import PartitionWorker, meta_int
 from processor._engine.records import InRecord
-from processor._engine.statedir import lock_state_dir, persisted_instance_id
+from processor._engine.statedir import lock_state_dir, persisted_instance_id, record_instance_id
 from processor._engine.stats import PartitionStats
 from processor._engine.steps import StepLog
 from processor._errors import ConfigurationError, ProcessorError
@@ -99,6 +99,7 @@ class Engine:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = lock_state_dir(self.root)
         self.instance_id = instance_id or persisted_instance_id(self.root)
+        record_instance_id(self.root, self.instance_id)
         self._consumer_extra = consumer_config or {}
         self._producer_extra = producer_config or {}
         self._step_lease_s = kio.step_lease_s(kio.consumer_config(self._client, app, self._consumer_extra))

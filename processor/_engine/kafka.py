@@ -18,6 +18,14 @@ from processor._logs import KAFKA_LOG
 
 log = logging.getLogger("processor.kafka")
 
+REGISTRY_CONFIG = {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 24 * 3600 * 1000),
+                   "segment.ms": str(600_000), "min.compaction.lag.ms": "0"}
+
+
+def registry_topic(app: str) -> str:
+    """App `app`'s instance registry: one partition, compacted (processor/_admin/registry.py)."""
+    return f"{app}.instances"
+
 # The cluster refuses who we are (SASL) or we refuse it (TLS): retrying cannot help.
 UNAUTHENTICATED = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL})
 # The principal lacks an ACL for what it asked.
@@ -143,6 +151,11 @@ def ensure_topics(admin: AdminClient, app: App, *, timeout: float = 30.0) -> int
                 # read back only from the last cycle that absorbed them: a week covers any outage
                 app.steps_topic: {"retention.ms": str(7 * 24 * 3600 * 1000), "segment.ms": "3600000"}}
     missing = []
+    # The instance registry (processor/_admin/registry.py) has one partition and is never consumed by
+    # the engine: co-partitioning does not apply to it.
+    registry = registry_topic(app.name)
+    if (tm := md.topics.get(registry)) is None or tm.error is not None:
+        missing.append(NewTopic(registry, num_partitions=1, replication_factor=-1, config=REGISTRY_CONFIG))
     for t, cfg in internal.items():
         tm = md.topics.get(t)
         if tm is None or tm.error is not None:
@@ -158,7 +171,7 @@ def ensure_topics(admin: AdminClient, app: App, *, timeout: float = 30.0) -> int
         for t, f in admin.create_topics(missing, operation_timeout=timeout, request_timeout=timeout).items():
             try:
                 f.result(timeout=timeout)
-                log.info("created topic %s with %d partitions", t, p)
+                log.info("created topic %s with %d partition(s)", t, 1 if t == registry else p)
             except KafkaException as e:
                 if e.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another instance won the race
                     raise ConfigurationError(f"cannot create topic {t}: {e.args[0]}") from None

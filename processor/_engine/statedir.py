@@ -50,3 +50,14 @@ def persisted_instance_id(root: Path) -> str:
     if not path.exists():
         path.write_text(uuid.uuid4().hex[:12])
     return path.read_text().strip()
+
+
+LAST_INSTANCE_FILE = "last-instance-id"
+
+
+def record_instance_id(root: Path, instance_id: str) -> None:
+    """Note which instance last ran on `root` (given with --instance-id or not): the CLI reading the
+    stores of a state dir asks the consumer group whether that instance still owns their partitions."""
+    path = root / LAST_INSTANCE_FILE
+    if not path.exists() or path.read_text().strip() != instance_id:
+        path.write_text(instance_id + "\n")

@@ -1,0 +1,132 @@
+"""The fallback with no live instance to ask: the stores of a ``--state-dir``, read-only (fine next to
+a running processor), answered in the shapes the admin API uses so that merging and rendering are
+the same. Each store dir poses as the instance that last ran on it (``last-instance-id``, written at
+start; else ``instance-id``): where the consumer group assigns a partition to another instance now,
+that dir's rows of it are not shown (``merge.coverage``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from processor._admin import api
+from processor._admin.registry import InstanceRecord
+from processor._cluster.discovery import USAGE, CliError
+from processor._cluster.fanout import Answer
+from processor._engine import routing
+from processor._engine.core import decode_journal
+from processor._engine.records import InvocationRow
+from processor._engine.statedir import LAST_INSTANCE_FILE
+from processor._inspect import entry_dict, row_dict, value_json
+from state import keys
+from state.store import PartitionStore
+from timers import decode_timer
+
+
+def store_roots(state_dir: Path, app: str) -> list[tuple[str, Path]]:
+    """(instance id, dir) of every store dir of `app` under `state_dir`: ``DIR/<app>`` and, for a
+    supervisor's dir (``--workers N``), ``DIR/worker-<i>/<app>``."""
+    if not state_dir.is_dir():
+        raise CliError(f"no state dir {state_dir}", USAGE)
+    roots = [r for r in [state_dir / app, *sorted(state_dir.glob(f"worker-*/{app}"))] if r.is_dir()]
+    if not roots:
+        found = sorted({d.name for d in state_dir.iterdir() if d.is_dir() and (d / LAST_INSTANCE_FILE).exists()})
+        raise CliError(f"no state for app {app!r} under {state_dir} (expected {state_dir / app}/ or "
+                       f"{state_dir}/worker-<i>/{app}/); apps there: {', '.join(found) or 'none'}", USAGE)
+    return [(_instance_of(r), r) for r in roots]
+
+
+def _instance_of(root: Path) -> str:
+    for name in (LAST_INSTANCE_FILE, "instance-id"):
+        f = root / name
+        if f.exists() and f.read_text().strip():
+            return f.read_text().strip()
+    return f"(unknown: {root})"
+
+
+def _partitions(root: Path) -> list[tuple[int, Path]]:
+    return sorted((int(d.name), d) for d in root.iterdir() if d.is_dir() and d.name.isdigit()
+                  and (d / "data.mdb").exists())
+
+
+def answers(state_dir: Path, app: str, build: Callable[[list[tuple[int, PartitionStore]]], dict[str, Any]]
+            ) -> list[Answer]:
+    """One answer per store dir: `build` gets its (partition, store) pairs, opened read-only."""
+    out = []
+    for iid, root in store_roots(state_dir, app):
+        stores: list[tuple[int, PartitionStore]] = []
+        try:
+            for p, d in _partitions(root):
+                stores.append((p, PartitionStore.open(d, readonly=True)))
+            body = build(stores)
+        finally:
+            for _, s in stores:
+                s.close()
+        body["partitions"] = [p for p, _ in stores]
+        record = InstanceRecord(app=app, instance_id=iid, admin_url=f"file://{root}", host="", pid=0,
+                                started_ms=0, heartbeat_ms=0, partitions=tuple(body["partitions"]))
+        out.append(Answer(instance=record, status=200, body=body))
+    return out
+
+
+def invocations(q: api.InvocationQuery) -> Callable[[list[tuple[int, PartitionStore]]], dict[str, Any]]:
+    def build(stores: list[tuple[int, PartitionStore]]) -> dict[str, Any]:
+        now = int(time.time() * 1000)
+        rows = []
+        for p, s in stores:
+            for _, v in s.scan(keys.INVOCATION):
+                r = InvocationRow.decode(v)
+                if q.matches(r, now):
+                    rows.append(row_dict(p, r))
+        return {"invocations": rows, "complete": True}
+    return build
+
+
+def invocation(invocation_id: str) -> Callable[[list[tuple[int, PartitionStore]]], dict[str, Any]]:
+    p = routing.partition_of(invocation_id)
+
+    def build(stores: list[tuple[int, PartitionStore]]) -> dict[str, Any]:
+        for q, s in stores:
+            if q != p:
+                continue
+            target = invocation_id
+            if s.get(keys.invocation_key(target)) is None and (alias := s.get(keys.dedup_key(target))) is not None:
+                target = alias.decode()  # a Client's id for a workflow run names the run
+            raw = s.get(keys.invocation_key(target))
+            if raw is None:
+                break
+            row = InvocationRow.decode(raw)
+            journal = decode_journal(v for _, v in s.scan(keys.journal_prefix(target)))
+            return {"found": {**row_dict(p, row, full=True), "in_memory": False,
+                              "journal": [entry_dict(e) for e in journal]}}
+        return {"found": None}
+    return build
+
+
+def object_state(obj: str, key: str, partitions_total: int | None
+                 ) -> Callable[[list[tuple[int, PartitionStore]]], dict[str, Any]]:
+    def build(stores: list[tuple[int, PartitionStore]]) -> dict[str, Any]:
+        for p, s in stores:
+            entries = {keys.parse_state_key(k)[2]: value_json(v) for k, v in s.scan(keys.state_prefix(obj, key))}
+            if entries and (partitions_total is None or
+                            routing.partition_for_key(key.encode(), partitions_total) == p):
+                return {"found": {"object": obj, "key": key, "partition": p, "state": entries}}
+        return {"found": None}
+    return build
+
+
+def timers(limit: int) -> Callable[[list[tuple[int, PartitionStore]]], dict[str, Any]]:
+    def build(stores: list[tuple[int, PartitionStore]]) -> dict[str, Any]:
+        out = []
+        for p, s in stores:
+            for n, (k, v) in enumerate(s.scan(keys.TIMER)):
+                if n >= limit:
+                    break
+                due, inv, seq = keys.parse_timer_key(k)
+                kind, attempt, _ = decode_timer(v)
+                out.append({"due_ms": due, "due": api._iso(due), "invocation_id": inv, "seq": seq, "partition": p,
+                            "kind": kind.value, "attempt": attempt})
+        return {"timers": out}
+    return build
