@@ -585,7 +585,8 @@ class PartitionWorker(Messaging):
         log.warning("invocation %s (%s) attempt %d raised %s: %s; retrying in %d ms", row.id, row.target,
                     attempt, type(error).__name__, error, delay, exc_info=error)
         # it leaves memory: the retry timer reads its row
-        self.save(rt, row.moved(Status.BACKING_OFF, attempt=attempt, retry_at_ms=now + delay))
+        self.save(rt, row.moved(Status.BACKING_OFF, attempt=attempt, retry_at_ms=now + delay,  # why, for operators
+                                failure=Failure(type=type(error).__name__, message=str(error))))
         self.schedule_timer(now + delay, row.id, INVOCATION_SEQ, TimerKind.INVOCATION_RETRY, attempt)
 
     def paused(self, rt: InvocationRuntime, reason: str) -> None:

@@ -111,6 +111,8 @@ class InvocationRow:
             raise IllegalTransition(f"invocation {self.id}: {self.status.value} -> {status.value}")
         if self.status is Status.PAUSED and status is not Status.PAUSED:
             changes.setdefault("paused_reason", None)  # the reason describes the pause, not the row's life
+        if self.status is Status.BACKING_OFF and status is not Status.BACKING_OFF:
+            changes.setdefault("failure", None)  # the last attempt's error, shown while it backs off
         return replace(self, status=status, **changes)
 
     def encode(self) -> bytes:

@@ -70,3 +70,12 @@ def test_leaving_paused_forgets_the_pause_reason() -> None:
     assert paused.paused_reason == "diverged at #0"
     assert paused.moved(R).paused_reason is None
     assert paused.moved(F, failure=Failure(type="Killed", message="by operator")).paused_reason is None
+
+
+def test_a_backing_off_row_keeps_the_last_error_until_it_runs_again() -> None:
+    error = Failure(type="KeyError", message="'amount'")
+    backing_off = _row(R).moved(Status.BACKING_OFF, attempt=3, retry_at_ms=10, failure=error)
+    assert backing_off.failure == error, "an operator sees why it is stuck retrying"
+    assert InvocationRow.decode(backing_off.encode()).failure == error
+    assert backing_off.moved(R).failure is None
+    assert backing_off.moved(F, failure=Failure(type="Killed", message="by operator")).failure.type == "Killed"
