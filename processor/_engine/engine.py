@@ -539,17 +539,18 @@ class Engine:
         linger = self.app.config.commit_linger_ms / 1000
         until = time.monotonic() + linger
         await self._settle(linger, bodies=True)
-        self._end_drain()
-        await self._let_few_finish(until)
+        if sum(len(w.runtimes) for w in self.workers.values()) <= FINISH_FEW:
+            self._end_drain()
+            await self._let_few_finish(until)
+        # else the drain lasts until the seal: input let in now would start invocations it saves
 
     async def _let_few_finish(self, until: float) -> None:
-        """When only a few invocations are running (not waiting on a durable wait), let them finish
-        in this cycle, until `until` at most, with input flowing again: one taking a string of steps
-        (each released on its acknowledgement) then commits once, when it is done, instead of being
-        saved by a cycle mid-way — whose commit its finish would then wait behind (the tail latency
-        of a handler run one at a time). Many running means a busy partition: cycles go as they are."""
-        if sum(len(w.runtimes) for w in self.workers.values()) > FINISH_FEW:
-            return
+        """When only a few invocations are in memory, let those running (not waiting on a durable
+        wait) finish in this cycle, until `until` at most, with input flowing again: one taking a
+        string of steps (each released on its acknowledgement) then commits once, when it is done,
+        instead of being saved by a cycle mid-way — whose commit its finish would then wait behind
+        (the tail latency of a handler run one at a time). Many in memory means a busy partition:
+        cycles go as they are."""
         running = [(w, rt) for w in self.workers.values() for rt in w.runtimes.values() if not rt.waits.pending]
         while running and not self._cycle_full():
             left = until - time.monotonic()
