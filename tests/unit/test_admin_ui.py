@@ -19,8 +19,9 @@ import pytest
 from playwright.sync_api import expect
 
 import processor as p
-from processor._admin import ui
+from processor._admin import peers, ui
 from processor._admin.server import AdminConfig, AdminServer
+from processor._cluster.discovery import CliError, Cluster
 from processor._engine.engine import Engine
 from tests.browser_support import chromium
 
@@ -38,12 +39,17 @@ def server(tmp_path: Path) -> Iterator[AdminServer]:
                       instance_id="i7")
     engine = asyncio.run_coroutine_threadsafe(build(), loop).result(10)
     s = AdminServer.start(engine, AdminConfig(port=0, token=TOKEN, loop_timeout_s=0.5), loop)
+    s.peers = peers.Peers(engine, discover=_no_kafka)
     try:
         yield s
     finally:
         s.close()
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+def _no_kafka() -> Cluster:
+    raise CliError("cannot reach Kafka at 127.0.0.1:1", 2)
 
 
 def get(s: AdminServer, path: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -93,8 +99,10 @@ def test_beyond_loopback_the_files_load_without_the_token_and_the_api_needs_it(s
     assert get(server, "/api/instances")[0] == 401
     status, _, body = get(server, "/api/instances", token=TOKEN)
     assert status == 200
-    assert orjson.loads(body) == {"app": "ui-unit", "self": "i7", "source": "self", "instances": [
-        {"instance_id": "i7", "app": "ui-unit", "self": True, "path": ""}]}
+    assert orjson.loads(body) == {
+        "app": "ui-unit", "self": "i7", "source": "self", "partitions_total": None, "owners": None,
+        "notes": ["only this instance is listed: cannot reach Kafka at 127.0.0.1:1"],
+        "instances": [{"instance_id": "i7", "app": "ui-unit", "self": True, "path": ""}]}
 
 
 def test_beyond_loopback_the_page_loads_in_chromium_and_reads_once_the_token_is_typed(server: AdminServer) -> None:
