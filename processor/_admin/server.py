@@ -6,6 +6,8 @@ answers even when the event loop is stuck (that is one thing it reports). Everyt
 engine state runs ON the event loop (``on_loop``), bounded by a timeout: a loop that does not answer
 in time gets a 503 "engine busy". Actions never touch a store: they produce the inbox command a
 ``Client`` would (``processor/_engine/commands.py``), which the owning partition applies exactly once.
+``/api/instances`` lists the app's live instances and ``/api/instances/<id>/api/...`` forwards to one
+of them (``processor/_admin/peers.py``), so the web UI reaches the whole app through one endpoint.
 
 Access: bound to loopback (the default, 127.0.0.1), reads need no token; bound beyond it, the
 endpoint refuses to start without a bearer token and every request but the probes must carry it.

@@ -121,3 +121,27 @@ def test_beyond_loopback_the_page_loads_in_chromium_and_reads_once_the_token_is_
         page.click("#token-forget")
         page.click("nav a[data-page=timers]")
         expect(page.locator("#timers .error")).to_contain_text("i7: a bearer token is required")
+
+
+def test_the_page_takes_each_partitions_rows_from_the_instance_the_group_assigned_it_to(server: AdminServer) -> None:
+    # api.js's coverage, as the CLI's merge.coverage: a zombie's claim is set aside, a partition
+    # assigned to nobody counts from its one claimant, one nobody answers for is missing
+    script = """async () => {
+      const { coverage } = await import("./api.js");
+      const answer = (id, partitions) => ({ instance: { instance_id: id }, data: { partitions } });
+      const c = coverage([answer("a", [0, 1]), answer("b", [1, 2]), answer("z", [4]),
+                          { instance: { instance_id: "d" }, error: new Error("down") }],
+                         { owners: { 0: "a", 1: "b", 3: "d" }, partitions_total: 5 });
+      const p = coverage([answer("a", [{ partition: 0, phase: "active" }, { partition: 1, phase: "restoring" }])],
+                         { owners: null, partitions_total: null });
+      return { a: [0, 1, 2, 4].map((n) => c.accepts("a", n)), b: [1, 2].map((n) => c.accepts("b", n)),
+               z: c.accepts("z", 4), missing: c.missing, notes: c.notes,
+               partitions: [p.accepts("a", 0), p.accepts("a", 1)], none: p.missing };
+    }"""
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{server.port}/ui/")
+        got = page.evaluate(script)
+    assert got == {"a": [True, False, False, False], "b": [True, True], "z": True, "missing": [3],
+                   "notes": ["partition 1: a still serves it, but the group assigned it to b; its rows are not shown"],
+                   "partitions": [True, False], "none": []}

@@ -80,7 +80,11 @@ export function coverage(answers, listing) {
   const claims = new Map();
   for (const a of answers) {
     if (a.error) continue;
-    for (const p of a.data.partitions ?? []) claims.set(p, [...(claims.get(p) ?? []), a.instance.instance_id]);
+    for (const x of a.data.partitions ?? []) {
+      // a listing names the partitions it answered for; /api/partitions describes each (active ones count)
+      const p = typeof x === "number" ? x : x.phase === "active" ? x.partition : null;
+      if (p !== null) claims.set(p, [...(claims.get(p) ?? []), a.instance.instance_id]);
+    }
   }
   const accepted = new Map(answers.map((a) => [a.instance.instance_id, new Set()]));
   const notes = [];
