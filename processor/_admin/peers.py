@@ -133,7 +133,8 @@ def instances_body(app: str, self_id: str, listing: Listing) -> dict[str, Any]:
                      "partitions": list(r.partitions), "ready": r.ready,
                      "assigned": None if owners is None else assigned.get(r.instance_id, [])})
     if not any(r["self"] for r in rows):  # not registered yet (or not believed): this one still answers
-        rows.append({**me, "assigned": None if owners is None else assigned.get(self_id, [])})
+        rows.append({**me, "admin_url": None, "partitions": None, "ready": None,
+                     "assigned": None if owners is None else assigned.get(self_id, [])})
     rows.sort(key=lambda r: (not r["self"], r["instance_id"]))
     notes = [f"instance {j.record.instance_id} is not asked: {j.why}" for j in c.judged if not j.live]
     if owners is None:
