@@ -4,6 +4,7 @@ module: the harness does not import it as a benchmark.)"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import os
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from benchmarks._metrics import admin_urls
 from benchmarks.harness import BenchContext, BenchTimeout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,16 +33,19 @@ class EngineProcess:
     """`python -m processor run SPEC` in its own process (its own GIL), log to a file in the scratch
     directory. The app's internal topics are registered with the context so they are deleted afterwards.
     `workers`: passed as `--workers N` when this checkout's CLI has that option (so single-worker rows
-    stay single-worker whatever its default); without it only 1 is possible."""
+    stay single-worker whatever its default); without it only 1 is possible. `admin`: with
+    `--admin-port 0` (each worker's admin endpoint on a free port; ``admin_urls`` reads them from the
+    log) when this checkout's CLI has that option."""
 
     def __init__(self, ctx: BenchContext, spec: str, app_name: str, env: Mapping[str, str],
-                 instance_id: str = "bench-1", workers: int = 1) -> None:
+                 instance_id: str = "bench-1", workers: int = 1, admin: bool = False) -> None:
         self.ctx = ctx
         self.spec = spec
         self.app_name = app_name
         self.env = {**os.environ, **env, "BENCH_APP": app_name, "PYTHONPATH": str(REPO)}
         self.instance_id = instance_id
         self.workers = workers
+        self.admin = admin and has_run_flag("--admin-port")
         self.state_dir = ctx.scratch / f"state-{app_name}"
         self.log_path = ctx.scratch / f"{app_name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -56,6 +61,9 @@ class EngineProcess:
             cmd += ["--workers", str(self.workers)]
         elif self.workers != 1:
             raise RuntimeError(f"`processor run` has no --workers option here: cannot run {self.workers} workers")
+        if self.admin:
+            cmd += ["--admin-port", "0", "--admin-host", "127.0.0.1"]
+            self.ctx.topics.append(f"{self.app_name}.instances")  # its registry record
         if profile := os.environ.get("BENCH_PROFILE"):
             # BENCH_PROFILE=DIR: sample the processor with py-spy (collapsed stacks, all threads' CPU)
             out = Path(profile) / f"{self.app_name}.folded"
@@ -73,6 +81,16 @@ class EngineProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def admin_urls(self, timeout: float = 10.0) -> list[str]:
+        """The admin endpoints of its workers (one each), once the log names them all; [] without
+        ``admin`` (or when they do not show within `timeout`: what showed)."""
+        if not self.admin:
+            return []
+        with contextlib.suppress(BenchTimeout):
+            self.ctx.wait_until(lambda: len(admin_urls(self.log())) >= self.workers, timeout,
+                                f"processor {self.app_name}'s admin endpoints", interval=0.1)
+        return admin_urls(self.log())
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -193,12 +211,21 @@ def tree_cpu_s(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-@functools.cache
 def has_workers_flag() -> bool:
     """Whether this checkout's `processor run` takes `--workers N` (its --help mentions it)."""
+    return has_run_flag("--workers")
+
+
+def has_run_flag(flag: str) -> bool:
+    """Whether this checkout's `processor run --help` mentions `flag`."""
+    return flag in _run_help()
+
+
+@functools.cache
+def _run_help() -> str:
     out = subprocess.run([sys.executable, "-m", "processor", "run", "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
-    return "--workers" in out.stdout
+    return out.stdout
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

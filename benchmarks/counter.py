@@ -9,6 +9,9 @@ parallelism per commit. `run_ours` is also what `counter_peers` runs beside Quix
 
 from __future__ import annotations
 
+import time
+
+from benchmarks import _metrics
 from benchmarks._engine import (
     CounterCheck,
     CounterRun,
@@ -37,7 +40,8 @@ def run_ours(ctx: BenchContext, src: str, n: int, keys: int, *, tag: str, step: 
     dst = ctx.create_topic(f"out-{tag}", PARTITIONS)
     app_name = ctx.unique(f"app-{tag}")
     engine = EngineProcess(ctx, APP, app_name, {"BENCH_INPUT": src, "BENCH_OUTPUT": dst,
-                                                "BENCH_COUNTER_STEP": "1" if step else "0"}, workers=workers)
+                                                "BENCH_COUNTER_STEP": "1" if step else "0"}, workers=workers,
+                           admin=True)
     reader = OutputReader(ctx, dst, PARTITIONS)
     check = CounterCheck(f"our counter {tag}")
     budget = budget_s if budget_s is not None else max(60.0, ctx.remaining() - 60)
@@ -45,10 +49,12 @@ def run_ours(ctx: BenchContext, src: str, n: int, keys: int, *, tag: str, step: 
         engine.start()
         ready = engine.wait_ready()
         pid = engine.proc.pid if engine.proc else 0
+        scrapes = [_scrape(ctx, engine.admin_urls())]  # before the CPU mark: its cost is not the window's
         cpu_ready = tree_cpu_s(pid)
         ctx.log(f"{tag}: processor ready {ready - engine.started_at:.1f}s after spawn; counting {n} outputs")
         t_end = count_outputs(ctx, reader, check, n, since=ready, budget_s=budget, alive=engine.check_alive)
         cpu_end = tree_cpu_s(pid)
+        scrapes.append(_scrape(ctx, engine.admin_urls()))
         rc = engine.stop()  # a clean stop commits whatever is pending: nothing more may appear
         read_to_quiet(ctx, reader, check)
     finally:
@@ -73,6 +79,9 @@ def run_ours(ctx: BenchContext, src: str, n: int, keys: int, *, tag: str, step: 
         commit_rate = busiest / secs
         commit_notes = (f"lower bound: transaction markers in the busiest output partition ({busiest}) over "
                         f"the same {secs:.1f} s, ≥ {n / max(busiest, 1):.0f} events per transaction")
+    metrics_note = _metrics_note(ctx, tag, scrapes)
+    if metrics_note:
+        commit_notes += f"; {metrics_note}"
     how = "get, ctx.run, set, emit" if step else "get, set, emit (no step)"
     how += f", --workers {workers}" if has_workers_flag() else ""
     return CounterRun(
@@ -86,6 +95,29 @@ def run_ours(ctx: BenchContext, src: str, n: int, keys: int, *, tag: str, step: 
                   f"children) from its assignment (when the benchmark saw it) to the {n}th output visible: "
                   f"{cpu_s:.2f} s",
         records_notes=records_note, commit_rate=commit_rate, commit_notes=commit_notes)
+
+
+def _scrape(ctx: BenchContext, urls: list[str]) -> tuple[float, _metrics.Samples] | None:
+    """(time.time(), the engine's /metrics summed over its workers), or None without an endpoint."""
+    if not urls:
+        return None
+    try:
+        return time.time(), _metrics.scrape(urls)
+    except OSError as e:
+        ctx.log(f"  /metrics not scraped: {e}")
+        return None
+
+
+def _metrics_note(ctx: BenchContext, tag: str, scrapes: list[tuple[float, _metrics.Samples] | None]) -> str:
+    """Log the table of how the engine's figures moved between the two scrapes; the line for notes."""
+    first, last = scrapes
+    if first is None or last is None:
+        return ""
+    secs = last[0] - first[0]
+    rows = _metrics.deltas(first[1], last[1])
+    ctx.log(f"  {tag}: /metrics near the start and at the end of the window ({secs:.1f} s apart):\n"
+            + "\n".join("    " + ln for ln in _metrics.table(rows, secs).splitlines()))
+    return _metrics.summary(rows, secs)
 
 
 def _rows(ctx: BenchContext, keys: int, run: CounterRun) -> list[Row]:

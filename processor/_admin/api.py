@@ -251,14 +251,6 @@ def partitions(engine: Engine) -> dict[str, Any]:
             "ready": engine.ready.is_set(), "partitions": out}
 
 
-def instances(engine: Engine) -> dict[str, Any]:
-    """The instances the web UI asks, each with the path prefix on this endpoint that reaches it
-    (``""``: this one). Only this instance until a registry of the group's live instances lists the
-    others; ``source`` says where the list came from."""
-    me = {"instance_id": engine.instance_id, "app": engine.app.name, "self": True, "path": ""}
-    return {"app": engine.app.name, "self": engine.instance_id, "source": "self", "instances": [me]}
-
-
 # -- metrics ---------------------------------------------------------------------------------------
 
 def metrics_snapshot(engine: Engine) -> dict[str, Any]:

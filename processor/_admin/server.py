@@ -6,6 +6,8 @@ answers even when the event loop is stuck (that is one thing it reports). Everyt
 engine state runs ON the event loop (``on_loop``), bounded by a timeout: a loop that does not answer
 in time gets a 503 "engine busy". Actions never touch a store: they produce the inbox command a
 ``Client`` would (``processor/_engine/commands.py``), which the owning partition applies exactly once.
+``/api/instances`` lists the app's live instances and ``/api/instances/<id>/api/...`` forwards to one
+of them (``processor/_admin/peers.py``), so the web UI reaches the whole app through one endpoint.
 
 Access: bound to loopback (the default, 127.0.0.1), reads need no token; bound beyond it, the
 endpoint refuses to start without a bearer token and every request but the probes must carry it.
@@ -30,7 +32,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from processor._admin import api, ui
+from processor._admin import api, peers, ui
 from processor._admin.metrics import exposition, registry
 from processor._admin.registry import RegistryPublisher
 from processor._engine import kafka as kio
@@ -55,13 +57,15 @@ class AdminConfig:
     `port` 0 picks a free port (logged). `token`: the bearer token actions always need, and every
     request but ``/healthz`` and ``/readyz`` needs when `host` is beyond loopback. `stall_s`: how long
     the event loop may not run, or the commit loop have work without finishing a cycle, before
-    ``/healthz`` fails. `loop_timeout_s`: how long a request waits for the event loop (then 503)."""
+    ``/healthz`` fails. `loop_timeout_s`: how long a request waits for the event loop (then 503).
+    `forward_timeout_s`: how long a request forwarded to another instance waits for it (then 504)."""
 
     port: int
     host: str = "127.0.0.1"
     token: str | None = None
     stall_s: float = DEFAULT_STALL_S
     loop_timeout_s: float = 2.0
+    forward_timeout_s: float = 12.0  # > an action's 10 s wait for the broker's acknowledgement
 
     @property
     def loopback(self) -> bool:
@@ -79,8 +83,8 @@ class AdminConfig:
             raise ConfigurationError(
                 f"the admin endpoint would listen on {self.host}, beyond loopback, without a token: set "
                 "--admin-token or PROCESSOR_ADMIN_TOKEN (or keep --admin-host 127.0.0.1)")
-        if self.stall_s <= 0 or self.loop_timeout_s <= 0:
-            raise ConfigurationError("admin stall bound and loop timeout must be positive")
+        if self.stall_s <= 0 or self.loop_timeout_s <= 0 or self.forward_timeout_s <= 0:
+            raise ConfigurationError("admin stall bound, loop timeout and forward timeout must be positive")
 
 
 class Busy(Exception):
@@ -111,6 +115,7 @@ class AdminServer:
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="admin-http", daemon=True)
         self._registry: RegistryPublisher | None = None
+        self.peers = peers.Peers(engine)  # the other live instances, for the web UI
 
     @classmethod
     def start(cls, engine: Engine, config: AdminConfig, loop: asyncio.AbstractEventLoop) -> AdminServer:
@@ -252,10 +257,13 @@ class _Handler(BaseHTTPRequestHandler):
             if not self.admin.config.loopback and not self.admin.authorized(self.headers.get("Authorization")):
                 self._error(401, "a bearer token is required (the endpoint listens beyond loopback)")
                 return
+            if parts[:2] == ["api", "instances"] and len(parts) > 2:
+                self._forward("GET", parts[2], url.path.strip("/").split("/")[3:], url.query)
+                return
             self._get(parts, query)
         except Busy as e:
             self._error(503, str(e))
-        except api.NotFound as e:
+        except (api.NotFound, peers.Unknown) as e:
             self._error(404, str(e))
         except ValueError as e:
             self._error(400, str(e))
@@ -284,19 +292,41 @@ class _Handler(BaseHTTPRequestHandler):
             case ["api", "partitions"]:
                 self._json(200, self.admin.on_loop(lambda: api.partitions(engine)))
             case ["api", "instances"]:
-                self._json(200, api.instances(engine))
+                self._json(200, self.admin.peers.instances())
             case _:
                 self._error(404, f"no such endpoint: {self.path}")
+
+    def _forward(self, method: str, instance_id: str, raw_rest: list[str], query: str) -> None:
+        """Ask live instance `instance_id` (``processor/_admin/peers.py``) and pass its answer back."""
+        path = peers.forward_path(method, raw_rest, query, ACTIONS)
+        record = self.admin.peers.live(instance_id)
+        if record is None:
+            raise peers.Unknown(f"no live instance {instance_id!r} of app {self.admin.engine.app.name} (not in "
+                                "the registry, or not a member of the consumer group): see /api/instances")
+        answer = peers.forward(record, method, path, self.headers.get("Authorization"),
+                               self.admin.config.forward_timeout_s)
+        if method == "POST" and answer.status == 202:
+            log.warning("admin: %s forwarded to instance %s, requested by %s", path, instance_id,
+                        self.address_string())
+        self._send(answer.status, answer.body, "application/json",
+                   {**answer.headers, "X-Content-Type-Options": "nosniff"})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(min(length, 1 << 16))  # no action takes a body
-        parts = [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")]
+        raw = urlsplit(self.path).path.strip("/").split("/")
+        parts = [unquote(p) for p in raw]
         try:
             match parts:
                 case ["api", "invocations", inv, action] if action in ACTIONS:
                     pass
+                case ["api", "instances", instance_id, *_]:  # checked here, and again by that instance
+                    if not self.admin.config.token or not self.admin.authorized(self.headers.get("Authorization")):
+                        self._error(401, "actions need the bearer token")
+                        return
+                    self._forward("POST", instance_id, raw[3:], "")
+                    return
                 case _:
                     self._error(404, f"no such action: {self.path}")
                     return
@@ -314,7 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(202, {"invocation_id": inv, "action": action, "partition": partition, "owned": owned})
         except Busy as e:
             self._error(503, str(e))
-        except api.NotFound as e:
+        except (api.NotFound, peers.Unknown) as e:
             self._error(404, str(e))
         except api.Conflict as e:
             self._error(409, str(e))

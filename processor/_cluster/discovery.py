@@ -19,6 +19,7 @@ from processor._admin.registry import InstanceRecord
 from processor._engine import kafka as kio
 from processor._errors import ConfigurationError
 
+CLI_READER_GROUP = "processor-cli-"  # the registry reader's group id prefix (a coordinator look-up only)
 STALE_BEATS = 3  # without group membership to ask, a record older than 3 heartbeats is stale
 _RETRIABLE = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
                         KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT, KafkaError._TRANSPORT})
@@ -104,9 +105,12 @@ def admin_client(bootstrap: str, kafka_config: Any, timeout: float) -> tuple[Adm
     return kio.connect(config, timeout), config
 
 
-def discover(bootstrap: str, kafka_config: Any, app: str, *, timeout: float) -> Cluster:
+def discover(bootstrap: str, kafka_config: Any, app: str, *, timeout: float,
+             reader_group: str = CLI_READER_GROUP) -> Cluster:
     """The app's partition count, group members and judged registry records. CliError (USAGE) for a
-    broker that cannot be reached or refuses us, and for an app that does not exist there."""
+    broker that cannot be reached or refuses us, and for an app that does not exist there.
+    `reader_group`: the prefix of the registry reader's throwaway group id (its principal needs
+    ``Describe`` on groups with that prefix)."""
     try:
         admin, config = admin_client(bootstrap, kafka_config, timeout)
     except ConfigurationError as e:
@@ -118,7 +122,7 @@ def discover(bootstrap: str, kafka_config: Any, app: str, *, timeout: float) -> 
         raise CliError(f"no app {app!r} on Kafka at {bootstrap}: its topic {app}.inbox does not exist (or this "
                        f"principal may not Describe it); apps found: {', '.join(apps) or 'none'}", USAGE)
     state, members = describe_group(admin, app, timeout)
-    records = read_registry(config, app, timeout) if f"{app}.instances" in md.topics else []
+    records = read_registry(config, app, timeout, reader_group) if f"{app}.instances" in md.topics else []
     return Cluster(app=app, bootstrap=bootstrap, partitions_total=len(inbox.partitions), group_state=state,
                    members=tuple(members or ()), judged=tuple(judge(records, members, int(time.time() * 1000))))
 
@@ -147,10 +151,11 @@ def describe_group(admin: AdminClient, app: str, timeout: float) -> tuple[str | 
     return str(getattr(d.state, "name", d.state)).lower(), members
 
 
-def read_registry(config: Mapping[str, Any], app: str, timeout: float) -> list[InstanceRecord]:
+def read_registry(config: Mapping[str, Any], app: str, timeout: float,
+                  reader_group: str = CLI_READER_GROUP) -> list[InstanceRecord]:
     """The latest record of each instance on ``<app>.instances`` (tombstones remove one)."""
     topic = f"{app}.instances"
-    c = Consumer({**config, "group.id": f"processor-cli-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
+    c = Consumer({**config, "group.id": f"{reader_group}{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
                   "auto.offset.reset": "earliest", "enable.partition.eof": True})
     latest: dict[str, InstanceRecord] = {}
     try:

@@ -4,16 +4,23 @@ download). The invocations page lists rows and its filters narrow them, an invoc
 as a timeline (a waiting awakeable; a step that took three attempts in an invocation backing off after
 two), the state page shows a key's state, the timers and partitions pages render, and a cancel
 goes through the confirmation dialog: a wrong token is refused and produces nothing, the right one
-cancels the invocation (checked through the JSON API)."""
+cancels the invocation (checked through the JSON API).
+
+With three instances, the UI opened on one finds an invocation backing off on another (through the
+serving endpoint's forwarding: the browser asks that origin only), shows its journal, its error and
+its key's state, kills it; after its instance stops and the partition moves, the list shows every
+row once, from the partition's new owner."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from processor._engine.routing import partition_for_key
 from tests.browser_support import chromium
 from tests.e2e.conftest import Spawner
 from tests.e2e.test_admin import PARTITIONS, TOKEN, Admin, AdminApp
@@ -109,7 +116,8 @@ def _journal_timelines(page: Page, admin: Admin, waiting: str, failing: str) -> 
     reserve = page.locator("#timeline li[data-kind=run]").filter(has_text="reserve")
     expect(reserve).to_contain_text("3 attempts")
     expect(reserve).to_contain_text("reserved f1")
-    # the row of a backing-off invocation holds no error yet (the engine logs it): its retry shows
+    # the row of a backing-off invocation carries its last attempt's error, and when it runs again
+    expect(page.locator("#invocation-error")).to_contain_text("RuntimeError: payment service down")
     expect(page.locator("#timeline li.k-end")).to_contain_text("backing_off")
     expect(page.locator("#timeline li.k-end")).to_contain_text("attempt 3 in")
     expect(page.locator("#actions button[data-action=retry]")).to_be_visible()
@@ -166,3 +174,134 @@ def _cancel_with_confirmation(page: Page, admin: Admin, a: AdminApp, waiting: st
     assert page.evaluate("sessionStorage.getItem('processor-admin-token')") == TOKEN
     assert TOKEN not in page.url
     expect(page.locator("#token-state")).to_have_text("token set for this tab")
+
+
+# -- three instances, the UI opened on one of them ---------------------------------------------------
+
+CLUSTER_PARTITIONS = 3
+
+
+def test_the_web_ui_on_one_instance_finds_reads_and_kills_a_retrying_invocation_on_another_and_shows_no_stale_rows(
+        kafka: Kafka, spawn: Spawner, browser: Browser) -> None:
+    name = kafka.unique("uicluster")
+    inp = kafka.create_topic(f"{name}-in", CLUSTER_PARTITIONS)
+    out = kafka.create_topic(f"{name}-out", CLUSTER_PARTITIONS)
+    env = {"ADMIN_APP": name, "ADMIN_INPUT": inp, "ADMIN_OUTPUT": out, "PROCESSOR_ADMIN_TOKEN": TOKEN}
+    procs = {f"u{n}": spawn("tests.apps.admin:app", env, instance_id=f"u{n}", state_dir=spawn.tmp / f"state-{n}",
+                            args=["--admin-port", "0"]) for n in (1, 2, 3)}
+    for proc in procs.values():
+        proc.start()
+    admins = {iid: Admin(proc) for iid, proc in procs.items()}
+    serving = admins["u1"]
+
+    def all_live() -> bool:
+        d = serving.json("/api/instances")
+        served = {i["instance_id"]: sorted(i["partitions"] or ()) for i in d["instances"]}
+        return (d["source"] == "registry" and len(served) == 3 and d["owners"] is not None
+                and sorted(p for ps in served.values() for p in ps) == list(range(CLUSTER_PARTITIONS))
+                and all(served[iid] == sorted(int(p) for p, o in d["owners"].items() if o == iid) for iid in served))
+    wait_until(all_live, 120, "three live instances serving partitions 0..2, listed by u1", interval=0.5)
+
+    # a key whose partition another instance owns; it fails, its invocation backs off for ten minutes
+    owners = serving.json("/api/instances")["owners"]
+    key = next(k for k in (f"f{i}" for i in range(100))
+               if owners[str(partition_for_key(k.encode(), CLUSTER_PARTITIONS))] != "u1")
+    owner = owners[str(partition_for_key(key.encode(), CLUSTER_PARTITIONS))]
+    kafka.produce(inp, [(f"k{i}".encode(), orjson.dumps({"key": f"k{i}", "id": f"e{i}"})) for i in range(6)]
+                  + [(key.encode(), orjson.dumps({"key": key, "id": key, "fail": True}))])
+    failing = _one(admins[owner], f"key={key}", lambda r: r["status"] == "backing_off" and r["attempt"] >= 2
+                   and "payment service down" in (r["failure"] or ""))
+    wait_until(lambda: len(kafka.drain(out)) == 6, 60, "six outputs")
+
+    page = browser.new_page()
+    page_errors: list[str] = []
+    origins: set[str] = set()
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    # the state page asks each instance until one owns the key: the others' 404s are expected
+    page.on("console", lambda m: page_errors.append(m.text) if m.type == "error" and "404" not in m.text else None)
+    page.on("request", lambda r: origins.add("/".join(r.url.split("/")[:3])))
+    try:
+        _find_read_and_kill_on_another_instance(page, serving, admins[owner], failing, key, owner)
+        assert page_errors == []
+        assert origins == {serving.base}  # every instance reached through the one the page came from
+
+        # its instance stops; its partitions move to the others: every row once, from its new owner
+        assert procs[owner].stop() == 0
+        survivors = sorted(set(procs) - {owner})
+        seen: list[list[tuple[str, str, str]]] = []
+
+        def moved() -> bool:
+            seen[:] = [_ui_rows(page, f"{serving.base}/ui/#/invocations")]
+            by_id = {r[0]: r for r in seen[0]}
+            return (len(seen[0]) == len(by_id) == 7 and by_id[failing["id"]][1] != owner
+                    and by_id[failing["id"]][2] == "failed")
+        wait_until(moved, 90, "the stopped instance's partitions served by the others, in the UI", interval=1.0)
+        expect(page.locator("#instances")).to_contain_text("2 instance(s)")
+        listing = serving.json("/api/instances")
+        assert sorted(i["instance_id"] for i in listing["instances"]) == survivors
+        assigned = {i["instance_id"]: set(i["assigned"]) for i in listing["instances"]}
+        for inv_id, instance, status in seen[0]:
+            assert instance in survivors, (inv_id, instance)
+            assert admins[instance].json(f"/api/invocations/{inv_id}")["partition"] in assigned[instance]
+            assert status == ("failed" if inv_id == failing["id"] else "completed"), (inv_id, status)
+        expect(page.locator("#missing-partitions")).to_have_count(0)
+    finally:
+        page.close()
+    for iid in survivors:
+        assert procs[iid].stop() == 0
+
+
+def _ui_rows(page: Page, url: str) -> list[tuple[str, str, str]]:
+    """(id, instance, status) of the invocations page's rows, freshly loaded."""
+    page.goto(url)
+    page.reload()
+    expect(page.locator("#invocation-count")).to_be_visible()
+    rows = page.locator("#invocation-rows tbody tr")
+    return [(rows.nth(i).get_attribute("data-id") or "", rows.nth(i).locator("td").nth(0).inner_text(),
+             rows.nth(i).get_attribute("data-status") or "") for i in range(rows.count())]
+
+
+def _find_read_and_kill_on_another_instance(page: Page, serving: Admin, owner_admin: Admin, failing: dict[str, Any],
+                                            key: str, owner: str) -> None:
+    # the list, on u1, shows the backing-off invocation on its owner, with its last error
+    page.goto(f"{serving.base}/ui/#/invocations?status=backing_off")
+    expect(page.locator("#instances")).to_contain_text("3 instance(s)")
+    rows = page.locator("#invocation-rows tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-id", failing["id"])
+    expect(rows.first.locator("td").nth(0)).to_have_text(owner)
+    expect(rows.first.locator("td.why")).to_have_text("RuntimeError: payment service down")
+
+    # its journal and its error
+    rows.first.locator("a.inv").click()
+    expect(page.locator("#invocation")).to_contain_text(f"{owner} / {failing['partition']}")
+    expect(page.locator("#invocation-error")).to_contain_text("RuntimeError: payment service down")
+    entries = page.locator("#timeline li.entry[data-seq]")
+    expect(entries).to_have_count(4)
+    assert [entries.nth(i).get_attribute("data-kind") for i in range(4)] == ["get", "set", "run", "run"]
+    expect(page.locator("#timeline li[data-kind=run]").filter(has_text="reserve")).to_contain_text("3 attempts")
+    expect(page.locator("#timeline li.k-end")).to_contain_text("backing_off")
+
+    # its key's state, from the owner: what the owner's API says
+    state = owner_admin.json(f"/api/state/acct/{key}")["state"]
+    page.click("nav a[data-page=state]")
+    page.fill("#s-object", "acct")
+    page.fill("#s-key", key)
+    page.click("#state-form button[type=submit]")
+    expect(page.locator("#state")).to_contain_text(f"partition {failing['partition']} on {owner}, {len(state)} entr")
+    expect(page.locator("#state-rows tbody tr")).to_have_count(len(state))
+    for name, value in state.items():
+        expect(page.locator(f"#state-rows tr[data-name={name}]")).to_contain_text(str(value))
+
+    # killed with confirmation: the command goes through u1 to the owner, which applies it
+    page.goto(f"{serving.base}/ui/#/invocation/{failing['id']}?instance={owner}")
+    page.click("#actions button[data-action=kill]")
+    expect(page.locator("#confirm")).to_be_visible()
+    expect(page.locator("#confirm-text")).to_contain_text("No compensation runs")
+    page.fill("#confirm-token", TOKEN)
+    page.click("#confirm-yes")
+    expect(page.locator("#confirm")).to_be_hidden()
+    expect(page.locator("#action-note")).to_contain_text("kill requested")
+    expect(page.locator("#invocation .badge").first).to_have_text("failed", timeout=30_000)
+    row = owner_admin.json(f"/api/invocations/{failing['id']}")
+    assert (row["status"], row["error_type"]) == ("failed", "Killed")

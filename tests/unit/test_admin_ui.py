@@ -19,8 +19,9 @@ import pytest
 from playwright.sync_api import expect
 
 import processor as p
-from processor._admin import ui
+from processor._admin import peers, ui
 from processor._admin.server import AdminConfig, AdminServer
+from processor._cluster.discovery import CliError, Cluster
 from processor._engine.engine import Engine
 from tests.browser_support import chromium
 
@@ -38,12 +39,17 @@ def server(tmp_path: Path) -> Iterator[AdminServer]:
                       instance_id="i7")
     engine = asyncio.run_coroutine_threadsafe(build(), loop).result(10)
     s = AdminServer.start(engine, AdminConfig(port=0, token=TOKEN, loop_timeout_s=0.5), loop)
+    s.peers = peers.Peers(engine, discover=_no_kafka)
     try:
         yield s
     finally:
         s.close()
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+def _no_kafka() -> Cluster:
+    raise CliError("cannot reach Kafka at 127.0.0.1:1", 2)
 
 
 def get(s: AdminServer, path: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -93,8 +99,10 @@ def test_beyond_loopback_the_files_load_without_the_token_and_the_api_needs_it(s
     assert get(server, "/api/instances")[0] == 401
     status, _, body = get(server, "/api/instances", token=TOKEN)
     assert status == 200
-    assert orjson.loads(body) == {"app": "ui-unit", "self": "i7", "source": "self", "instances": [
-        {"instance_id": "i7", "app": "ui-unit", "self": True, "path": ""}]}
+    assert orjson.loads(body) == {
+        "app": "ui-unit", "self": "i7", "source": "self", "partitions_total": None, "owners": None,
+        "notes": ["only this instance is listed: cannot reach Kafka at 127.0.0.1:1"],
+        "instances": [{"instance_id": "i7", "app": "ui-unit", "self": True, "path": ""}]}
 
 
 def test_beyond_loopback_the_page_loads_in_chromium_and_reads_once_the_token_is_typed(server: AdminServer) -> None:
@@ -113,3 +121,27 @@ def test_beyond_loopback_the_page_loads_in_chromium_and_reads_once_the_token_is_
         page.click("#token-forget")
         page.click("nav a[data-page=timers]")
         expect(page.locator("#timers .error")).to_contain_text("i7: a bearer token is required")
+
+
+def test_the_page_takes_each_partitions_rows_from_the_instance_the_group_assigned_it_to(server: AdminServer) -> None:
+    # api.js's coverage, as the CLI's merge.coverage: a zombie's claim is set aside, a partition
+    # assigned to nobody counts from its one claimant, one nobody answers for is missing
+    script = """async () => {
+      const { coverage } = await import("./api.js");
+      const answer = (id, partitions) => ({ instance: { instance_id: id }, data: { partitions } });
+      const c = coverage([answer("a", [0, 1]), answer("b", [1, 2]), answer("z", [4]),
+                          { instance: { instance_id: "d" }, error: new Error("down") }],
+                         { owners: { 0: "a", 1: "b", 3: "d" }, partitions_total: 5 });
+      const p = coverage([answer("a", [{ partition: 0, phase: "active" }, { partition: 1, phase: "restoring" }])],
+                         { owners: null, partitions_total: null });
+      return { a: [0, 1, 2, 4].map((n) => c.accepts("a", n)), b: [1, 2].map((n) => c.accepts("b", n)),
+               z: c.accepts("z", 4), missing: c.missing, notes: c.notes,
+               partitions: [p.accepts("a", 0), p.accepts("a", 1)], none: p.missing };
+    }"""
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{server.port}/ui/")
+        got = page.evaluate(script)
+    assert got == {"a": [True, False, False, False], "b": [True, True], "z": True, "missing": [3],
+                   "notes": ["partition 1: a still serves it, but the group assigned it to b; its rows are not shown"],
+                   "partitions": [True, False], "none": []}

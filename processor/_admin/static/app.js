@@ -33,6 +33,9 @@ async function refresh() {
   const mine = generation;
   main.setAttribute("aria-busy", "true");
   try {
+    // The instances first: one may have stopped or started, a partition moved (the endpoint keeps
+    // its list for a few seconds, so this is cheap).
+    await instances(true).then(renderInstances, () => {});
     await current.refresh();
     $("flash").replaceChildren();
   } catch (e) {

@@ -65,3 +65,13 @@ export function invocationLink(id, instance) {
 export function errorBox(message) {
   return h("p", { class: "error", role: "alert" }, message);
 }
+
+/** Warnings for a merged view: claims set aside, partitions no live owner answered for. */
+export function coverageNotes(cov) {
+  const out = cov.notes.map((n) => h("p", { class: "warn" }, n));
+  if (cov.missing.length) {
+    out.push(h("p", { class: "warn", id: "missing-partitions" }, `partitions ${cov.missing.join(", ")} had no live `
+      + "owner answering (a rebalance, or an instance restoring or unreachable): their rows are not shown"));
+  }
+  return out;
+}

@@ -2,7 +2,7 @@
 // the address after '#', so a filtered view can be shared; the token never does).
 
 import { everywhere } from "./api.js";
-import { badge, clear, duration, errorBox, h, invocationLink, parseTime } from "./dom.js";
+import { badge, clear, coverageNotes, duration, errorBox, h, invocationLink, parseTime } from "./dom.js";
 
 const STATUSES = ["queued", "running", "backing_off", "paused", "suspended", "completed", "failed"];
 const FILTERS = ["status", "handler", "key", "older_than_s", "limit"];
@@ -36,15 +36,21 @@ export function render(main, params) {
     const q = new URLSearchParams();
     for (const f of FILTERS) if (params.get(f)) q.set(f, params.get(f));
     const answers = await everywhere(`/api/invocations?${q}`);
+    const cov = answers.coverage;
     const rows = [];
     const problems = [];
     for (const a of answers) {
       if (a.error) problems.push(errorBox(`${a.instance.instance_id}: ${a.error.message}`));
       else {
-        for (const r of a.data.invocations) rows.push({ ...r, instance: a.instance.instance_id });
-        if (!a.data.complete) problems.push(h("p", { class: "warn" }, `${a.instance.instance_id}: listing stopped after its scan budget; narrow the filters`));
+        const id = a.instance.instance_id;
+        for (const r of a.data.invocations) if (cov.accepts(id, r.partition)) rows.push({ ...r, instance: id });
+        if (!a.data.complete) problems.push(h("p", { class: "warn" }, `${id}: listing stopped after its scan budget; narrow the filters`));
       }
     }
+    problems.push(...coverageNotes(cov));
+    rows.sort((x, y) => (x.created < y.created ? -1 : x.created > y.created ? 1 : x.partition - y.partition));
+    const limit = Number(params.get("limit")) || 100;
+    rows.splice(limit);
     const now = Date.now();
     const table = h("table", { class: "rows", id: "invocation-rows" },
       h("thead", {}, h("tr", {}, ["instance", "partition", "status", "invocation", "target", "key", "created", "age",

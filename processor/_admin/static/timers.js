@@ -1,7 +1,7 @@
 // The timers due next across the instances, merged in due order.
 
 import { everywhere } from "./api.js";
-import { clear, errorBox, h, invocationLink, relative } from "./dom.js";
+import { clear, coverageNotes, errorBox, h, invocationLink, relative } from "./dom.js";
 
 export function render(main, params) {
   const limit = Number(params.get("limit")) || 100;
@@ -10,12 +10,15 @@ export function render(main, params) {
 
   async function refresh() {
     const answers = await everywhere(`/api/timers?limit=${limit}`);
+    const cov = answers.coverage;
     const rows = [];
     const problems = [];
     for (const a of answers) {
-      if (a.error) problems.push(errorBox(`${a.instance.instance_id}: ${a.error.message}`));
-      else for (const t of a.data.timers) rows.push({ ...t, instance: a.instance.instance_id });
+      const id = a.instance.instance_id;
+      if (a.error) problems.push(errorBox(`${id}: ${a.error.message}`));
+      else for (const t of a.data.timers) if (cov.accepts(id, t.partition)) rows.push({ ...t, instance: id });
     }
+    problems.push(...coverageNotes(cov));
     rows.sort((x, y) => x.due_ms - y.due_ms);
     rows.splice(limit);
     clear(results, problems, h("p", { class: "muted" }, `${rows.length} timer(s)`),
