@@ -162,6 +162,9 @@ class InvocationRuntime:
         self._unreleased = 0
         self.waits = Waits(self)
         self.waits.cancel_next = row.cancelled  # cancelled before it reached a durable await
+        # It read state afresh (not replayed from its journal): what it does next may depend on the
+        # order its key's invocations ran in, which another owner need not repeat (``log_step``).
+        self.read_state = False
         self.span: Span | None = None  # this attempt's, when tracing (``_traced``)
         self._span_error: BaseException | str | None = None
 
@@ -502,6 +505,7 @@ class InvocationRuntime:
         if isinstance(d, Replay):
             return self._replayed(d.entry)
         raw = read()
+        self.read_state = True
         self.record(Entry(seq=d.seq, kind=kind, name=name, value=raw))
         value = self.decode_value(raw)
         if self.handler.kind.exclusive:

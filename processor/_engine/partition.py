@@ -150,7 +150,11 @@ class PartitionWorker(Messaging):
         static membership a second process with the same instance id would take over at once; the
         state-dir lock keeps one per id on a machine, and a deployment must keep one per id too."""
         self.stats.step(entry)
-        if self._steps is None or not self.steps_ready:
+        if self._steps is None or not self.steps_ready or rt.read_state:
+            # After a fresh state read the step's outcome rides the commit with the state it was
+            # computed from: adopted by another owner, which may run the key's invocations in
+            # another order, it would contradict what that owner's replay reads (decision 007,
+            # "Known hole" — until steps carry a digest of what preceded them).
             return False
         assert self._salvaged is not None
 

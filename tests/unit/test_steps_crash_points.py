@@ -253,3 +253,43 @@ def test_the_exploration_covers_steps_released_on_acknowledgement() -> None:
     world, _ = _full_run()
     assert FULL >= 8
     assert len(world.log) >= len(KEYS) * (STEPS - 1)
+
+
+def test_a_step_after_a_fresh_state_read_rides_the_commit_not_the_steps_log() -> None:
+    """What an exclusive handler reads depends on the order its key's invocations ran in, which
+    another owner need not repeat: a step computed from a fresh read must not be adopted from the
+    steps log (decision 007, "Known hole"), so it is made durable by the commit with its state."""
+    world = World()
+    app = p.App("reads", partitions=1)
+    acct = app.virtual_object("acct")
+    released: list[int] = []
+
+    async def plus_one(n: int) -> int:
+        return n + 1
+
+    @acct.handler()
+    async def count(ctx: p.ObjectContext, ev: dict[str, Any]) -> None:
+        n = await ctx.run("next", plus_one, await ctx.get("n") or 0)
+        released.append(n)
+        ctx.set("n", n)
+
+    app.subscribe("in", count)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            owner = Owner(world, 1, pool)
+            owner.app = app
+            owner.w = PartitionWorker(app=app, partition=0, partitions_total=1, store=owner.store,
+                                      step_executor=pool, on_work=lambda: None, steps=owner, clock=lambda: owner.now)
+            owner.w.set_committed({"in": 0})
+            owner.w.load(steps.salvage(0, [], 0, owner.write_now))
+            await owner.act("commit")  # the generation commits: steps may go to the log from now on
+            owner.w.on_input(INPUT[0], app.bindings["in"])
+            await owner.act("turn")
+            await owner.act("flush")
+            assert not owner.outbox and not world.log, "no step record: it waits for the commit"
+            assert released == []
+            await owner.act("commit")
+            assert released == [1]
+            owner.stop()
+    asyncio.run(main())
