@@ -423,7 +423,7 @@ class PartitionWorker(Messaging):
             return
         if fresh is None:
             fresh = row.status is Status.QUEUED
-        if not fresh and row.id not in self._durable and self.state.get(keys.invocation_key(row.id)) is not None:
+        if not fresh and row.id not in self._durable and self._stored(row.id):
             self._durable.add(row.id)  # back from the store (an evicted invocation leaves `_durable`)
         self._queued_rows.pop(row.id, None)
         if row.status is not Status.RUNNING:
@@ -461,7 +461,7 @@ class PartitionWorker(Messaging):
         self.stats.finished(row.target, failure)
         now = self.now_ms()
         # Out of memory (evicted, or never in it): durable if the store has its row.
-        durable = row.id in self._durable or (rt is None and self.state.get(keys.invocation_key(row.id)) is not None)
+        durable = row.id in self._durable or (rt is None and self._stored(row.id))
         self._durable.discard(row.id)
         self._queued_rows.pop(row.id, None)
         h = rt.handler if rt is not None else self.app.handler(row.target)
@@ -486,6 +486,11 @@ class PartitionWorker(Messaging):
         if failure is not None:
             log.warning("invocation %s (%s) failed: %s: %s", row.id, row.target, failure.type, failure.message)
         self._release_slot(row, durable)
+
+    def _stored(self, invocation_id: str) -> bool:
+        """Whether the store (or a sealed overlay) has the invocation's row: how one out of memory,
+        and so out of ``_durable``, is known to be durable."""
+        return self.state.get(keys.invocation_key(invocation_id)) is not None
 
     def _keeps_row(self, row: InvocationRow, h: HandlerDef | None) -> bool:
         """A finished row stays (for ``retention``) where a caller or Client may ask for it: invoked by

@@ -106,13 +106,18 @@ def _invoke(part: Partition, handler: str = "waiter", **ev: Any) -> None:
     part.inbox("invoke", invocation_id=INV, service="svc", handler=handler, payload=orjson.dumps(ev))
 
 
+async def _invoke_and_evict(part: Partition, handler: str = "waiter", **ev: Any) -> None:
+    """Invoke, commit, evict the invocation (it only waits durably) and commit the eviction."""
+    _invoke(part, handler, **ev)
+    await part.commit()
+    assert part.w.suspend_idle(0.0) == 1, "it only waits on durable completions: evicted"
+    await part.commit()
+
+
 def test_a_woken_invocation_resumes_at_load_when_the_process_dies_right_after_the_wake_commits() -> None:
     async def scenario(app: p.App, store: MemoryStore, pool: ThreadPoolExecutor) -> None:
         part = Partition(app, store, pool)
-        _invoke(part)
-        await part.commit()
-        assert part.w.suspend_idle(0.0) == 1
-        await part.commit()
+        await _invoke_and_evict(part)
         assert part.row(INV).status is Status.SUSPENDED
 
         part.inbox("resolve_awakeable", target_id=routing.awakeable_id(INV, AWK_SEQ), payload=b'"yes"')
@@ -166,10 +171,7 @@ def test_a_cancel_waiting_for_the_next_await_survives_a_crash() -> None:
 def test_an_invocation_waiting_with_a_timeout_is_suspended_and_resumed_by_its_value() -> None:
     async def scenario(app: p.App, store: MemoryStore, pool: ThreadPoolExecutor) -> None:
         part = Partition(app, store, pool)
-        _invoke(part, "timed", ms=3_600_000)
-        await part.commit()
-        assert part.w.suspend_idle(0.0) == 1, "its select helper does not pin it in memory"
-        await part.commit()
+        await _invoke_and_evict(part, "timed", ms=3_600_000)  # its select helper does not pin it
         part.inbox("resolve_awakeable", target_id=routing.awakeable_id(INV, AWK_SEQ), payload=b'"in time"')
         for _ in range(3):
             await part.commit()
@@ -181,10 +183,7 @@ def test_an_invocation_waiting_with_a_timeout_is_suspended_and_resumed_by_its_va
 def test_an_invocation_waiting_with_a_timeout_is_suspended_and_resumed_by_its_timer() -> None:
     async def scenario(app: p.App, store: MemoryStore, pool: ThreadPoolExecutor) -> None:
         part = Partition(app, store, pool)
-        _invoke(part, "timed", ms=50)
-        await part.commit()
-        assert part.w.suspend_idle(0.0) == 1
-        await part.commit()
+        await _invoke_and_evict(part, "timed", ms=50)
         part.w.fire_timers(int(time.time() * 1000) + 1000)
         for _ in range(3):
             await part.commit()
@@ -198,10 +197,7 @@ def test_an_evicted_invocation_holds_no_memory_and_a_kill_still_deletes_its_slot
     allocator's arenas); finishing one out of memory still finds its row and slot in the store."""
     async def scenario(app: p.App, store: MemoryStore, pool: ThreadPoolExecutor) -> None:
         part = Partition(app, store, pool)
-        _invoke(part)
-        await part.commit()
-        assert part.w.suspend_idle(0.0) == 1
-        await part.commit()
+        await _invoke_and_evict(part)
         assert INV not in part.w._durable and not part.w.runtimes
         assert store.get(keys.active_key(INV)) is not None
         part.inbox("kill", invocation_id=INV)
@@ -214,10 +210,7 @@ def test_an_evicted_invocation_holds_no_memory_and_a_kill_still_deletes_its_slot
 def test_an_evicted_invocation_woken_again_deletes_its_slot_when_it_finishes() -> None:
     async def scenario(app: p.App, store: MemoryStore, pool: ThreadPoolExecutor) -> None:
         part = Partition(app, store, pool)
-        _invoke(part, "timed", ms=3_600_000)
-        await part.commit()
-        assert part.w.suspend_idle(0.0) == 1
-        await part.commit()
+        await _invoke_and_evict(part, "timed", ms=3_600_000)
         part.w.start(part.row(INV))  # what a completion or a retry timer does to an evicted one
         await part.settle()
         assert INV in part.w.runtimes and INV in part.w._durable, (
