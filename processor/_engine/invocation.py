@@ -9,6 +9,7 @@ handler code may act on are released only after the cycle holding them commits (
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextvars
 import inspect
 import logging
@@ -29,7 +30,7 @@ from processor._context import (
     WorkflowContext,
     WorkflowSharedContext,
 )
-from processor._engine import tracing
+from processor._engine import steps, tracing
 from processor._engine.core import (
     Entry,
     EntryKind,
@@ -162,9 +163,11 @@ class InvocationRuntime:
         self._unreleased = 0
         self.waits = Waits(self)
         self.waits.cancel_next = row.cancelled  # cancelled before it reached a durable await
-        # It read state afresh (not replayed from its journal): what it does next may depend on the
-        # order its key's invocations ran in, which another owner need not repeat (``log_step``).
-        self.read_state = False
+        # What this attempt read, as (journal position, digest of every read up to it), and step
+        # results of earlier attempts salvaged from the steps log, per position: one is taken only
+        # by a replay that read the same before it (``_adopt_at``, decision 007 rule 7).
+        self._reads: list[tuple[int, bytes]] = []
+        self._salvaged: dict[int, list[steps.Logged]] = {}
         self.span: Span | None = None  # this attempt's, when tracing (``_traced``)
         self._span_error: BaseException | str | None = None
 
@@ -288,6 +291,8 @@ class InvocationRuntime:
     def journal_call(self, kind: EntryKind, name: str) -> Replay | Execute:
         if not self.alive:
             raise _Abandon()
+        if self._salvaged:
+            self._adopt_at(self.core.next_seq)
         try:
             return self.core.call(kind, name)
         except NondeterminismError as e:
@@ -307,12 +312,38 @@ class InvocationRuntime:
         self.unsaved.append(entry)
         self.host.touched(self)
 
-    def adopt(self, entries: list[Entry]) -> None:
-        """Entries a restore salvaged from the steps log: a previous attempt's handler may have seen
-        them, so this replay returns them too; saved with the journal like new ones."""
-        for e in entries:
-            if self.core.adopt(e):
-                self.unsaved.append(e)
+    def adopt(self, records: list[steps.Logged]) -> None:
+        """Step results a restore salvaged from the steps log: a previous attempt's handler may have
+        seen them, so this replay returns them too (saved with the journal like new ones) — if it
+        read what that attempt read before the step."""
+        for r in records:
+            self._salvaged.setdefault(r.entry.seq, []).append(r)
+
+    def _adopt_at(self, seq: int) -> None:
+        """The handler reached journal position `seq`: take the salvaged result there whose attempt
+        read what this one did. None does when this attempt read other values (its key's invocations
+        ran in another order on this owner): the step runs again, and the values it computed from
+        reads this run never made are dropped — the attempt that saw them never committed."""
+        found = self._salvaged.pop(seq, None)
+        if not found:
+            return
+        reads = self.reads_before(seq)
+        for r in found:
+            if r.fits(reads):
+                if self.core.adopt(r.entry):
+                    self.unsaved.append(r.entry)
+                return
+        log.warning("%s: the result of %s salvaged from the steps log was computed after other state "
+                    "reads than this run's (its key's invocations ran in another order): it runs again",
+                    self.invocation_id, found[0].entry.describe())
+
+    def reads_before(self, seq: int) -> bytes:
+        """The digest of the state this attempt read at journal positions before `seq`."""
+        i = bisect.bisect_left(self._reads, (seq,))
+        return self._reads[i - 1][1] if i else steps.NO_READS
+
+    def _read(self, seq: int, value: bytes | None) -> None:
+        self._reads.append((seq, steps.fold_read(self._reads[-1][1] if self._reads else steps.NO_READS, seq, value)))
 
     def decode_value(self, data: bytes | None) -> Any:
         return None if data is None else self._serde.deserialize(data)
@@ -503,9 +534,10 @@ class InvocationRuntime:
     def _read_journaled(self, kind: EntryKind, name: str, read: Callable[[], bytes | None]) -> Awaitable[Any]:
         d = self.journal_call(kind, name)
         if isinstance(d, Replay):
+            self._read(d.seq, d.entry.value)
             return self._replayed(d.entry)
         raw = read()
-        self.read_state = True
+        self._read(d.seq, raw)
         self.record(Entry(seq=d.seq, kind=kind, name=name, value=raw))
         value = self.decode_value(raw)
         if self.handler.kind.exclusive:

@@ -60,7 +60,7 @@ def meta_int(get: Callable[[bytes], bytes | None], name: str) -> int:
 class StepSink(Protocol):
     """Where step results go to be acknowledged (``processor._engine.steps.StepLog``)."""
 
-    def write(self, partition: int, invocation_id: str, gen: int, entry: Entry,
+    def write(self, partition: int, invocation_id: str, gen: int, entry: Entry, reads: bytes,
               on_acked: Callable[[int | None], None]) -> None: ...
 
 
@@ -150,11 +150,7 @@ class PartitionWorker(Messaging):
         static membership a second process with the same instance id would take over at once; the
         state-dir lock keeps one per id on a machine, and a deployment must keep one per id too."""
         self.stats.step(entry)
-        if self._steps is None or not self.steps_ready or rt.read_state:
-            # After a fresh state read the step's outcome rides the commit with the state it was
-            # computed from: adopted by another owner, which may run the key's invocations in
-            # another order, it would contradict what that owner's replay reads (decision 007,
-            # "Known hole" — until steps carry a digest of what preceded them).
+        if self._steps is None or not self.steps_ready:
             return False
         assert self._salvaged is not None
 
@@ -172,7 +168,8 @@ class PartitionWorker(Messaging):
                 return
             release()
         self.bodies_running += 1  # a step is not done until acknowledged: the cycle lingers for it too
-        self._steps.write(self.partition, rt.invocation_id, self._salvaged.generation, entry, acked)
+        self._steps.write(self.partition, rt.invocation_id, self._salvaged.generation, entry,
+                          rt.reads_before(entry.seq), acked)
         return True
 
     def body_ended(self) -> None:

@@ -12,18 +12,24 @@ first transaction and releases no step before that commits. A restore adopts onl
 latest committed generation: an older writer that still writes (a zombie whose partitions moved)
 writes an older generation, and its records are dropped. The new owner re-writes the records it
 adopted under its own generation before its first commit, so the rule holds for the next owner too.
+
+Each record also carries a digest of the state its invocation had read before the step (``reads``):
+what a step computes may depend on it, and a new owner may run a key's invocations in another order
+(a key fed from two topics, whose fetches race), so its replay may read other values. A replay takes
+a salvaged step only if it read the same; otherwise the step runs again (decision 007, rule 7).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import struct
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
@@ -34,67 +40,83 @@ from processor._engine.stats import Buckets
 
 log = logging.getLogger("processor.steps")
 
-_MAGIC = 0x53  # one entry; the invocation id is the record key (restore's re-writes)
-_BATCH = 0x54  # the entries of one partition's steps finished in one loop turn
+# One entry (the invocation id is the record key: restore's re-writes); the entries of one
+# partition's steps finished in one loop turn. The first two kinds carry no digest of reads (written
+# before there was one): a replay takes them whatever it read.
+_MAGIC, _BATCH, _MAGIC_READS, _BATCH_READS = 0x53, 0x54, 0x55, 0x56
 _HEAD = struct.Struct(">BI")  # magic, generation
 _ITEM = struct.Struct(">HI")  # invocation id length, entry length
+_DIGEST = 8
+_ITEM_READS = struct.Struct(f">HI{_DIGEST}s")  # ... and the digest of what was read before it
 BATCH_BYTES = 256 * 1024  # a batch record holds at most about this much (message.max.bytes: 1 MB)
+NO_READS = bytes(_DIGEST)  # the digest of an attempt that read nothing before the step
 
 
-def encode(gen: int, entry: Entry) -> bytes:
-    return _HEAD.pack(_MAGIC, gen) + entry.encode()
+def fold_read(digest: bytes, seq: int, value: bytes | None) -> bytes:
+    """`digest` (of the reads before) extended by the read at journal position `seq` of `value`."""
+    h = hashlib.blake2b(digest, digest_size=_DIGEST)
+    h.update(seq.to_bytes(4, "big"))
+    h.update(b"\x00" if value is None else b"\x01" + value)
+    return h.digest()
 
 
-def decode(data: bytes) -> tuple[int, Entry]:
-    magic, gen = _HEAD.unpack_from(data)
-    if magic != _MAGIC:
-        raise ValueError(f"not a step record (first byte {magic:#x})")
-    return gen, Entry.decode(data[_HEAD.size:])
+def encode(gen: int, entry: Entry, reads: bytes) -> bytes:
+    return _HEAD.pack(_MAGIC_READS, gen) + reads + entry.encode()
 
 
-def encode_batch(gen: int, items: list[tuple[str, bytes]]) -> bytes:
-    """One record of (invocation id, encoded entry) pairs, all written by generation `gen`."""
-    parts = [_HEAD.pack(_BATCH, gen)]
-    for inv, entry in items:
+def encode_batch(gen: int, items: list[tuple[str, bytes, bytes]]) -> bytes:
+    """One record of (invocation id, digest of reads, encoded entry), all written by generation `gen`."""
+    parts = [_HEAD.pack(_BATCH_READS, gen)]
+    for inv, reads, entry in items:
         raw = inv.encode()
-        parts += (_ITEM.pack(len(raw), len(entry)), raw, entry)
+        parts += (_ITEM_READS.pack(len(raw), len(entry), reads), raw, entry)
     return b"".join(parts)
 
 
-def decode_any(key: bytes | None, data: bytes) -> tuple[int, list[tuple[str, Entry]]]:
-    """A step record of either kind: its generation and its (invocation id, entry) pairs in order."""
+def decode_any(key: bytes | None, data: bytes) -> tuple[int, list[tuple[str, bytes, Entry]]]:
+    """A step record of any kind: its generation and its (invocation id, digest of reads, entry)
+    triples in order; the digest is empty in records written before there was one."""
     magic, gen = _HEAD.unpack_from(data)
-    if magic == _MAGIC:
-        return gen, [((key or b"").decode(), Entry.decode(data[_HEAD.size:]))]
-    if magic != _BATCH:
-        raise ValueError(f"not a step record (first byte {magic:#x})")
-    out: list[tuple[str, Entry]] = []
     at = _HEAD.size
+    if magic == _MAGIC:
+        return gen, [((key or b"").decode(), b"", Entry.decode(data[at:]))]
+    if magic == _MAGIC_READS:
+        return gen, [((key or b"").decode(), data[at:at + _DIGEST], Entry.decode(data[at + _DIGEST:]))]
+    if magic not in (_BATCH, _BATCH_READS):
+        raise ValueError(f"not a step record (first byte {magic:#x})")
+    item = _ITEM_READS if magic == _BATCH_READS else _ITEM
+    out: list[tuple[str, bytes, Entry]] = []
     while at < len(data):
-        n_inv, n_entry = _ITEM.unpack_from(data, at)
-        at += _ITEM.size
+        n_inv, n_entry, *digest = item.unpack_from(data, at)
+        at += item.size
         inv = data[at:at + n_inv].decode()
         at += n_inv
-        out.append((inv, Entry.decode(data[at:at + n_entry])))
+        out.append((inv, digest[0] if digest else b"", Entry.decode(data[at:at + n_entry])))
         at += n_entry
     return gen, out
 
 
 @dataclass(frozen=True, slots=True)
 class Logged:
-    """A step record as read back: where it is, who wrote it, what it holds."""
+    """A step record as read back: where it is, who wrote it, what it holds, and the digest of
+    what its invocation had read before the step (empty: unknown, taken whatever a replay read)."""
 
     offset: int
     gen: int
     invocation_id: str
     entry: Entry
+    reads: bytes = b""
+
+    def fits(self, reads: bytes) -> bool:
+        """Whether a replay that read `reads` before this step may take its result."""
+        return not self.reads or self.reads == reads
 
 
 @dataclass(slots=True)
 class Salvage:
-    """What a restore adopted from the steps log: entries per invocation, in the order written."""
+    """What a restore adopted from the steps log: records per invocation, in the order written."""
 
-    entries: dict[str, list[Entry]] = field(default_factory=dict)
+    entries: dict[str, list[Logged]] = field(default_factory=dict)
     end: int = 0  # the log end read to: every record before it was looked at
 
     def __len__(self) -> int:
@@ -105,14 +127,15 @@ def adopt(records: list[Logged], committed_gen: int, end: int) -> Salvage:
     """The records a restore keeps: those of the latest committed generation (older ones were
     written by a writer the partition had already moved away from; newer ones by an owner that
     never committed its generation, so no handler saw a step of it). The first record of an
-    (invocation, seq) wins: it is what that writer's handler saw."""
+    (invocation, seq, reads) wins: it is what that writer's handler saw after those reads. Records
+    of one step with different reads are all kept: the replay's reads choose (``Logged.fits``)."""
     out = Salvage(end=end)
-    seen: set[tuple[str, int]] = set()
+    seen: set[tuple[str, int, bytes]] = set()
     for r in sorted(records, key=lambda r: r.offset):
-        if r.gen != committed_gen or (r.invocation_id, r.entry.seq) in seen:
+        if r.gen != committed_gen or (r.invocation_id, r.entry.seq, r.reads) in seen:
             continue
-        seen.add((r.invocation_id, r.entry.seq))
-        out.entries.setdefault(r.invocation_id, []).append(r.entry)
+        seen.add((r.invocation_id, r.entry.seq, r.reads))
+        out.entries.setdefault(r.invocation_id, []).append(r)
     return out
 
 
@@ -121,22 +144,22 @@ class Salvaged:
     """What a restore adopted from the steps log for one partition, handed to its worker."""
 
     generation: int                      # this owner's: one more than the latest committed
-    entries: dict[str, list[Entry]]      # per invocation, re-written under `generation` at `offsets`
+    entries: dict[str, list[Logged]]     # per invocation, re-written under `generation` at `offsets`
     offsets: dict[str, int]              # per invocation, the first offset of its re-written records
     end: int                             # the log end the restore read to
 
 
 def salvage(committed_gen: int, records: list[Logged], end: int,
-            write_now: Callable[[list[tuple[str, int, Entry]]], list[int]]) -> Salvaged:
+            write_now: Callable[[list[Logged]], list[int]]) -> Salvaged:
     """A restore's adoption (decision 007, rules 3 and 4), without I/O: adopt the `records` read up
     to `end` that generation `committed_gen` wrote, re-write them under the next generation with
     `write_now` (which returns once they are acknowledged, with their offsets), and hand over the
     result. The engine passes the Kafka log; the crash-point tests a list."""
     found = adopt(records, committed_gen, end)
-    copies = [(inv, committed_gen + 1, e) for inv, es in found.entries.items() for e in es]
+    copies = [replace(r, gen=committed_gen + 1, offset=-1) for rs in found.entries.values() for r in rs]
     offsets: dict[str, int] = {}
-    for (inv, _, _), offset in zip(copies, write_now(copies), strict=True):
-        offsets.setdefault(inv, offset)
+    for r, offset in zip(copies, write_now(copies), strict=True):
+        offsets.setdefault(r.invocation_id, offset)
     return Salvaged(generation=committed_gen + 1, entries=found.entries, offsets=offsets, end=end)
 
 
@@ -170,7 +193,8 @@ def read(consumer_config: Mapping[str, object], topic: str, partition: int, star
                 except (ValueError, struct.error) as e:
                     log.warning("%s[%d]@%d: %s; skipped", topic, partition, offset, e)
                     continue
-                out += (Logged(offset=offset, gen=gen, invocation_id=inv, entry=entry) for inv, entry in items)
+                out += (Logged(offset=offset, gen=gen, invocation_id=inv, entry=entry, reads=reads)
+                        for inv, reads, entry in items)
             pos = max(pos, c.position([TopicPartition(topic, partition)])[0].offset)
     finally:
         c.close()
@@ -179,7 +203,7 @@ def read(consumer_config: Mapping[str, object], topic: str, partition: int, star
 
 @dataclass(slots=True)
 class _Batch:
-    items: list[tuple[str, bytes]] = field(default_factory=list)  # (invocation id, encoded entry)
+    items: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # (invocation id, reads, entry)
     acked: list[Callable[[int | None], None]] = field(default_factory=list)
     size: int = 0
 
@@ -209,7 +233,7 @@ class StepLog:
         while not self._stop.is_set():
             self._producer.poll(0.05)
 
-    def write(self, partition: int, invocation_id: str, gen: int, entry: Entry,
+    def write(self, partition: int, invocation_id: str, gen: int, entry: Entry, reads: bytes,
               on_acked: Callable[[int | None], None]) -> None:
         """Queue a step record; the steps of one loop turn go out together, one record per
         partition (a produce call costs more than the record: one per step was a fifth of the loop
@@ -218,9 +242,9 @@ class StepLog:
         if batch is None:
             batch = self._batches[(partition, gen)] = _Batch()
         data = entry.encode()
-        batch.items.append((invocation_id, data))
+        batch.items.append((invocation_id, reads, data))
         batch.acked.append(on_acked)
-        batch.size += len(data) + len(invocation_id) + _ITEM.size
+        batch.size += len(data) + len(invocation_id) + _ITEM_READS.size
         if batch.size >= BATCH_BYTES:
             self._produce(partition, gen, self._batches.pop((partition, gen)))
         elif not self._flush_scheduled:
@@ -252,8 +276,8 @@ class StepLog:
             except BufferError:
                 self._producer.poll(0.01)
 
-    def write_now(self, partition: int, records: list[tuple[str, int, Entry]], timeout: float) -> list[int]:
-        """Write `records` (invocation id, generation, entry) and wait for their acknowledgement
+    def write_now(self, partition: int, records: list[Logged], timeout: float) -> list[int]:
+        """Write `records` (their offsets aside) and wait for their acknowledgement
         (off the event loop); returns their offsets. Raises TimeoutError if not all were acknowledged."""
         offsets: list[int | None] = [None] * len(records)
         done = threading.Event()
@@ -271,9 +295,9 @@ class StepLog:
                     if left[0] == 0:
                         done.set()
             return cb
-        for i, (inv, gen, entry) in enumerate(records):
-            self._producer.produce(self.topic, key=inv.encode(), value=encode(gen, entry), partition=partition,
-                                   on_delivery=delivered_at(i))
+        for i, r in enumerate(records):
+            self._producer.produce(self.topic, key=r.invocation_id.encode(), value=encode(r.gen, r.entry, r.reads),
+                                   partition=partition, on_delivery=delivered_at(i))
         if not done.wait(timeout) or any(o is None for o in offsets):
             raise TimeoutError(f"{sum(o is None for o in offsets)} of {len(records)} step records to "
                                f"{self.topic}[{partition}] not acknowledged in {timeout:.0f}s")

@@ -11,9 +11,6 @@ app = p.App(os.environ.get("COUNTER_APP", "counter"))
 counter = app.virtual_object("counter")
 SIDE_EFFECTS = Path(os.environ.get("COUNTER_EFFECTS", "/dev/null"))
 OUTPUT = os.environ.get("COUNTER_OUTPUT", "counts")
-# The step before the state read: its outcome goes to the steps log (one after a fresh read rides
-# the commit instead: decision 007, "Known hole").
-STEP_FIRST = os.environ.get("COUNTER_STEP_FIRST") == "1"
 
 
 def _touch(key: str, n: int) -> int:
@@ -24,12 +21,8 @@ def _touch(key: str, n: int) -> int:
 
 @counter.handler()
 async def count(ctx: p.ObjectContext, event: dict[str, object]) -> int:
-    if STEP_FIRST:
-        await ctx.run("effect", _touch, ctx.key, int(str(event["i"])) + 1)
-        n = (await ctx.get("count") or 0) + 1
-    else:
-        n = (await ctx.get("count") or 0) + 1
-        await ctx.run("effect", _touch, ctx.key, n)
+    n = (await ctx.get("count") or 0) + 1
+    await ctx.run("effect", _touch, ctx.key, n)
     ctx.set("count", n)
     ctx.emit(OUTPUT, {"key": ctx.key, "count": n}, key=ctx.key)
     return n
