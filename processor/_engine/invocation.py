@@ -163,10 +163,12 @@ class InvocationRuntime:
         self._unreleased = 0
         self.waits = Waits(self)
         self.waits.cancel_next = row.cancelled  # cancelled before it reached a durable await
-        # What this attempt read, as (journal position, digest of every read up to it), and step
-        # results of earlier attempts salvaged from the steps log, per position: one is taken only
-        # by a replay that read the same before it (``_adopt_at``, decision 007 rule 7).
-        self._reads: list[tuple[int, bytes]] = []
+        # What this attempt read, as (journal position, value) — folded into digests only when a
+        # step needs one (``reads_before``) — and step results of earlier attempts salvaged from the
+        # steps log, per position: one is taken only by a replay that read the same before it
+        # (``_adopt_at``, decision 007 rule 7).
+        self._reads: list[tuple[int, bytes | None]] = []
+        self._folded: list[bytes] = []  # digest of _reads[:i + 1], for the first len(_folded)
         self._salvaged: dict[int, list[steps.Logged]] = {}
         self.span: Span | None = None  # this attempt's, when tracing (``_traced``)
         self._span_error: BaseException | str | None = None
@@ -339,11 +341,12 @@ class InvocationRuntime:
 
     def reads_before(self, seq: int) -> bytes:
         """The digest of the state this attempt read at journal positions before `seq`."""
-        i = bisect.bisect_left(self._reads, (seq,))
-        return self._reads[i - 1][1] if i else steps.NO_READS
-
-    def _read(self, seq: int, value: bytes | None) -> None:
-        self._reads.append((seq, steps.fold_read(self._reads[-1][1] if self._reads else steps.NO_READS, seq, value)))
+        n = bisect.bisect_left(self._reads, seq, key=lambda r: r[0])
+        folded = self._folded
+        while len(folded) < n:
+            at, value = self._reads[len(folded)]
+            folded.append(steps.fold_read(folded[-1] if folded else steps.NO_READS, at, value))
+        return folded[n - 1] if n else steps.NO_READS
 
     def decode_value(self, data: bytes | None) -> Any:
         return None if data is None else self._serde.deserialize(data)
@@ -534,10 +537,10 @@ class InvocationRuntime:
     def _read_journaled(self, kind: EntryKind, name: str, read: Callable[[], bytes | None]) -> Awaitable[Any]:
         d = self.journal_call(kind, name)
         if isinstance(d, Replay):
-            self._read(d.seq, d.entry.value)
+            self._reads.append((d.seq, d.entry.value))
             return self._replayed(d.entry)
         raw = read()
-        self._read(d.seq, raw)
+        self._reads.append((d.seq, raw))
         self.record(Entry(seq=d.seq, kind=kind, name=name, value=raw))
         value = self.decode_value(raw)
         if self.handler.kind.exclusive:
