@@ -1,18 +1,12 @@
-"""The engine: one consumer, transactional producers, the group-commit cycle, rebalances, restores
-and recovery from faults.
+"""The engine: one consumer, transactional producers, the poll loop and the group-commit cycle.
+Which partitions it owns — rebalances, restores, activation, release — is ``ownership.py``;
+recovery from faults (``_rebuild``) is ``recovery.py``; both are mixed into ``Engine``.
 
 Threads: every consumer call runs on the consumer lane (rebalance callbacks run there and hop onto
 the event loop); every transactional call runs on its producer's lane; restores run on lanes of
 their own; LMDB applies run on the apply thread; synchronous step bodies on a pool. A lane whose
 call outlives its deadline is abandoned with its client (``lanes.py``). Everything that touches
 partition workers runs on the event loop.
-
-Recovery has one path (``_rebuild``): whatever went wrong — a transaction that failed, timed out or
-hung, a fence, a stall of this process — the engine drops every partition's in-memory state,
-replaces the producer if it cannot be trusted, confirms with an empty fenced transaction that it
-still owns its partitions (or waits for the group to hand out new ones), and brings each partition
-back as an assignment would: tail-restore from the changelog, rewind to the committed offsets,
-reload. The fencing argument is in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -23,33 +17,34 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from processor._app import App
-from processor._engine import faults, steps, txn
 from processor._engine import kafka as kio
+from processor._engine import txn
 from processor._engine.cycle import Cycle
 from processor._engine.health import BEAT_S, Health
 from processor._engine.lanes import Deadline, Lane, Stuck
 from processor._engine.memtrim import Trimmer
 from processor._engine.metrics import CommitTimings
-from processor._engine.partition import PartitionWorker, meta_int
+from processor._engine.ownership import Ownership, Restore
+from processor._engine.partition import PartitionWorker
 from processor._engine.records import InRecord
+from processor._engine.recovery import Recovery
 from processor._engine.statedir import lock_state_dir, persisted_instance_id, record_instance_id
 from processor._engine.stats import PartitionStats
 from processor._engine.steps import StepLog
 from processor._errors import ConfigurationError, ProcessorError
 from processor._kafka_config import KafkaConfig
-from state.changelog import RestoreCancelled, RestoreError, log_end, restore
-from state.store import PartitionStore, Store, StoreClosedError, StoreFormatError
+from state.changelog import restore
+from state.store import PartitionStore, Store
 
 if TYPE_CHECKING:
     from processor._admin.server import AdminConfig, AdminServer
@@ -68,20 +63,7 @@ MAX_LINGER_S = 0.1      # the longest a cycle waits for handlers still making pr
 FINISH_FEW = 64         # a cycle waits for the running invocations to finish when there are at most this many
 
 
-@dataclass(slots=True, eq=False)
-class _Restore:
-    partition: int
-    seek: bool                    # records were fetched and dropped: rewind before resuming
-    stop: bool = False
-    task: asyncio.Task[None] | None = None
-    started: float = field(default_factory=time.monotonic)
-    salvaged: steps.Salvaged | None = None  # what the steps log holds that no committed cycle absorbed
-    done: int = 0        # progress as the restore last reported it (the admin endpoint shows it)
-    left: int = 0
-    rate: float = 0.0
-
-
-class Engine:
+class Engine(Recovery, Ownership):
     """Runs an app as one processor instance of its consumer group."""
 
     def __init__(self, app: App, *, bootstrap_servers: str, state_dir: str | Path,
@@ -106,8 +88,8 @@ class Engine:
         self.workers: dict[int, PartitionWorker] = {}
         self._stores: dict[int, PartitionStore] = {}
         self._owned: set[int] = set()
-        self._restoring: dict[int, _Restore] = {}
-        self._restored: dict[int, _Restore] = {}  # restored, waiting for the poll loop to activate them
+        self._restoring: dict[int, Restore] = {}
+        self._restored: dict[int, Restore] = {}  # restored, waiting for the poll loop to activate them
         self._assign_generation = 0
         self._stop = asyncio.Event()
         self._work = asyncio.Event()
@@ -696,359 +678,10 @@ class Engine:
             log.warning("abort failed (%s); starting a new producer", err)
             self._lose_producer(slot)
 
-    # -- recovery --------------------------------------------------------------------------------
-
-    def _begin_rebuild(self, why: str, *, quiet: bool = False) -> None:
-        self._epoch += 1
-        if self._rebuilding:  # an ownership check under way may predate this (a freeze): check again
-            self._reconfirm = True
-            return
-        self._rebuilding = True
-        self.rebuilds += 1
-        (log.debug if quiet else log.warning)("%s: rebuilding partitions %s from their last commit", why,
-                                              sorted(self._owned))
-        self._rebuild_task = asyncio.get_running_loop().create_task(self._rebuild(), name="rebuild")
-
-    async def _rebuild(self) -> None:
-        generation = self._assign_generation
-        try:
-            async with self._commit_lock:  # no commit in flight while partitions are dropped
-                active = set(self.workers)
-                for p in active:
-                    self.workers.pop(p).discard()
-                self._flow.append(("pause", self._tps(active)))
-            # Fresh producers for every rebuild: after a broker outage librdkafka producers were seen
-            # to hang on their first call again, one deadline each; init_transactions settles the old.
-            for slot in range(len(self._producers)):
-                self._lose_producer(slot)
-            backoff, tries, said = 0.2, 0, 0.0
-            while not self._stop.is_set() and generation == self._assign_generation:
-                try:
-                    self._reconfirm = False
-                    await self._confirm_ownership()
-                    if not self._reconfirm:
-                        break
-                except ConfigurationError as e:  # refused (an ACL revoked, say): retrying cannot help
-                    self._refuse(str(e))
-                    return
-                except (Stuck, txn.TxnFailed, KafkaException) as e:
-                    tries += 1
-                    if time.monotonic() - said > 30:  # one line per 30 s while the broker or group is away
-                        said = time.monotonic()
-                        log.warning("ownership not confirmed yet (%d tries; %s); retrying until a new "
-                                    "assignment arrives", tries, e)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-            if self._stop.is_set() or generation != self._assign_generation:
-                return  # a new assignment restores its partitions itself
-            for p in sorted(active & self._owned):
-                self._start_restore(p, seek=True)
-            for r in self._restored.values():
-                r.seek = True
-        finally:
-            self._rebuilding = False
-            self._work.set()
-
-    async def _confirm_ownership(self) -> None:
-        """Start missing producers, then an empty fenced transaction re-committing offsets the group
-        already holds: it commits only if this member still owns its partitions."""
-        for slot, p in enumerate(self._producers):
-            if p is None:
-                await self._start_producer(slot)
-        if not self._owned:
-            return
-        slot = self._turn
-        producer = self._producers[slot]
-        assert producer is not None
-        # What the group holds now, not what this instance last saw committed: a commit abandoned at its
-        # deadline may have committed (init_transactions above settled it), and re-committing older
-        # offsets would rewind the group over records already in the changelog.
-        lane = Lane("group-offsets")
-        try:
-            held = await lane.call(partial(self._group_offsets, set(self._owned)), 15, "reading the group's offsets")
-        finally:
-            lane.close()
-        offsets = held or [TopicPartition(self.app.inbox_topic, min(self._owned), 0)]
-        group = self._group_metadata
-        try:
-            await self._producer_lanes[slot].call(lambda: txn.probe(producer, offsets, group, self._txn_s),
-                                                  self._txn_s + 5, "the ownership check")
-        except Stuck:
-            self._lose_producer(slot)
-            raise
-        except txn.TxnFailed as e:
-            await self._settle_failed(slot, e, None, age_s=0.0, quiet=True)
-            raise
-        self._turn = (slot + 1) % len(self._producers)
-        log.info("ownership of partitions %s confirmed", sorted(self._owned))
-
-    def _group_offsets(self, partitions: set[int]) -> list[TopicPartition]:
-        """On a lane of its own: the offsets the group holds for `partitions`, read by a consumer that
-        never joins the group (the group's own consumer may be busy in a rebalance callback)."""
-        c = Consumer(kio.consumer_config(self._client, self.app, self._consumer_extra))
-        try:
-            committed = c.committed(self._tps(partitions), timeout=10)
-        finally:
-            c.close()
-        failed = [tp.error for tp in committed if tp.error is not None]
-        if failed:
-            raise KafkaException(failed[0])
-        return [tp for tp in committed if tp.offset >= 0]
-
     # -- partitions ------------------------------------------------------------------------------
 
     def _tps(self, partitions: Iterable[int]) -> list[TopicPartition]:
         return [TopicPartition(t, p) for p in sorted(partitions) for t in self.input_topics]
-
-    def _hop(self, coro_fn: Callable[[], Any], timeout: float) -> None:
-        assert self._loop is not None
-        try:
-            asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result(timeout)
-        except BaseException as e:
-            self._error = self._error or e
-            self._loop.call_soon_threadsafe(self.request_stop)
-
-    def _cb_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.rebalances["assigned"] += 1
-        self._group_metadata = consumer.consumer_group_metadata()
-        # Paused until restored: the other partitions flow meanwhile (restore runs in the background).
-        consumer.assign(partitions)
-        consumer.pause(partitions)
-        self._hop(lambda: self._assigned(partitions), 60)
-
-    def _cb_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.rebalances["revoked"] += 1
-        deadline = Deadline(self._txn_s + 10)
-        self._hop(lambda: self._release({tp.partition for tp in partitions}, commit=True, deadline=deadline),
-                  deadline.left() + 10)
-
-    def _cb_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        faults.point("on_lost")
-        self.rebalances["lost"] += 1
-        deadline = Deadline(self._txn_s + 10)
-        self._hop(lambda: self._release({tp.partition for tp in partitions}, commit=False, deadline=deadline),
-                  deadline.left() + 10)
-
-    async def _assigned(self, tps: list[TopicPartition]) -> None:
-        numbers = kio.check_copartitioned([(tp.topic, tp.partition) for tp in tps], self.input_topics)
-        self._assign_generation += 1
-        self._epoch += 1
-        stale = (set(self.workers) | set(self._restoring) | set(self._restored)) - numbers
-        if stale:
-            await self._release(stale, commit=False, deadline=Deadline(self._txn_s + 10))
-        self._owned = set(numbers)
-        self._inputs_paused = False  # a new assignment starts unpaused
-        self.ready.clear()
-        for p in sorted(numbers):
-            if p in self.workers:  # still active from before (never after an eager revoke)
-                continue
-            r = self._restoring.get(p)
-            if (r is None or r.stop) and p not in self._restored:  # a stopped restore still running: a new one
-                self._start_restore(p, seek=False)
-        log.info("assignment %s: restoring from the changelog", sorted(numbers))
-
-    def _start_restore(self, p: int, *, seek: bool) -> None:
-        before = self._restoring.get(p)  # stopped but still running: the new one starts after it ends
-        r = _Restore(partition=p, seek=seek)
-        self._restoring[p] = r
-        r.task = asyncio.get_running_loop().create_task(
-            self._restore(r, after=before.task if before is not None else None), name=f"restore {p}")
-
-    async def _restore(self, r: _Restore, after: asyncio.Task[None] | None = None) -> None:
-        """Bring partition `r.partition`'s store to the changelog's end, on a lane of its own; the
-        partition stays paused meanwhile. Retries until it succeeds or the partition is released.
-        Never two at once on one store: a restore starts after the one it replaces (`after`) ended."""
-        p = r.partition
-        if after is not None:
-            await asyncio.wait([after])
-        backoff = 0.5
-        while not r.stop:
-            try:
-                store = self._stores.get(p)
-                if store is None:
-                    store = self._stores[p] = await asyncio.to_thread(PartitionStore.open, self.root / str(p))
-                await self._restore_once(r, store)
-                break
-            except RestoreCancelled:
-                break
-            except RestoreError as e:
-                log.warning("partition %d: restore failed (%s); retrying in %.1fs", p, e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-            except (Stuck, StoreFormatError) as e:
-                self._error = self._error or ProcessorError(f"partition {p}: {e}")
-                self.request_stop()
-                return
-            except Exception as e:  # a broker error, a closed store: never leave the partition paused
-                log.exception("partition %d: restore failed; retrying in %.1fs", p, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                if isinstance(e, StoreClosedError):
-                    self._stores.pop(p, None)
-        if self._restoring.get(p) is r:
-            del self._restoring[p]
-            if not r.stop:
-                self._restored[p] = r
-
-    async def _restore_once(self, r: _Restore, store: Store) -> None:
-        p = r.partition
-        lane = Lane(f"restore-{p}")
-        last = 0.0
-
-        def progress(done: int, left: int, rate: float) -> None:
-            nonlocal last
-            r.done, r.left, r.rate = done, left, rate
-            if (done or left) and time.monotonic() - last >= 5:
-                last = time.monotonic()
-                eta = f", ETA {left / rate:.0f}s" if rate > 0 and left else ""
-                log.info("partition %d: restoring, %d records applied, %d left, %.0f records/s%s",
-                         p, done, left, rate, eta)
-
-        try:
-            stats = await lane.call(lambda: restore(
-                store, consumer_config=self._client, topic=self.app.changelog_topic,
-                partition=p, progress=progress, should_stop=lambda: r.stop, deadline_s=600),
-                660, f"restoring partition {p}")
-        finally:
-            lane.close()
-        if stats.records:
-            log.info("partition %d: restored %d changelog records in %.2fs", p, stats.records,
-                     time.monotonic() - r.started)
-        if self._steps is None:  # not running (an engine driven piecewise by a test)
-            return
-        lane = Lane(f"salvage-{p}")
-        try:
-            r.salvaged = await lane.call(partial(self._salvage, p, store), 120, f"salvaging steps of partition {p}")
-        finally:
-            lane.close()
-        if r.salvaged.entries:
-            log.info("partition %d: %d step result(s) of %d invocation(s) salvaged from %s", p,
-                     sum(len(es) for es in r.salvaged.entries.values()), len(r.salvaged.entries),
-                     self.app.steps_topic)
-
-    def _salvage(self, p: int, store: Store) -> steps.Salvaged:
-        """On a lane: the steps log's records past the last absorbed offset that the latest committed
-        generation wrote, re-written under this owner's generation (docs/decisions/007)."""
-        step_log = self._steps
-        assert step_log is not None
-        gen, start = meta_int(store.get, "steps-gen"), meta_int(store.get, "steps-from")
-        config = self._client
-        end = log_end(config, self.app.steps_topic, p, deadline=time.monotonic() + 60)
-        return steps.salvage(gen, steps.read(config, self.app.steps_topic, p, start, end, timeout=60), end,
-                             lambda copies: step_log.write_now(p, copies, timeout=30))
-
-    async def _consumer_step(self, fn: Callable[[], T], what: str, partitions: Iterable[int]) -> T | None:
-        """One activation step on the consumer lane; None when it failed (retried at the next poll;
-        a stuck consumer is replaced)."""
-        try:
-            return await self._consumer_lane.call(fn, 15, what)
-        except Stuck as e:
-            self._consumer_failed = str(e)
-        except KafkaException as e:
-            log.warning("%s of partitions %s failed (%s); retrying", what, sorted(partitions), e)
-        return None
-
-    async def _activate(self) -> None:
-        """On the poll loop, between polls: restored partitions get their committed offsets (rewinding
-        where records were dropped), a worker loaded from the store, and are resumed."""
-        ready = dict(self._restored)
-        consumer = self._consumer
-        assert consumer is not None
-        tps = self._tps(ready)
-        committed = await self._consumer_step(lambda: consumer.committed(tps, timeout=10),
-                                              "reading committed offsets", ready)
-        if committed is None:
-            return
-        by_partition: dict[int, dict[str, int]] = {p: {} for p in ready}
-        for tp in committed:
-            if tp.error is None and tp.offset >= 0:
-                by_partition[tp.partition][tp.topic] = tp.offset
-        seeks = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
-                 for tp in committed if ready[tp.partition].seek]
-        resume = [tp for tp in tps if not (self._inputs_paused and tp.topic in self.app.bindings)]
-
-        def rewind_and_resume() -> bool:
-            for tp in seeks:
-                consumer.seek(tp)
-            consumer.resume(resume)
-            return True
-
-        if await self._consumer_step(rewind_and_resume, "rewinding and resuming partitions", ready) is None:
-            return
-        if self._rebuilding:  # it began while we waited on the consumer and did not see these partitions;
-            for r in ready.values():  # their records are dropped until it ends: rewind them then
-                r.seek = True
-            return
-        for p in sorted(ready):
-            del self._restored[p]
-            w = PartitionWorker(app=self.app, partition=p, partitions_total=self.partitions_total,
-                                store=self._stores[p], step_executor=self.step_executor, on_work=self._on_work,
-                                trimmer=self._trimmer, steps=self._steps, step_lease_s=self._step_lease_s)
-            w.stats = self.stats
-            w.set_committed(by_partition[p])
-            self._held_paused.discard(p)  # resumed above, with a worker that holds nothing
-            self.workers[p] = w
-            w.load(ready[p].salvaged)
-        self._ticked = time.monotonic()  # loading is work on this loop, not a stall
-        log.info("partitions %s active", sorted(ready))
-        if not self._restoring and not self._restored and set(self.workers) == self._owned:
-            log.info("assigned partitions %s ready", sorted(self._owned))
-            self.ready.set()
-
-    async def _release(self, numbers: set[int], *, commit: bool, deadline: Deadline) -> None:
-        """Give partitions up (revoke: `commit` what is pending first; lost: drop it), all within
-        `deadline`. A store is closed only when no commit and no restore can touch it any more."""
-        numbers = set(numbers)
-        self._owned -= numbers
-        self._epoch += 1
-        for p in numbers:
-            self._restored.pop(p, None)
-        restores = [r for p, r in self._restoring.items() if p in numbers]
-        for r in restores:
-            r.stop = True
-        active = numbers & set(self.workers)
-        if commit and active and not self._rebuilding:
-            await self.commit_cycle(active, deadline=deadline)
-        for r in restores:
-            if r.task is not None and not r.task.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(r.task), deadline.left())
-                except TimeoutError:
-                    log.warning("partition %d: restore still running at release", r.partition)
-        locked = False
-        try:
-            await asyncio.wait_for(self._commit_lock.acquire(), max(0.01, deadline.left()))
-            locked = True
-        except TimeoutError:
-            log.warning("partitions %s: a commit is still in flight at release; closing their stores after it",
-                        sorted(numbers))
-        try:
-            for p in numbers:
-                w = self.workers.pop(p, None)
-                if w is not None:
-                    w.discard()
-            if locked:
-                self._close_stores(numbers)
-            else:
-                asyncio.get_running_loop().create_task(self._close_stores_later(numbers))
-        finally:
-            if locked:
-                self._commit_lock.release()
-        if numbers & (active | {r.partition for r in restores}):
-            log.info("released partitions %s", sorted(numbers & (active | {r.partition for r in restores})))
-
-    def _close_stores(self, numbers: Iterable[int]) -> None:
-        for p in numbers:
-            if p in self._restoring or p in self._owned:
-                continue  # a restore still runs on it, or it came back meanwhile
-            store = self._stores.pop(p, None)
-            if store is not None:
-                store.sync()
-                store.close()
-
-    async def _close_stores_later(self, numbers: set[int]) -> None:
-        async with self._commit_lock:
-            self._close_stores(numbers)
 
 
 async def _uncancellable(fut: asyncio.Future[T]) -> T:

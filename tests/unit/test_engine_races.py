@@ -14,10 +14,11 @@ import pytest
 from confluent_kafka import TopicPartition
 
 import processor as p
-from processor._engine import engine as engine_mod
+from processor._engine import ownership as ownership_mod
 from processor._engine import txn
-from processor._engine.engine import Engine, _Restore
+from processor._engine.engine import Engine
 from processor._engine.lanes import Deadline
+from processor._engine.ownership import Restore
 from processor._engine.partition import PartitionWorker
 from state import keys
 from state.changelog import RestoreCancelled, RestoreStats
@@ -100,7 +101,7 @@ def test_a_partition_activated_while_a_rebuild_runs_is_rewound_before_it_is_proc
         e._consumer = consumer  # type: ignore[assignment]
         e._stores[0] = MemoryStore()
         e._owned = {0}
-        e._restored[0] = _Restore(partition=0, seek=False)
+        e._restored[0] = Restore(partition=0, seek=False)
         activating = asyncio.create_task(e._activate())
         await _until(consumer.entered.is_set, "committed() to be called")
         e._begin_rebuild("a commit failed")  # e.g. from the commit loop, while activate awaits the consumer
@@ -189,7 +190,7 @@ def test_a_partition_given_back_while_its_stopped_restore_still_runs_is_restored
         finally:
             running[0] -= 1
 
-    monkeypatch.setattr(engine_mod, "restore", restore)
+    monkeypatch.setattr(ownership_mod, "restore", restore)
 
     async def test(e: Engine) -> None:
         e._stores[0] = MemoryStore()
