@@ -74,7 +74,7 @@ def test_input_is_queued_not_held_behind_a_durable_wait_and_held_input_goes_on_a
     paused) a record queues; and whatever is held is routed once HOLD_MAX_S passed."""
     from datetime import timedelta
 
-    from processor._engine import partition as partition_mod
+    from processor._engine import intake
 
     app = p.App("held2")
     obj = app.virtual_object("obj")
@@ -106,7 +106,7 @@ def test_input_is_queued_not_held_behind_a_durable_wait_and_held_input_goes_on_a
             await asyncio.sleep(0)
             feed(3, "b")
             assert w.holding(), "held behind b's running invocation"
-            monkeypatch.setattr(partition_mod, "HOLD_MAX_S", 0.0)
+            monkeypatch.setattr(intake, "HOLD_MAX_S", 0.0)
             w.fire_timers(0)
             assert not w.holding() and w.seal().offsets == {"in": 4}, "routed (queued) after the bound"
             gate.set()
