@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -38,7 +39,9 @@ class Waits:
     """The durable-wait half of an invocation runtime (one per runtime)."""
 
     def __init__(self, rt: InvocationRuntime) -> None:
-        self.rt = rt
+        # A weak reference: a runtime and its waits in a cycle would leave every finished
+        # invocation to the cyclic garbage collector (a counter event's runtime is freed at once).
+        self.rt = cast("InvocationRuntime", weakref.proxy(rt))
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.decoders: dict[int, Callable[[bytes | None], Any]] = {}
         self.cancel_next = False
