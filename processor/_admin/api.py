@@ -264,6 +264,7 @@ def metrics_snapshot(engine: Engine) -> dict[str, Any]:
         "paused": dict(s.paused_by), "backing_off": dict(s.backing_off_by),
         "dead_letters": dict(s.dead_letters), "steps_failed": s.steps_failed,
         "step_attempts": s.step_attempts.snapshot(),
+        "step_seconds": {k: b.snapshot() for k, b in list(s.step_seconds.items())},
         "step_ack": None if step_log is None else step_log.ack_seconds.snapshot(),
         "phases": {p: b.snapshot() for p, b in engine.timings.buckets.items()},
         "cycle_records": engine.timings.record_buckets.snapshot(),

@@ -64,6 +64,11 @@ class EngineCollector:
                                 "of their key", value=s["queued"])
         yield _histogram("processor_step_attempts", "Attempts a step took to its final outcome",
                          s["step_attempts"])
+        bodies = HistogramMetricFamily("processor_step_seconds", "Duration of each attempt of a step body "
+                                       "(ctx.run), per handler and step name", labels=["handler", "step"])
+        for (target, name), (buckets, total) in s["step_seconds"].items():
+            bodies.add_metric([target, name], buckets=buckets, sum_value=total)
+        yield bodies
         yield CounterMetricFamily("processor_steps_failed", "Steps that failed for good (TerminalError or retries "
                                   "exhausted)", value=s["steps_failed"])
         if s["step_ack"] is not None:

@@ -44,6 +44,7 @@ from processor._engine.core import (
 from processor._engine.eager import eager_task
 from processor._engine.inline import STEPS
 from processor._engine.records import InvocationRow
+from processor._engine.stats import PartitionStats
 from processor._engine.waits import CANCELLED, Waits, failure_error
 from processor._errors import NondeterminismError, SerdeError, StepFailedError, TerminalError, _Abandon
 from processor._futures import DurableFuture
@@ -66,6 +67,7 @@ class Host(Protocol):
     bodies_running: int  # step bodies executing or awaiting their acknowledgement (the cycle lingers for them)
     partition: int
     tracer: Tracer | None  # OpenTelemetry, when the process set a tracer provider (processor/_engine/tracing.py)
+    stats: PartitionStats
 
     def body_ended(self) -> None: ...
     def now_ms(self) -> int: ...
@@ -459,6 +461,7 @@ class InvocationRuntime:
                 continue
             finally:
                 self.host.body_ended()
+                self.host.stats.step_ran(self.handler.target, name, time.monotonic() - started)
                 _CURRENT_STEP.reset(token)
                 if span is not None:
                     tracing.end(span, error)

@@ -49,12 +49,15 @@ def _le(bound: float) -> str:
 
 
 ATTEMPT_BOUNDS = (1, 2, 3, 5, 10, 20, 50, 100)
+STEP_SECONDS_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                       2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass(slots=True)
 class PartitionStats:
     """Per-engine counters the partition workers bump: invocations by handler (created, completed,
-    failed, paused, backing off), step outcomes and attempts, and dead letters by reason."""
+    failed, paused, backing off), step outcomes, attempts and body durations, and dead letters by
+    reason."""
 
     created_by: dict[str, int] = field(default_factory=dict)
     completed_by: dict[str, int] = field(default_factory=dict)
@@ -64,6 +67,8 @@ class PartitionStats:
     dead_letters: dict[str, int] = field(default_factory=dict)
     steps_failed: int = 0
     step_attempts: Buckets = field(default_factory=lambda: Buckets(ATTEMPT_BOUNDS))
+    # Per (handler, step name): names come from the code, so the label set is bounded.
+    step_seconds: dict[tuple[str, str], Buckets] = field(default_factory=dict)
 
     def created(self, target: str) -> None:
         d = self.created_by
@@ -86,6 +91,13 @@ class PartitionStats:
         self.step_attempts.observe(entry.attempts)
         if entry.failure is not None:
             self.steps_failed += 1
+
+    def step_ran(self, target: str, name: str, seconds: float) -> None:
+        """One attempt of a step body ended (returned or raised) after `seconds`."""
+        b = self.step_seconds.get((target, name))
+        if b is None:
+            b = self.step_seconds[(target, name)] = Buckets(STEP_SECONDS_BOUNDS)
+        b.observe(seconds)
 
     def dead_lettered(self, error_class: str) -> None:
         d = self.dead_letters

@@ -101,6 +101,8 @@ def test_readyz_metrics_json_api_and_token_guarded_actions_of_a_live_processor(
     assert first[("processor_invocations_started_total", handle)] == 20
     assert first[("processor_invocations_completed_total", handle)] == 20
     assert first[("processor_step_attempts_count", ())] == 20
+    assert sum(v for (name, labels), v in first.items() if name == "processor_step_seconds_count"
+               and dict(labels).get("handler") == "acct/handle") == 20
     assert first[("processor_commit_phase_seconds_count", (("phase", "cycle"),))] >= 1
     assert first[("processor_partitions_active", ())] == PARTITIONS
     a.produce([{"key": f"k{i % 10}", "id": f"f{i}"} for i in range(30)])
