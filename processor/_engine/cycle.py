@@ -20,11 +20,12 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from processor._engine import txn
 from processor._engine.metrics import CommitTimings
 from processor._engine.partition import CycleSlice, PartitionWorker
+from processor._engine.ports import TransactionalProducer
 from state.store import Store
 
 log = logging.getLogger("processor.engine")
@@ -45,8 +46,8 @@ class Cycle:
 
     # -- 2 ---------------------------------------------------------------------------------------
 
-    def transact(self, producer: Producer, *, changelog: str, group: object, timings: CommitTimings,
-                 flush_timeout: float) -> txn.Written:
+    def transact(self, producer: TransactionalProducer, *, changelog: str, group: object,
+                 timings: CommitTimings, flush_timeout: float) -> txn.Written:
         """Raises :class:`txn.TxnFailed` (the transaction is then open or failed: the engine aborts
         it or replaces the producer)."""
         return txn.commit(producer, changelog=changelog, slices=self.slices, offsets=self.offsets, group=group,

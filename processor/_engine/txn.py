@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from processor._engine import faults
 from processor._engine.metrics import CommitTimings, Stopwatch
 from processor._engine.partition import CycleSlice
+from processor._engine.ports import TransactionalProducer
 from state.keys import META
 
 # The broker says this member is not (or no longer) the group member that owns these partitions.
@@ -72,7 +73,7 @@ class Written:
             self.end[partition] = offset + 1
 
 
-def commit(producer: Producer, *, changelog: str, slices: Sequence[CycleSlice],
+def commit(producer: TransactionalProducer, *, changelog: str, slices: Sequence[CycleSlice],
            offsets: list[TopicPartition], group: object, timings: CommitTimings,
            flush_timeout: float) -> Written:
     """Produce every slice's changelog records and outputs, then send `offsets` with the group
@@ -145,7 +146,8 @@ def _holds_work(s: CycleSlice) -> bool:
     return bool(s.outputs) or any(k[:1] != META for k, _ in s.overlay.items())
 
 
-def probe(producer: Producer, offsets: list[TopicPartition], group: object, timeout: float) -> None:
+def probe(producer: TransactionalProducer, offsets: list[TopicPartition], group: object,
+          timeout: float) -> None:
     """An empty transaction that only re-commits `offsets` (the committed ones) with the group
     metadata: it commits only if this member still owns its partitions at that generation."""
     try:
@@ -156,14 +158,15 @@ def probe(producer: Producer, offsets: list[TopicPartition], group: object, time
         raise failure(e, "ownership check") from None
 
 
-def abort(producer: Producer, timeout: float) -> None:
+def abort(producer: TransactionalProducer, timeout: float) -> None:
     try:
         producer.abort_transaction(timeout)
     except KafkaException as e:
         raise failure(e, "abort_transaction") from None
 
 
-def produce(p: Producer, topic: str, partition: int | None, key: bytes | None, value: bytes | None,
+def produce(p: TransactionalProducer, topic: str, partition: int | None, key: bytes | None,
+            value: bytes | None,
             headers: Iterable[tuple[str, bytes]] | None,
             cb: Callable[[KafkaError | None, Message], None] | None) -> None:
     kwargs: dict[str, Any] = {"key": key, "value": value}
