@@ -393,9 +393,11 @@ class InvocationRuntime:
             self.record(Entry(seq=d.seq, kind=EntryKind.RUN, name=name, failure=CANCELLED))
             self.after_commit(_reject(fut, failure_error(CANCELLED)))
             return DurableFuture(fut, self, d.seq)
-        step = self._run_step(d.seq, name, fn, args, retry or self.host.app.config.step_retry, d.retrying, fut)
+        is_async = inspect.iscoroutinefunction(fn)
+        step = self._run_step(d.seq, name, fn, args, retry or self.host.app.config.step_retry, d.retrying, fut,
+                              is_async)
         label = f"step {self.invocation_id}#{d.seq} {name}"
-        if d.retrying is None and not inspect.iscoroutinefunction(fn) and STEPS.inline((self.handler.target, name)):
+        if d.retrying is None and not is_async and STEPS.inline((self.handler.target, name)):
             task = eager_task(step, label)  # a body proved quick runs to its end right here: no task
         else:
             task = asyncio.get_running_loop().create_task(step, name=label)
@@ -405,7 +407,7 @@ class InvocationRuntime:
         return DurableFuture(fut, self, d.seq)
 
     async def _run_step(self, seq: int, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                        policy: RetryPolicy, pending: Entry | None, fut: asyncio.Future[Any]) -> None:
+                        policy: RetryPolicy, pending: Entry | None, fut: asyncio.Future[Any], is_async: bool) -> None:
         attempts = 0
         if pending is not None:
             attempts = pending.attempts
@@ -421,10 +423,18 @@ class InvocationRuntime:
             error: BaseException | None = None
             try:
                 with tracing.current(span):
-                    if inspect.iscoroutinefunction(fn):
+                    if is_async:
                         result = await fn(*args)
                     else:
-                        result = await self._run_sync(name, fn, args)
+                        step = (self.handler.target, name)
+                        if STEPS.inline(step):  # proved quick (processor/_engine/inline.py): no thread hop
+                            t0 = time.perf_counter()
+                            try:
+                                result = fn(*args)
+                            finally:
+                                STEPS.ran(step, time.perf_counter() - t0, inline=True)
+                        else:
+                            result = await self._run_on_thread(step, fn, args)
                         if inspect.isawaitable(result):
                             result = await result
                 data = None if result is None else self._serde.serialize(result)
@@ -469,17 +479,8 @@ class InvocationRuntime:
                           _resolve(fut, value))
             return
 
-    async def _run_sync(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        """A synchronous body: inline on the loop if it proved quick (processor/_engine/inline.py),
-        else on a step thread."""
-        step = (self.handler.target, name)
-        if STEPS.inline(step):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args)
-            finally:
-                STEPS.ran(step, time.perf_counter() - t0, inline=True)
-
+    async def _run_on_thread(self, step: tuple[str, str], fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """A synchronous body not proved quick: on a step thread, timed there."""
         def timed() -> tuple[Any, float]:
             t0 = time.perf_counter()
             result = fn(*args)
