@@ -2,7 +2,7 @@
 
 Every object that outlives its event in a reference cycle is work for the collector: when each
 invocation's runtime sat in a cycle (runtime -> waits -> runtime), collections took 9 µs of a
-counter event's ~60 without a step and 21 µs of one with a step (in-process, no Kafka). The test
+counter event's ~60 without a step and ~30 µs of one with a step (in-process, no Kafka). The test
 runs counter events through a real partition worker with the collector off and asks it, at the end,
 what it would have had to collect.
 """
