@@ -21,9 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("processor.partition")
 
-# An exclusive key's invocations in memory (running + queued) before later input is held back: one
-# queued (saved if still queued at a seal) spares the partition a pause per key collision (decision 008).
-MAX_KEY_QUEUE = 2
+MAX_KEY_QUEUE = 1  # an exclusive key with a running invocation: later input is held back
 HOLD_MAX_S = 1.0   # ... for this long at most
 
 

@@ -1,6 +1,6 @@
-"""Input records queue behind a running invocation of their key only so far: one record queues (a
-queued invocation still queued at a seal has to be saved), the next is held back in order, with
-everything behind it (its offset not committed) until the key's queue has room again."""
+"""Input records do not queue behind a running invocation of their key: they are held back in order
+(their offsets not committed) until it finished — a queued invocation still queued at a seal has to
+be saved, a held record costs nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 
 import processor as p
-from processor._engine.intake import MAX_KEY_QUEUE
 from processor._engine.partition import PartitionWorker
 from processor._engine.records import InRecord
 from state.memory import MemoryStore
@@ -24,9 +23,7 @@ def _worker(app: p.App, pool: ThreadPoolExecutor) -> PartitionWorker:
     return w
 
 
-def test_input_behind_a_running_and_a_queued_invocation_of_its_key_is_held_in_order_and_routed_when_one_finishes(
-        ) -> None:
-    assert MAX_KEY_QUEUE == 2, "the scenario below: one running, one queued, then held"
+def test_input_behind_a_running_invocation_of_its_key_is_held_in_order_and_routed_when_it_finishes() -> None:
     app = p.App("held")
     obj = app.virtual_object("obj")
     gates: dict[int, asyncio.Event] = {}
@@ -48,18 +45,19 @@ def test_input_behind_a_running_and_a_queued_invocation_of_its_key_is_held_in_or
                                     value=orjson.dumps({"i": i})), binding)
             await asyncio.sleep(0)
             assert ran == [0], "one invocation of key a runs"
-            assert w.holding() and w.queued == 1, "a's second record queues; its third is held, and b's behind it"
-            assert w.seal().offsets == {"in": 2}, "held records' offsets are not committed"
+            assert w.holding() and not w.queued, "a's second record is held, and everything behind it"
+            assert w.seal().offsets == {"in": 1}, "held records' offsets are not committed"
 
             gates.setdefault(0, asyncio.Event()).set()
             for _ in range(10):
                 await asyncio.sleep(0)
-            assert ran[0] == 0 and sorted(ran[1:]) == [1, 3], "a's second ran once the first finished; b's ran"
-            assert not w.holding() and w.queued == 1 and w.seal().offsets == {"in": 4}
+            assert ran == [0, 1], "a's second ran once the first finished; its third waits again"
+            assert w.holding() and w.seal().offsets == {"in": 2}
             gates.setdefault(1, asyncio.Event()).set()
             for _ in range(10):
                 await asyncio.sleep(0)
-            assert ran[3:] == [2], "a's third ran after its second"
+            assert ran == [0, 1, 2, 3], "b's record followed a's third in order"
+            assert not w.holding() and w.seal().offsets == {"in": 4}
             for i in (2, 3):
                 gates.setdefault(i, asyncio.Event()).set()
                 for _ in range(10):
@@ -107,11 +105,10 @@ def test_input_is_queued_not_held_behind_a_durable_wait_and_held_input_goes_on_a
             feed(2, "b")
             await asyncio.sleep(0)
             feed(3, "b")
-            feed(4, "b")
-            assert w.holding(), "held behind b's running and queued invocations"
+            assert w.holding(), "held behind b's running invocation"
             monkeypatch.setattr(intake, "HOLD_MAX_S", 0.0)
             w.fire_timers(0)
-            assert not w.holding() and w.seal().offsets == {"in": 5}, "routed (queued) after the bound"
+            assert not w.holding() and w.seal().offsets == {"in": 4}, "routed (queued) after the bound"
             gate.set()
             w.discard()
 
@@ -137,19 +134,19 @@ def test_a_draining_partition_routes_no_held_input_until_the_seal_ends_the_drain
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as pool:
             w = _worker(app, pool)
-            for i in range(3):
+            for i in range(2):
                 w.on_input(InRecord(topic="in", partition=0, offset=i, key=b"a", value=orjson.dumps({"i": i})),
                            app.bindings["in"])
-            assert ran == [0] and w.queued == 1 and w.holding()
+            assert ran == [0] and w.holding()
             w.draining = True
             gate.set()
             for _ in range(10):
                 await asyncio.sleep(0)
-            assert ran == [0, 1] and not w.runtimes and w.holding(), "the running and queued ones finished; held waits"
-            assert w.seal().offsets == {"in": 2}
+            assert ran == [0] and not w.runtimes and w.holding(), "the first finished; the held one waits"
+            assert w.seal().offsets == {"in": 1}
             w.draining = False
             w.route_held()
-            assert ran == [0, 1, 2] and not w.holding()
+            assert ran == [0, 1] and not w.holding()
             w.discard()
 
     asyncio.run(scenario())
@@ -255,19 +252,18 @@ def test_records_the_consumer_delivers_again_are_dropped_not_processed_twice() -
         with ThreadPoolExecutor(1) as pool:
             w = _worker(app, pool)
             w.set_committed({"in": 0})
-            records = [b"a", b"b", b"b", b"b"]  # 2 is queued behind 1, 3 held
-            for i, key in enumerate(records):
+            for i, key in enumerate([b"a", b"b", b"b"]):  # 2 is held behind 1
                 w.on_input(rec(i, key), app.bindings["in"])
             assert ran == [0, 1] and w.holding()
-            assert w.seal().offsets == {"in": 3}
-            for i, key in enumerate(records):  # the same records again
+            assert w.seal().offsets == {"in": 2}
+            for i, key in enumerate([b"a", b"b", b"b"]):  # the same records again
                 w.on_input(rec(i, key), app.bindings["in"])
             assert ran == [0, 1], "nothing ran twice"
             gate.set()
             for _ in range(10):
                 await asyncio.sleep(0)
-            assert ran == [0, 1, 2, 3], "the queued and the held record ran once"
-            assert w.seal().offsets == {"in": 4} and w.redelivered == 4
+            assert ran == [0, 1, 2], "the held record ran once"
+            assert w.seal().offsets == {"in": 3} and w.redelivered == 3
             w.discard()
 
     asyncio.run(scenario())
