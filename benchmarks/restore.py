@@ -14,8 +14,8 @@ from typing import Any
 from confluent_kafka import Producer
 
 from benchmarks.harness import BenchContext, Row, benchmark
-from state.changelog import restore as restore_changelog
-from state.store import PartitionStore
+from processor.state.changelog import restore as restore_changelog
+from processor.state.store import PartitionStore
 
 TXN_BATCH = 10_000
 VALUE_BYTES = 50

@@ -19,7 +19,7 @@ from typing import Any
 import processor as p
 from benchmarks.harness import BenchContext, Row, benchmark
 from processor._engine.engine import Engine
-from state import keys
+from processor.state import keys
 
 AIM_MB = 200.0
 

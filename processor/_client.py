@@ -15,8 +15,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-import schemas
-from processor import _kafka_config
+from processor import _kafka_config, schemas
 from processor._engine import kafka as kio
 from processor._engine import routing, tracing
 from processor._engine.commands import CommandKind, InboxCommand

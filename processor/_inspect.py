@@ -14,8 +14,8 @@ import orjson
 
 from processor._engine.core import Entry, decode_journal
 from processor._engine.records import InvocationRow
-from state import keys
-from state.store import PartitionStore
+from processor.state import keys
+from processor.state.store import PartitionStore
 
 
 def _stores(state_dir: Path, app: str) -> Iterator[tuple[int, PartitionStore]]:

@@ -6,7 +6,7 @@ schema; ``decode(name, data)`` reads any version this build knows, resolved to t
 
 from __future__ import annotations
 
-from schemas._codec import CURRENT_VERSIONS, SchemaError, decode, encode
-from schemas._journal import encode_journal_entry
+from processor.schemas._codec import CURRENT_VERSIONS, SchemaError, decode, encode
+from processor.schemas._journal import encode_journal_entry
 
 __all__ = ["CURRENT_VERSIONS", "SchemaError", "decode", "encode", "encode_journal_entry"]

@@ -3,10 +3,10 @@ from the changelog. Key layouts live in :mod:`state.keys`."""
 
 from __future__ import annotations
 
-from state.changelog import RestoreCancelled, RestoreError, RestoreStats, restore
-from state.memory import MemoryStore
-from state.overlay import MISSING, Missing, Overlay, OverlayError, PartitionState
-from state.store import (
+from processor.state.changelog import RestoreCancelled, RestoreError, RestoreStats, restore
+from processor.state.memory import MemoryStore
+from processor.state.overlay import MISSING, Missing, Overlay, OverlayError, PartitionState
+from processor.state.store import (
     FORMAT_VERSION,
     PartitionStore,
     Store,

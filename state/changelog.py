@@ -27,8 +27,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec:
     OffsetSpec,
 )
 
-from state.keys import LOCAL
-from state.store import Store, StoreError
+from processor.state.keys import LOCAL
+from processor.state.store import Store, StoreError
 
 __all__ = ["RestoreCancelled", "RestoreError", "RestoreStats", "log_end", "restore"]
 

@@ -8,8 +8,8 @@ import inspect
 import weakref
 from collections.abc import Generator, Iterable, Iterator
 
-from state.keys import LOCAL
-from state.store import (
+from processor.state.keys import LOCAL
+from processor.state.store import (
     FORMAT_KEY,
     FORMAT_VERSION,
     OFFSET_KEY,

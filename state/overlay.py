@@ -14,7 +14,7 @@ import enum
 import heapq
 from collections.abc import Iterable, Iterator
 
-from state.store import Store, check_key, scan_bounds
+from processor.state.store import Store, check_key, scan_bounds
 
 __all__ = ["MISSING", "Missing", "Overlay", "OverlayError", "PartitionState"]
 

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import lmdb
 
-from state.keys import LOCAL, MAX_KEY_SIZE, KeyTooLongError, local_key, prefix_end
+from processor.state.keys import LOCAL, MAX_KEY_SIZE, KeyTooLongError, local_key, prefix_end
 
 __all__ = [
     "FORMAT_VERSION",

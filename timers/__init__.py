@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from timers.index import Timer, TimerIndex
-from timers.kinds import Fired, TimerKind, decode_timer, encode_timer, fire
+from processor.timers.index import Timer, TimerIndex
+from processor.timers.kinds import Fired, TimerKind, decode_timer, encode_timer, fire
 
 __all__ = ["Fired", "Timer", "TimerIndex", "TimerKind", "decode_timer", "encode_timer", "fire"]

@@ -14,8 +14,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from state.keys import TIMER, parse_timer_key, timer_key
-from state.overlay import PartitionState
+from processor.state.keys import TIMER, parse_timer_key, timer_key
+from processor.state.overlay import PartitionState
 
 __all__ = ["Timer", "TimerIndex"]
 

@@ -11,8 +11,8 @@ import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-import schemas
-from timers.index import Timer
+from processor import schemas
+from processor.timers.index import Timer
 
 __all__ = ["Fired", "TimerKind", "decode_timer", "encode_timer", "fire"]
 

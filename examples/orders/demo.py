@@ -254,7 +254,7 @@ def read_state(state_dir: Path, app: str, order_ids: list[str]) -> dict[str, dic
     (read-only, after it stopped). The stores hold committed data only."""
     import lmdb
 
-    from state import keys
+    from processor.state import keys
 
     out: dict[str, dict[str, Any]] = {}
     root = state_dir / app

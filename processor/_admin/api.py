@@ -19,8 +19,8 @@ from processor._engine import routing
 from processor._engine.forwarding import FORWARDS
 from processor._engine.records import InvocationRow, Status
 from processor._inspect import entry_dict, row_dict, value_json
-from state import keys
-from timers import decode_timer
+from processor.state import keys
+from processor.timers import decode_timer
 
 if TYPE_CHECKING:
     from processor._engine.engine import Engine

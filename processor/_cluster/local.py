@@ -20,9 +20,9 @@ from processor._engine.core import decode_journal
 from processor._engine.records import InvocationRow
 from processor._engine.statedir import LAST_INSTANCE_FILE
 from processor._inspect import entry_dict, row_dict, value_json
-from state import keys
-from state.store import PartitionStore
-from timers import decode_timer
+from processor.state import keys
+from processor.state.store import PartitionStore
+from processor.timers import decode_timer
 
 
 def store_roots(state_dir: Path, app: str) -> list[tuple[str, Path]]:

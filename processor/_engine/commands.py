@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-import schemas
+from processor import schemas
 from processor._engine.core import Failure
 
 

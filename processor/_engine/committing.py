@@ -24,8 +24,8 @@ from processor._engine.health import Health
 from processor._engine.lanes import Deadline, Lane, Stuck
 from processor._engine.metrics import CommitTimings
 from processor._engine.partition import PartitionWorker
-from state.changelog import restore
-from state.store import PartitionStore, Store
+from processor.state.changelog import restore
+from processor.state.store import PartitionStore, Store
 
 log = logging.getLogger("processor.engine")
 T = TypeVar("T")

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-import schemas
+from processor import schemas
 from processor._errors import NondeterminismError
 
 

@@ -26,7 +26,7 @@ from processor._engine import txn
 from processor._engine.metrics import CommitTimings
 from processor._engine.partition import CycleSlice, PartitionWorker
 from processor._engine.ports import TransactionalProducer
-from state.store import Store
+from processor.state.store import Store
 
 log = logging.getLogger("processor.engine")
 

@@ -43,7 +43,7 @@ from processor._engine.stats import PartitionStats
 from processor._engine.steps import StepLog
 from processor._errors import ConfigurationError, ProcessorError
 from processor._kafka_config import KafkaConfig
-from state.store import PartitionStore
+from processor.state.store import PartitionStore
 
 if TYPE_CHECKING:
     from processor._admin.server import AdminConfig, AdminServer

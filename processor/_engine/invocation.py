@@ -50,8 +50,8 @@ from processor._errors import NondeterminismError, SerdeError, StepFailedError, 
 from processor._futures import DurableFuture
 from processor._retry import RetryPolicy
 from processor._serde import Serde
-from state import keys
-from timers import TimerKind
+from processor.state import keys
+from processor.timers import TimerKind
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer

@@ -10,21 +10,21 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import schemas
+from processor import schemas
 from processor._app import App, Binding, HandlerDef, HandlerKind
 from processor._engine import forwarding, routing
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._engine.core import Entry, EntryKind, Failure, decode_journal, encode_chunk, invocation_id_for_record
 from processor._engine.records import InRecord, InvocationRow, OutRecord, Status
 from processor._errors import TerminalError
-from schemas import SchemaError
-from state import keys
-from timers import TimerKind, encode_timer
+from processor.schemas import SchemaError
+from processor.state import keys
+from processor.timers import TimerKind, encode_timer
 
 if TYPE_CHECKING:
     from processor._engine.invocation import InvocationRuntime
-    from state.overlay import PartitionState
-    from timers import TimerIndex
+    from processor.state.overlay import PartitionState
+    from processor.timers import TimerIndex
 
 log = logging.getLogger("processor.partition")
 
@@ -508,7 +508,7 @@ class Messaging:
 
 
 def _timer(due_ms: int, owner: tuple[str, int], payload: bytes) -> Any:
-    from timers import Timer
+    from processor.timers import Timer
 
     return Timer(due_ms=due_ms, invocation_id=owner[0], seq=owner[1], payload=payload)
 

@@ -27,8 +27,8 @@ from processor._engine.partition import PartitionWorker, meta_int
 from processor._engine.stats import PartitionStats
 from processor._engine.steps import StepLog
 from processor._errors import ProcessorError
-from state.changelog import RestoreCancelled, RestoreError, log_end, restore
-from state.store import PartitionStore, Store, StoreClosedError, StoreFormatError
+from processor.state.changelog import RestoreCancelled, RestoreError, log_end, restore
+from processor.state.store import PartitionStore, Store, StoreClosedError, StoreFormatError
 
 log = logging.getLogger("processor.engine")
 T = TypeVar("T")

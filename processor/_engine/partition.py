@@ -26,10 +26,10 @@ from processor._engine.records import InRecord, InvocationRow, OutRecord, Status
 from processor._engine.stats import UNCOUNTED, PartitionStats
 from processor._engine.steps import Salvaged
 from processor._serde import Serde
-from state import keys
-from state.overlay import Overlay, PartitionState
-from state.store import Store
-from timers import Fired, Timer, TimerIndex, TimerKind, encode_timer, fire
+from processor.state import keys
+from processor.state.overlay import Overlay, PartitionState
+from processor.state.store import Store
+from processor.timers import Fired, Timer, TimerIndex, TimerKind, encode_timer, fire
 
 log = logging.getLogger("processor.partition")
 

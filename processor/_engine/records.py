@@ -9,7 +9,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
-import schemas
+from processor import schemas
 from processor._engine.core import Failure
 
 

@@ -18,7 +18,7 @@ from processor._engine import faults
 from processor._engine.metrics import CommitTimings, Stopwatch
 from processor._engine.partition import CycleSlice
 from processor._engine.ports import TransactionalProducer
-from state.keys import META
+from processor.state.keys import META
 
 # The broker says this member is not (or no longer) the group member that owns these partitions.
 NOT_OWNER_CODES = frozenset({KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,

@@ -23,7 +23,7 @@ from processor._engine import routing
 from processor._engine.core import Entry, EntryKind, Failure, Replay
 from processor._errors import TerminalError, terminal_error
 from processor._futures import DurableFuture
-from timers import TimerKind
+from processor.timers import TimerKind
 
 if TYPE_CHECKING:
     from processor._engine.invocation import InvocationRuntime

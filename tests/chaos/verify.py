@@ -16,9 +16,9 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from processor._engine.records import InvocationRow, Status
 from processor._engine.routing import partition_for_key
 from processor._serde import JsonSerde
-from state import keys as store_keys
-from state.changelog import restore
-from state.store import PartitionStore
+from processor.state import keys as store_keys
+from processor.state.changelog import restore
+from processor.state.store import PartitionStore
 from tests.chaos.workload import CLIENT_LOG
 
 EXAMPLES = 6  # evidence lines per kind of violation

@@ -9,7 +9,7 @@ from pathlib import Path
 from processor import _inspect
 from processor._engine.core import Entry, decode_journal
 from processor._engine.records import InvocationRow
-from state import keys
+from processor.state import keys
 
 
 def _scan(state_dir: Path, app: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-import schemas
+from processor import schemas
 from tests.e2e.conftest import Spawner
 from tests.kafka_support import Kafka, Record, wait_until
 

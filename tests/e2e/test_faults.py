@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from processor._engine.routing import partition_for_key
-from state import keys
+from processor.state import keys
 from tests.chaos.broker import OwnBroker, free_port_pair
 from tests.e2e.conftest import Spawner
 from tests.e2e.harness import ProcessorProcess

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from processor._engine.records import InvocationRow, Status
-from state import keys
+from processor.state import keys
 from tests.e2e import rows
 from tests.e2e.conftest import Spawner
 from tests.e2e.verify import read_state

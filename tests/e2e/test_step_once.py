@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from state import keys
+from processor.state import keys
 from tests.e2e.conftest import Spawner
 from tests.e2e.verify import assert_gapless, counter_env, counter_events, counts_by_key
 from tests.kafka_support import Kafka, wait_until

@@ -18,7 +18,7 @@ import pytest
 import processor as p
 from processor._engine.engine import Engine
 from processor._engine.records import InvocationRow, Status
-from state import keys
+from processor.state import keys
 from tests.kafka_support import Kafka
 
 pytestmark = pytest.mark.e2e

@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 
 from processor._serde import JsonSerde
-from state import keys
-from state.store import PartitionStore
+from processor.state import keys
+from processor.state.store import PartitionStore
 from tests.kafka_support import Kafka, Record
 
 

@@ -19,7 +19,7 @@ import pytest
 
 import processor as p
 from processor._engine.engine import Engine
-from state import keys
+from processor.state import keys
 from tests.kafka_support import Kafka
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 from processor._engine import txn
 from processor._engine.cycle import fence_offsets
 from processor._engine.partition import CycleSlice
-from state.overlay import Overlay
+from processor.state.overlay import Overlay
 from tests.kafka_support import Kafka, wait_until
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ import pytest
 from confluent_kafka import IsolationLevel, Producer, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
-from state.changelog import RestoreError, restore
-from state.keys import state_key, timer_key
-from state.store import PartitionStore
+from processor.state.changelog import RestoreError, restore
+from processor.state.keys import state_key, timer_key
+from processor.state.store import PartitionStore
 from tests.kafka_support import Kafka
 
 pytestmark = pytest.mark.integration

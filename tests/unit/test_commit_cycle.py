@@ -22,9 +22,9 @@ from processor._engine.metrics import CommitTimings
 from processor._engine.partition import PartitionWorker
 from processor._engine.ports import MemoryLog, MemoryTransactionalProducer
 from processor._engine.records import InRecord
-from state import keys
-from state.memory import MemoryStore
-from state.store import Store
+from processor.state import keys
+from processor.state.memory import MemoryStore
+from processor.state.store import Store
 
 PARTITIONS = 2
 CHANGELOG = "count.changelog"

@@ -20,9 +20,9 @@ from processor._engine.engine import Engine
 from processor._engine.lanes import Deadline
 from processor._engine.ownership import Restore
 from processor._engine.partition import PartitionWorker
-from state import keys
-from state.changelog import RestoreCancelled, RestoreStats
-from state.memory import MemoryStore
+from processor.state import keys
+from processor.state.changelog import RestoreCancelled, RestoreStats
+from processor.state.memory import MemoryStore
 
 
 def _engine(tmp_path: Path) -> Engine:

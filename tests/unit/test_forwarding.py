@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 import processor as p
-import schemas
+from processor import schemas
 from processor._engine import forwarding, routing
 from processor._engine.core import invocation_id_for_record
 from processor._engine.partition import PartitionWorker
 from processor._engine.records import InRecord, InvocationRow, OutRecord
-from state.memory import MemoryStore
+from processor.state.memory import MemoryStore
 
 P = 4
 KEY = next(k for k in (f"k{i}".encode() for i in range(100)) if routing.partition_for_key(k, P) != 0)
@@ -170,7 +170,7 @@ def _forward_of(landed: PartitionWorker, app: p.App) -> OutRecord:
 
 
 def test_an_inbox_command_of_schema_version_2_is_read_with_the_forward_fields_defaulted() -> None:
-    from schemas._codec import encode_as
+    from processor.schemas._codec import encode_as
 
     old = encode_as("InboxCommand", 2, {"kind": "invoke", "invocation_id": "inv-1-ab", "service": "s",
                                         "handler": "h", "payload": b"{}", "notify": True})

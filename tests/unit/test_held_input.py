@@ -13,7 +13,7 @@ import orjson
 import processor as p
 from processor._engine.partition import PartitionWorker
 from processor._engine.records import InRecord
-from state.memory import MemoryStore
+from processor.state.memory import MemoryStore
 
 
 def _worker(app: p.App, pool: ThreadPoolExecutor) -> PartitionWorker:

@@ -12,14 +12,14 @@ from datetime import timedelta
 from typing import Any
 
 import processor as p
-import schemas
+from processor import schemas
 from processor._engine import routing
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._engine.core import Failure
 from processor._engine.partition import PartitionWorker
 from processor._engine.records import InRecord, InvocationRow, Status
-from state import keys
-from state.memory import MemoryStore
+from processor.state import keys
+from processor.state.memory import MemoryStore
 
 RETENTION = timedelta(seconds=60)
 

@@ -25,7 +25,7 @@ from processor._engine import steps
 from processor._engine.core import Entry
 from processor._engine.partition import PartitionWorker
 from processor._engine.records import InRecord
-from state.memory import MemoryStore
+from processor.state.memory import MemoryStore
 
 EVENTS = 200
 

@@ -12,9 +12,9 @@ from typing import Any
 import processor as p
 from processor._engine import routing
 from processor._engine.records import Status
-from state import keys
+from processor.state import keys
+from processor.timers import TimerKind, decode_timer
 from tests.unit.test_inbox_invoke import Worker
-from timers import TimerKind, decode_timer
 
 
 def _app(attempts: list[int]) -> p.App:

@@ -13,8 +13,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from processor._engine.lanes import Lane, Stuck
-from state import changelog
-from state.changelog import RestoreError
+from processor.state import changelog
+from processor.state.changelog import RestoreError
 
 
 class _Offsets:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-import schemas
-from schemas._codec import encode_as
+from processor import schemas
+from processor.schemas._codec import encode_as
 
 INVOCATION = {
     "id": "inv-1", "service": "order", "handler": "place", "key": "o-1", "status": "running",

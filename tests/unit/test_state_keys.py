@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from state import keys as k
+from processor.state import keys as k
 
 
 def test_each_namespace_has_its_own_leading_byte() -> None:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from state.memory import MemoryStore
-from state.overlay import MISSING, Overlay, OverlayError, PartitionState
-from state.store import PartitionStore, Store
+from processor.state.memory import MemoryStore
+from processor.state.overlay import MISSING, Overlay, OverlayError, PartitionState
+from processor.state.store import PartitionStore, Store
 
 
 @pytest.fixture(params=["memory", "lmdb"])
@@ -198,14 +198,14 @@ def test_cached_store_reads_follow_the_overlays_the_store_takes(store: Store, vi
 
 
 def test_the_read_cache_is_bounded_in_entries_and_bytes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    import state.overlay
-    monkeypatch.setattr(state.overlay, "CACHE_MAX", 8)
+    import processor.state.overlay as overlay_module
+    monkeypatch.setattr(overlay_module, "CACHE_MAX", 8)
     st = PartitionState(store)
     for i in range(100):
         assert st.get(b"S%d" % i) is None
     assert len(st._cache) <= 8
-    monkeypatch.setattr(state.overlay, "CACHE_MAX", 1000)
-    monkeypatch.setattr(state.overlay, "CACHE_BYTES", 10_000)
+    monkeypatch.setattr(overlay_module, "CACHE_MAX", 1000)
+    monkeypatch.setattr(overlay_module, "CACHE_BYTES", 10_000)
     store.apply([(b"S%03d" % i, b"v" * 1000) for i in range(50)], store.changelog_offset() + 1)
     st = PartitionState(store)
     for i in range(50):

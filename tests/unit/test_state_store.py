@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-import state
-from state import keys as k
-from state import store as store_module
-from state.memory import MemoryStore
-from state.store import FORMAT_KEY, PartitionStore, Store, StoreClosedError, StoreFormatError
+from processor import state
+from processor.state import keys as k
+from processor.state import store as store_module
+from processor.state.memory import MemoryStore
+from processor.state.store import FORMAT_KEY, PartitionStore, Store, StoreClosedError, StoreFormatError
 
 Factory = Callable[[], Store]
 

@@ -32,8 +32,8 @@ from processor._engine.core import Entry
 from processor._engine.partition import PartitionWorker, meta_int
 from processor._engine.records import InRecord, OutRecord
 from processor._engine.steps import Logged
-from state import keys
-from state.memory import MemoryStore
+from processor.state import keys
+from processor.state.memory import MemoryStore
 
 STEPS = 3
 KEYS = ("a", "b")

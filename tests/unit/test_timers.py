@@ -5,10 +5,10 @@ from collections import Counter
 
 import pytest
 
-from state.keys import TIMER, timer_key
-from state.memory import MemoryStore
-from state.overlay import PartitionState
-from timers import Fired, Timer, TimerIndex, TimerKind, encode_timer, fire
+from processor.state.keys import TIMER, timer_key
+from processor.state.memory import MemoryStore
+from processor.state.overlay import PartitionState
+from processor.timers import Fired, Timer, TimerIndex, TimerKind, encode_timer, fire
 
 
 def timer(due: int, inv: str = "inv", seq: int = 0, payload: bytes = b"p") -> Timer:

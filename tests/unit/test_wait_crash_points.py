@@ -18,8 +18,8 @@ from processor._engine import routing
 from processor._engine.commands import InboxCommand
 from processor._engine.partition import PartitionWorker
 from processor._engine.records import InRecord, InvocationRow, Status
-from state import keys
-from state.memory import MemoryStore
+from processor.state import keys
+from processor.state.memory import MemoryStore
 
 STEP_GATE: dict[str, asyncio.Event] = {}
 
