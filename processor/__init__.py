@@ -26,6 +26,7 @@ from processor._errors import (
     SerdeError,
     StepFailedError,
     TerminalError,
+    UnknownTopicError,
 )
 from processor._futures import DurableFuture, gather, select
 from processor._retry import RetryPolicy
@@ -56,6 +57,7 @@ __all__ = [
     "StepFailedError",
     "StepInfo",
     "TerminalError",
+    "UnknownTopicError",
     "WorkflowContext",
     "WorkflowDefinition",
     "WorkflowSharedContext",

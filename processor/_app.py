@@ -20,6 +20,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 C = TypeVar("C")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class HandlerKind(enum.Enum):
@@ -49,6 +50,16 @@ class HandlerDef:
     def __post_init__(self) -> None:  # computed once: read per record
         object.__setattr__(self, "target", f"{self.service}/{self.name}")
         object.__setattr__(self, "keyed", self.kind is not HandlerKind.SERVICE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Output:
+    """A topic handlers emit to, declared with ``app.output``: checked at start, created when missing
+    if `partitions` is given."""
+
+    topic: str
+    partitions: int | None
+    config: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,14 +133,70 @@ class AppConfig:
     partitions: int | None = None            # internal topics' partition count when no input exists
     max_in_flight: int = 5_000               # running + queued invocations before input topics pause
     step_threads: int = 64                   # threads for synchronous ctx.run bodies
-    transaction_timeout_ms: int = 10_000       # as Kafka Streams under EOS; see docs/architecture.md
+    transaction_timeout: timedelta = timedelta(seconds=10)  # as Kafka Streams under EOS; docs/architecture.md
     transactional_producers: int = 2         # taking turns per commit cycle (docs/decisions/002)
     suspend_after: timedelta = timedelta(seconds=5)  # idle time before a waiting invocation leaves memory
-    commit_linger_ms: float = 50.0           # max wait for step bodies (and their acknowledgements) running at a seal
+    commit_linger: timedelta = timedelta(milliseconds=50)  # max wait at a seal for running step bodies
     max_cycle_records: int = 10_000          # writes + outputs a cycle holds before input waits for it to seal
     # librdkafka settings for every Kafka client (security, tuning); a --kafka-config file and
     # PROCESSOR_KAFKA_* variables override them key by key (docs/security.md)
     kafka_config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def transaction_timeout_ms(self) -> int:
+        return int(self.transaction_timeout.total_seconds() * 1000)
+
+
+# Bounds of the numeric options, inclusive (None: unbounded). Kafka brokers refuse a transaction
+# timeout above their transaction.max.timeout.ms (15 min by default).
+_BOUNDS: dict[str, tuple[float | timedelta, float | timedelta | None]] = {
+    "retention": (timedelta(0), None),
+    "journal_retention": (timedelta(0), None),
+    "partitions": (1, None),
+    "max_in_flight": (1, None),
+    "step_threads": (1, 1024),
+    "transaction_timeout": (timedelta(seconds=1), timedelta(minutes=15)),
+    "transactional_producers": (1, 16),
+    "suspend_after": (timedelta(0), None),
+    "commit_linger": (timedelta(0), timedelta(seconds=10)),
+    "max_cycle_records": (100, None),
+}
+# Options renamed when durations became timedeltas: the old name gets a pointer, not "unexpected keyword".
+_RENAMED = {"transaction_timeout_ms": "transaction_timeout=timedelta(seconds=...)",
+            "commit_linger_ms": "commit_linger=timedelta(milliseconds=...)"}
+
+
+def _validate(config: AppConfig) -> None:
+    """Refuse a wrong type or an out-of-range value with the option's name (ConfigurationError)."""
+    def wrong(name: str, want: str) -> ConfigurationError:
+        return ConfigurationError(f"App option {name}={getattr(config, name)!r}: {want}")
+
+    for name, want in (("retention", timedelta), ("journal_retention", timedelta), ("suspend_after", timedelta),
+                       ("transaction_timeout", timedelta), ("commit_linger", timedelta),
+                       ("invocation_retry", RetryPolicy), ("step_retry", RetryPolicy)):
+        if not isinstance(getattr(config, name), want):
+            raise wrong(name, "must be a datetime.timedelta (e.g. timedelta(seconds=5))" if want is timedelta
+                        else "must be a processor.RetryPolicy")
+    for name in ("partitions", "max_in_flight", "step_threads", "transactional_producers", "max_cycle_records"):
+        value = getattr(config, name)
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if not is_int and not (name == "partitions" and value is None):
+            raise wrong(name, "must be an int" + (" or None" if name == "partitions" else ""))
+    for name, (low, high) in _BOUNDS.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if value < low or (high is not None and value > high):
+            raise wrong(name, f"must be >= {low}" + (f" and <= {high}" if high is not None else ""))
+    if not all(callable(getattr(config.serde, m, None)) for m in ("serialize", "deserialize")):
+        raise wrong("serde", "must be a Serde (with serialize and deserialize)")
+    if not isinstance(config.kafka_config, Mapping):
+        raise wrong("kafka_config", "must be a mapping of librdkafka settings")
+    if config.commit_linger >= config.transaction_timeout:
+        raise wrong("commit_linger", f"must be shorter than transaction_timeout ({config.transaction_timeout})")
 
 
 class App:
@@ -143,6 +210,9 @@ class App:
         if not _NAME.match(name):
             raise ConfigurationError(f"app name {name!r} must match {_NAME.pattern} (it names Kafka topics)")
         self.name = name
+        for old, new in _RENAMED.items():
+            if old in config:
+                raise ConfigurationError(f"App({name!r}): {old} is now {new}")
         try:
             self.config = AppConfig(**config)
         except TypeError as e:
@@ -152,6 +222,7 @@ class App:
         self._handlers: dict[str, HandlerDef] = {}
         self._by_fn: dict[Callable[..., Any], HandlerDef] = {}
         self._bindings: dict[str, Binding] = {}
+        self._outputs: dict[str, Output] = {}
 
     @property
     def inbox_topic(self) -> str:
@@ -199,11 +270,42 @@ class App:
         h = self.handler_for(handler)
         if topic in self._bindings:
             raise ConfigurationError(f"topic {topic!r} is already bound to {self._bindings[topic].handler.target}")
-        if topic in (self.inbox_topic, self.changelog_topic, self.dlq_topic, self.results_topic, self.steps_topic,
-                     f"{self.name}.instances"):
+        if topic in self._internal_topics():
             raise ConfigurationError(f"{topic!r} is an internal topic of app {self.name!r}")
         self._bindings[topic] = Binding(topic=topic, handler=h,
                                         serde=serde or h.input_serde or self.config.serde)
+
+    def output(self, topic: str, *, partitions: int | None = None,
+               config: Mapping[str, str] | None = None) -> str:
+        """Declare `topic` as an output of the app's handlers. Each instance checks it exists when it
+        starts; a missing one is created with `partitions` (and topic `config`), or, without
+        `partitions`, refuses the start. Emitting to an undeclared topic works if the topic exists;
+        no emit ever creates a topic. Returns `topic`, to name it once::
+
+            EVENTS = app.output("order-events", partitions=4)
+        """
+        if not isinstance(topic, str) or not _TOPIC.match(topic):
+            raise ConfigurationError(f"app.output({topic!r}): a topic name is 1-249 of [A-Za-z0-9._-]")
+        if topic in self._internal_topics() or topic in self._bindings:
+            raise ConfigurationError(f"app.output({topic!r}): it is an internal topic or an input of app {self.name!r}")
+        if topic in self._outputs:
+            raise ConfigurationError(f"app.output({topic!r}) is declared twice")
+        if partitions is not None and (not isinstance(partitions, int) or isinstance(partitions, bool)
+                                       or partitions < 1):
+            raise ConfigurationError(f"app.output({topic!r}, partitions={partitions!r}): must be an int >= 1")
+        if config is not None and not (isinstance(config, Mapping)
+                                       and all(isinstance(k, str) and isinstance(v, str) for k, v in config.items())):
+            raise ConfigurationError(f"app.output({topic!r}, config=...): must map topic settings to strings")
+        self._outputs[topic] = Output(topic=topic, partitions=partitions, config=MappingProxyType(dict(config or {})))
+        return topic
+
+    @property
+    def outputs(self) -> dict[str, Output]:
+        return dict(self._outputs)
+
+    def _internal_topics(self) -> tuple[str, ...]:
+        return (self.inbox_topic, self.changelog_topic, self.dlq_topic, self.results_topic, self.steps_topic,
+                f"{self.name}.instances")
 
     def handler_for(self, fn: Callable[..., Any]) -> HandlerDef:
         """The registered definition of a handler function."""

@@ -142,11 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an app: one instance of its consumer group per worker process")
     run.add_argument("app", help="MODULE:APP, e.g. shop:app")
-    run.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"))
-    run.add_argument("--state-dir", default="./state-dir")
+    run.add_argument("--bootstrap-servers", metavar="HOSTS",
+                     default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"),
+                     help="Kafka's bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:19092)")
+    run.add_argument("--state-dir", default="./state-dir", metavar="DIR",
+                     help="where the partitions' LMDB stores live: a cache of the changelog, rebuilt from it when "
+                          "lost (default: ./state-dir)")
     run.add_argument("--instance-id", default=None,
                      help="stable id of this instance (default: generated once, kept in the state dir)")
-    run.add_argument("--log-level", default=os.environ.get("PROCESSOR_LOG_LEVEL", "INFO"))
+    run.add_argument("--log-level", default=os.environ.get("PROCESSOR_LOG_LEVEL", "INFO"), metavar="LEVEL",
+                     help="DEBUG, INFO, WARNING or ERROR (default: $PROCESSOR_LOG_LEVEL or INFO)")
     run.add_argument("--log-format", choices=_logs.LOG_FORMATS, default=os.environ.get("PROCESSOR_LOG_FORMAT", "text"),
                      help="text, or json: one JSON object per line (time, level, logger, message, app, "
                           "instance) (default: $PROCESSOR_LOG_FORMAT or text)")

@@ -74,6 +74,17 @@ class ConfigurationError(ProcessorError):
     """The app, its topics or the command line are set up in a way the processor cannot run."""
 
 
+class UnknownTopicError(ProcessorError):
+    """``ctx.emit`` named a topic that does not exist. Topics are never created by an emit; the attempt
+    fails (and is retried as the invocation's retry policy says, so creating the topic lets it finish).
+    Declare outputs with ``app.output(topic, partitions=N)`` to have them checked or created at start."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"ctx.emit to topic {topic!r}: no such topic (topics are never auto-created: "
+                         f"create it, or declare it with app.output({topic!r}, partitions=N))")
+        self.topic = topic
+
+
 class SerdeError(ProcessorError):
     """A value could not be serialized or deserialized."""
 

@@ -33,7 +33,7 @@ REDACTED = "[redacted]"
 ENGINE_OWNED: Mapping[str, str] = MappingProxyType({
     "bootstrap.servers": "pass it as --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS (Client: its first argument)",
     "transactional.id": "derived from the app name and instance id; fencing depends on it",
-    "transaction.timeout.ms": "set App(transaction_timeout_ms=...)",
+    "transaction.timeout.ms": "set App(transaction_timeout=timedelta(...))",
     "enable.idempotence": "exactly-once needs idempotent producers",
     "acks": "exactly-once needs acks=all",
     "isolation.level": "the engine reads read_committed",
@@ -50,6 +50,7 @@ ENGINE_OWNED: Mapping[str, str] = MappingProxyType({
     "error_cb": "the engine handles client errors",
     "on_delivery": "the engine handles delivery reports",
     "on_commit": "the engine commits in transactions",
+    "allow.auto.create.topics": "no topic is ever created by a produce or a lookup (declare outputs with app.output)",
 })
 
 # Java client settings that librdkafka does not know, with what to use instead.

@@ -47,7 +47,8 @@ class Kafka:
     @property
     def admin(self) -> AdminClient:
         if self._admin is None:
-            self._admin = AdminClient(self.config())
+            # a metadata lookup of a missing topic must not create it (admin clients ask for that by default)
+            self._admin = AdminClient(self.config(**{"allow.auto.create.topics": False}))
         return self._admin
 
     def config(self, **extra: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ OUTPUT_TOPIC = f"{PREFIX}order-events"
 
 app = p.App(f"{PREFIX}shop")                # app id: consumer group + internal topic prefix
 orders = app.virtual_object("order")        # keyed by the Kafka record key: the order id
+app.output(OUTPUT_TOPIC, partitions=4)      # checked at start, created if missing: no emit creates a topic
 
 
 # -- the outside world (fakes) -------------------------------------------------------------------

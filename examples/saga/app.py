@@ -30,6 +30,7 @@ DEFAULT_APPROVAL_TIMEOUT = timedelta(hours=1)
 # its internal topics get. A waiting workflow leaves memory after `suspend_after` of inactivity
 # (1 s here, so that the demo shows it; the default is 5 s).
 app = p.App(f"{PREFIX}saga", partitions=4, suspend_after=timedelta(seconds=1))
+app.output(APPROVALS_TOPIC, partitions=4)  # checked at start, created if missing: no emit creates a topic
 order = app.workflow("order")        # one workflow per order id: its `run` happens once per id
 
 

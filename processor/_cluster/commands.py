@@ -22,6 +22,7 @@ from processor._admin import api
 from processor._admin.registry import InstanceRecord
 from processor._cluster import fanout, local, merge, render
 from processor._cluster.discovery import INCOMPLETE, NOT_FOUND, USAGE, CliError, Cluster, discover
+from processor._engine import kafka as kio
 from processor._engine import routing
 from processor._engine.records import Status
 from processor._errors import ConfigurationError
@@ -94,6 +95,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                    help="for Kafka and for each instance's answer (default: 10)")
     p.add_argument("--json", action="store_true", help="JSON for scripts: one object per line (default: text)")
+    p.add_argument("--max-changelog-records", type=int, default=local.MAX_CHANGELOG_RECORDS, metavar="N",
+                   help="with no live instance and no --state-dir, read the app's state from its changelog topic "
+                        f"if it holds at most N records (default: {local.MAX_CHANGELOG_RECORDS:,}; 0: never)")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -104,7 +108,10 @@ class Context:
     cluster: Cluster | None
     state_dir: Path | None
     token: str | None
+    kafka: dict[str, Any] | None = None  # client settings, when Kafka was asked
     notes: list[str] = field(default_factory=list)
+    from_changelog: bool = False  # no live instance nor state dir: the changelog, materialized in memory
+    _changelog: list[fanout.Answer] | None = None
 
     @property
     def live(self) -> list[InstanceRecord]:
@@ -115,7 +122,24 @@ class Context:
         return 0 if self.cluster is None else self.cluster.partitions_total
 
     def owners(self) -> dict[int, str] | None:
-        return None if self.cluster is None else self.cluster.owners()
+        # the changelog holds every partition's committed state, whoever owns it
+        return None if self.cluster is None or self.from_changelog else self.cluster.owners()
+
+    @property
+    def source(self) -> str:
+        """Where local answers come from, for messages."""
+        if self.from_changelog:
+            return f"changelog {self.args.app}.changelog"
+        return f"stores under {self.state_dir}"
+
+    def local_answers(self, build: Callable[..., dict[str, Any]]) -> list[fanout.Answer]:
+        """Answers from the state dir's stores or, with none, from the changelog (read once per command)."""
+        if not self.from_changelog:
+            assert self.state_dir is not None
+            return local.answers(self.state_dir, self.args.app, build)
+        assert self.cluster is not None and self.kafka is not None
+        return local.changelog_answers(self.kafka, self.args.app, self.cluster.partitions_total, build,
+                                       max_records=self.args.max_changelog_records, timeout=self.args.timeout)
 
     def use_local(self) -> bool:
         """Whether to read the state dir: no live instance to ask. Says why (stderr); CliError when
@@ -126,12 +150,15 @@ class Context:
             c = self.cluster
             assert c is not None
             members = sorted(m.instance_id for m in c.members)
-            raise CliError(
-                f"no live instance of app {c.app!r} serves an admin endpoint "
-                + (f"(group members: {', '.join(members)}, none with a registry record: started without "
-                   "--admin-port, or stopping — a stopped member stays in the group for its 6 s session)" if members
-                   else "(the consumer group has no members)")
-                + "; to read stores instead, pass --state-dir DIR", INCOMPLETE)
+            why = (f"no live instance of app {c.app!r} serves an admin endpoint "
+                   + (f"(group members: {', '.join(members)}, none with a registry record: started without "
+                      "--admin-port, or stopping — a stopped member stays in the group for its 6 s session)"
+                      if members else "(the consumer group has no members)"))
+            if self.args.max_changelog_records <= 0 or self.args.command not in local.READS:
+                raise CliError(why + "; to read stores instead, pass --state-dir DIR", INCOMPLETE)
+            self.from_changelog = True
+            self.notes.append(f"{why}: reading the app's state from {self.source} (as of its last committed cycle)")
+            return True
         if self.cluster is not None:
             self.notes.append(f"no live instance of app {self.cluster.app!r} serves an admin endpoint: reading the "
                               f"stores under {self.state_dir} (as of their last commit)")
@@ -178,7 +205,8 @@ def _context(args: argparse.Namespace) -> Context:
     except ConfigurationError as e:
         raise CliError(str(e), USAGE) from None
     cluster = discover(args.bootstrap_servers, kafka, args.app, timeout=args.timeout)
-    ctx = Context(args=args, cluster=cluster, state_dir=state_dir, token=token)
+    ctx = Context(args=args, cluster=cluster, state_dir=state_dir, token=token,
+                  kafka=kio.client_config(args.bootstrap_servers, kafka))
     if cluster.group_state is None:
         ctx.notes.append(f"this principal may not describe consumer group {args.app!r}: instances judged live by "
                          "their heartbeats alone")
@@ -200,8 +228,7 @@ def _finish_coverage(ctx: Context, cov: merge.Coverage) -> int:
 
 def _answers(ctx: Context, url_path: str, build: Callable[[], Callable[..., dict[str, Any]]]) -> list[fanout.Answer]:
     if ctx.use_local():
-        assert ctx.state_dir is not None
-        return local.answers(ctx.state_dir, ctx.args.app, build())
+        return ctx.local_answers(build())
     return fanout.ask_all(ctx.live, url_path, token=ctx.token, timeout=ctx.args.timeout)
 
 
@@ -246,16 +273,15 @@ def _one(ctx: Context, partition: int, url_path: str, build: Callable[[], Callab
          what: str) -> dict[str, Any]:
     """The owner's answer for one thing on `partition` (``journal``, ``state``)."""
     if ctx.use_local():
-        assert ctx.state_dir is not None
-        answers = local.answers(ctx.state_dir, ctx.args.app, build())
+        answers = ctx.local_answers(build())
         cov = merge.coverage(answers, ctx.owners(), ctx.partitions_total)
         ctx.notes.extend(cov.notes)
         found = merge.owner_answer(answers, partition, cov)
         if found is None:
-            raise CliError(f"partition {partition} is not in the stores under {ctx.state_dir}"
+            raise CliError(f"partition {partition} is not in the {ctx.source}"
                            + (" that its current owner left" if ctx.owners() else ""), NOT_FOUND)
         if found.body.get("found") is None:
-            raise CliError(f"no {what} on partition {partition} in the stores under {ctx.state_dir}", NOT_FOUND)
+            raise CliError(f"no {what} on partition {partition} in the {ctx.source}", NOT_FOUND)
         return {**found.body["found"], "instance": found.instance.instance_id}
     owner = _owner(ctx, partition)
     a = fanout.ask(owner, url_path, token=ctx.token, timeout=ctx.args.timeout)
@@ -321,6 +347,7 @@ def _action(ctx: Context, out: list[str]) -> int:
         raise CliError(f"{action} asks a live instance: give --bootstrap-servers (a state dir is only read)", USAGE)
     if not ctx.live:
         ctx.state_dir = None
+        ctx.args.max_changelog_records = 0  # an action needs a live owner: the changelog is only read
         ctx.use_local()  # raises, saying why
     owner = _owner(ctx, partition)
     a = fanout.ask(owner, fanout.path("api", "invocations", inv_id, action), token=ctx.token,

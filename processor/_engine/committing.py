@@ -104,7 +104,7 @@ class Committing:
         for w in self.workers.values():
             w.draining = True
             w.drain_until_ended = w.bodies_ended + w.bodies_running
-        linger = self.app.config.commit_linger_ms / 1000
+        linger = self.app.config.commit_linger.total_seconds()
         until = time.monotonic() + linger
         await self._settle(linger, bodies=True)
         if sum(len(w.runtimes) for w in self.workers.values()) <= FINISH_FEW:

@@ -108,6 +108,7 @@ class Engine(Committing, Recovery, Ownership):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
         self._steps: StepLog | None = None
+        self._topics: kio.KnownTopics | None = None  # what handlers may emit to (set when it runs)
         # Two transactional producers take turns: the next transaction starts while the coordinator
         # still completes the previous one (docs/decisions/002-alternating-transactional-producers.md).
         self._producers: list[Producer | None] = [None] * slots
@@ -148,7 +149,7 @@ class Engine(Committing, Recovery, Ownership):
 
     @property
     def _txn_s(self) -> float:
-        return self.app.config.transaction_timeout_ms / 1000
+        return self.app.config.transaction_timeout.total_seconds()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -178,6 +179,7 @@ class Engine(Committing, Recovery, Ownership):
             log.info("Kafka client settings: %s", self.kafka_config.describe())
         admin = await asyncio.to_thread(kio.connect, self._client)
         self.partitions_total = await asyncio.to_thread(kio.ensure_topics, admin, self.app)
+        self._topics = await asyncio.to_thread(kio.known_topics, admin)
         await asyncio.gather(*(self._start_producer(i) for i in range(len(self._producers))))
         self._steps = StepLog({**self._client, **self._producer_extra}, self.app.steps_topic,
                               self._loop)

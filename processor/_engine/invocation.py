@@ -46,7 +46,14 @@ from processor._engine.inline import STEPS
 from processor._engine.records import InvocationRow
 from processor._engine.stats import PartitionStats
 from processor._engine.waits import CANCELLED, Waits, failure_error
-from processor._errors import NondeterminismError, SerdeError, StepFailedError, TerminalError, _Abandon
+from processor._errors import (
+    NondeterminismError,
+    SerdeError,
+    StepFailedError,
+    TerminalError,
+    UnknownTopicError,
+    _Abandon,
+)
 from processor._futures import DurableFuture
 from processor._retry import RetryPolicy
 from processor._serde import Serde
@@ -71,6 +78,7 @@ class Host(Protocol):
 
     def body_ended(self) -> None: ...
     def now_ms(self) -> int: ...
+    def topic_exists(self, topic: str) -> bool: ...
     def touched(self, rt: InvocationRuntime) -> None: ...
     def log_step(self, rt: InvocationRuntime, entry: Entry, release: Callable[[], None]) -> bool: ...
     def read(self, key: bytes) -> bytes | None: ...
@@ -517,6 +525,9 @@ class InvocationRuntime:
 
     def emit(self, topic: str, value: Any, key: str | bytes | None,
              headers: Mapping[str, str | bytes] | None) -> None:
+        # Checked only for an emit the journal does not hold yet: one it holds was produced when it ran.
+        if self.alive and self.core.entry(self.core.next_seq) is None and not self.host.topic_exists(topic):
+            raise UnknownTopicError(topic)
         d = self.journal_call(EntryKind.EMIT, topic)
         if isinstance(d, Replay):
             return

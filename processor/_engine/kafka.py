@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -37,7 +38,11 @@ UNAUTHORIZED = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROU
 def client_config(bootstrap: str, user: KafkaConfig | None = None) -> dict[str, Any]:
     """What every client of the processor starts from: the bootstrap servers, the user's settings
     (security, tuning) and the rate-limited librdkafka logger."""
-    return {"bootstrap.servers": bootstrap, **(user.settings if user else {}), "logger": KAFKA_LOG}
+    # A produce to, or a metadata lookup of, a missing topic never creates it (producers and admin
+    # clients default to asking the broker to): inputs and declared outputs are checked at start
+    # (``ensure_topics``), an emit to any other topic is checked by ``KnownTopics``.
+    return {"bootstrap.servers": bootstrap, **(user.settings if user else {}), "logger": KAFKA_LOG,
+            "allow.auto.create.topics": False}
 
 
 def base_config(base: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -151,6 +156,16 @@ def ensure_topics(admin: AdminClient, app: App, *, timeout: float = 30.0) -> int
                 # read back only from the last cycle that absorbed them: a week covers any outage
                 app.steps_topic: {"retention.ms": str(7 * 24 * 3600 * 1000), "segment.ms": "3600000"}}
     missing = []
+    for out in app.outputs.values():
+        tm = md.topics.get(out.topic)
+        if tm is not None and tm.error is None:
+            continue
+        if out.partitions is None:
+            raise ConfigurationError(f"output topic {out.topic!r} does not exist (or the app's principal may not "
+                                     f"Describe it); create it, or declare app.output({out.topic!r}, partitions=N) "
+                                     "to have it created")
+        missing.append(NewTopic(out.topic, num_partitions=out.partitions, replication_factor=-1,
+                                config=dict(out.config)))
     # The instance registry (processor/_admin/registry.py) has one partition and is never consumed by
     # the engine: co-partitioning does not apply to it.
     registry = registry_topic(app.name)
@@ -171,12 +186,60 @@ def ensure_topics(admin: AdminClient, app: App, *, timeout: float = 30.0) -> int
         for t, f in admin.create_topics(missing, operation_timeout=timeout, request_timeout=timeout).items():
             try:
                 f.result(timeout=timeout)
-                log.info("created topic %s with %d partition(s)", t, 1 if t == registry else p)
+                log.info("created topic %s with %d partition(s)", t,
+                         1 if t == registry else app.outputs[t].partitions if t in app.outputs else p)
             except KafkaException as e:
                 if e.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another instance won the race
                     raise ConfigurationError(f"cannot create topic {t}: {e.args[0]}") from None
         wait_for_leaders(admin, [t.topic for t in missing], timeout=timeout)
     return p
+
+
+class KnownTopics:
+    """The topics handlers may emit to: those that existed when the instance started and any found
+    since. ``check`` of another starts a lookup in the background (at most one per topic, and
+    `max_lookups` at a time) and answers False, so the emit fails its attempt with UnknownTopicError and
+    a retry finds a topic created meanwhile. Nothing here creates a topic."""
+
+    def __init__(self, names: Iterable[str], lookup: Callable[[str], bool], *, max_lookups: int = 4) -> None:
+        self._names = set(names)
+        self._lookup = lookup
+        self._looking: set[str] = set()
+        self._max = max_lookups
+        self._lock = threading.Lock()
+
+    def check(self, topic: str) -> bool:
+        if topic in self._names:
+            return True
+        with self._lock:
+            if topic in self._looking or len(self._looking) >= self._max:
+                return False
+            self._looking.add(topic)
+        threading.Thread(target=self._look, args=(topic,), name=f"topic-lookup-{topic}"[:32], daemon=True).start()
+        return False
+
+    def _look(self, topic: str) -> None:
+        try:
+            found = self._lookup(topic)
+        except Exception:  # an unreachable broker: the next attempt looks again
+            log.debug("looking up topic %s failed", topic, exc_info=True)
+            found = False
+        with self._lock:
+            self._looking.discard(topic)
+            if found:
+                self._names.add(topic)
+        if not found:
+            log.warning("handlers emit to topic %s, which does not exist: the invocations retry until it is "
+                        "created (or declare it with app.output(%r, partitions=N))", topic, topic)
+
+
+def known_topics(admin: AdminClient, *, timeout: float = 10.0) -> KnownTopics:
+    """Every topic of the cluster now, looking up others on demand with `admin`."""
+    def exists(topic: str) -> bool:
+        tm = admin.list_topics(topic=topic, timeout=timeout).topics.get(topic)
+        return tm is not None and tm.error is None
+
+    return KnownTopics(admin.list_topics(timeout=timeout).topics, exists)
 
 
 def wait_for_leaders(admin: AdminClient, topics: list[str], *, timeout: float) -> None:

@@ -75,6 +75,7 @@ class Ownership:
     _consumer_lane: Lane
     _consumer_failed: str | None
     _steps: StepLog | None
+    _topics: kio.KnownTopics | None
     _step_lease_s: float
     _trimmer: Trimmer
     _rebuilding: bool
@@ -276,7 +277,8 @@ class Ownership:
             del self._restored[p]
             w = PartitionWorker(app=self.app, partition=p, partitions_total=self.partitions_total,
                                 store=self._stores[p], step_executor=self.step_executor, on_work=self._on_work,
-                                trimmer=self._trimmer, steps=self._steps, step_lease_s=self._step_lease_s)
+                                trimmer=self._trimmer, steps=self._steps, step_lease_s=self._step_lease_s,
+                                topics=self._topics)
             w.stats = self.stats
             w.set_committed(by_partition[p])
             self._held_paused.discard(p)  # resumed above, with a worker that holds nothing

@@ -20,6 +20,7 @@ from processor._engine import tracing
 from processor._engine.core import Entry, EntryKind, Failure, encode_chunk
 from processor._engine.intake import Intake
 from processor._engine.invocation import InvocationRuntime
+from processor._engine.kafka import KnownTopics
 from processor._engine.memtrim import Trimmer
 from processor._engine.messaging import Messaging
 from processor._engine.records import InRecord, InvocationRow, OutRecord, Status
@@ -67,7 +68,8 @@ class PartitionWorker(Intake, Messaging):
     stats: PartitionStats = UNCOUNTED  # the engine's counters (metrics), set when it builds the worker
     def __init__(self, *, app: App, partition: int, partitions_total: int, store: Store, step_executor: Executor,
                  on_work: Callable[[], None], trimmer: Trimmer | None = None, steps: StepSink | None = None,
-                 step_lease_s: float = 4.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 step_lease_s: float = 4.0, clock: Callable[[], float] = time.monotonic,
+                 topics: KnownTopics | None = None) -> None:
         self.app = app
         self.partition = partition
         self.partitions_total = partitions_total
@@ -123,11 +125,15 @@ class PartitionWorker(Intake, Messaging):
         self.queued = 0  # exclusive invocations waiting behind another of their key
         self.trimmer = trimmer or Trimmer()
         self.tracer = tracing.tracer()
+        self._topics = topics  # None: every topic exists (tests without Kafka)
 
     # -- host protocol for invocations ----------------------------------------------------------
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)
+
+    def topic_exists(self, topic: str) -> bool:
+        return self._topics is None or self._topics.check(topic)
 
     def touched(self, rt: InvocationRuntime) -> None:
         if self._dirty.get(rt.invocation_id) is not rt:  # once per cycle is enough (several per action)

@@ -110,7 +110,7 @@ def worst_stop_s(app: App) -> float:
     transaction timeout) plus the stop bound, the supervisor's for several workers (it waits for
     them, then for the kernel after SIGKILL)."""
     stop_bound = max(STOP_BOUND_S, WORKERS_STOP_S + KILL_WAIT_S)
-    return app.config.transaction_timeout_ms / 1000 + stop_bound
+    return app.config.transaction_timeout.total_seconds() + stop_bound
 
 
 # -- Dockerfile ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ PUBLIC = sorted([
     "NondeterminismError",
     "ObjectContext", "ObjectDefinition", "ObjectSharedContext", "ProcessorError", "RetryPolicy", "Serde",
     "SerdeError", "ServiceDefinition", "StepFailedError", "StepInfo", "TerminalError", "WorkflowContext",
-    "WorkflowDefinition", "WorkflowSharedContext", "current_step", "gather", "select",
+    "UnknownTopicError", "WorkflowDefinition", "WorkflowSharedContext", "current_step", "gather", "select",
 ])
 
 
