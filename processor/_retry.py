@@ -11,8 +11,9 @@ from datetime import timedelta
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
     """Exponential backoff: attempt ``n`` (1-based) failing waits ``initial * multiplier**(n-1)``,
-    capped at ``max_interval``. Gives up after ``max_attempts`` attempts or once ``max_duration`` has
-    passed since the first attempt (``None``: no limit)."""
+    capped at ``max_interval``. Gives up after ``max_attempts`` attempts or once the next wait would
+    take it past ``max_duration`` (``None``: no limit): for a step, the time since its first attempt;
+    for an invocation, the backoff between its attempts so far (``waited_ms``)."""
 
     initial_interval: timedelta = timedelta(milliseconds=100)
     multiplier: float = 2.0
