@@ -469,7 +469,7 @@ class PartitionWorker(Intake, Messaging):
                 reason += (f" (it holds key {row.key!r} of {row.service}: later invocations of the key wait "
                            "until it is retried or killed)")
             log.error("invocation %s (%s) paused: %s", row.id, row.target, reason, exc_info=error)
-            self.save(rt, row.moved(Status.PAUSED, attempt=attempts, paused_reason=reason,
+            self.save(rt, row.moved(Status.PAUSED, attempt=attempts, paused_reason=reason, retry_at_ms=None,
                                     failure=Failure(type=type(error).__name__, message=str(error))))
             return
         self._dirty.pop(rt.invocation_id, None)

@@ -140,6 +140,7 @@ def test_paused_after_its_retries_it_holds_its_key_until_an_operator_retries_it_
         assert _status(w) == {bad: Status.PAUSED, good: Status.QUEUED}, "the key's next one waits"
         [row] = [r for r in w.rows() if r.id == bad]
         assert row.attempt == 2 and row.failure is not None and row.failure.type == "KeyError"
+        assert row.retry_at_ms is None, "no retry is due"
         assert row.paused_reason is not None
         assert row.paused_reason.startswith("retries exhausted after 2 attempt(s): KeyError: 'amount'")
         assert "holds key 'k' of orders" in row.paused_reason
