@@ -162,3 +162,17 @@ def test_a_paused_event_holds_its_key_until_retried_after_a_fix_then_the_waiting
     row = poison.row("pause", "k1", 1)
     assert (row.paused_reason, row.failure) == (None, None)
     assert poison.proc.stop() == 0
+
+
+def test_a_paused_event_runs_again_when_the_fixed_code_is_deployed_and_its_key_follows(poison: Poison) -> None:
+    poison.kafka.produce(poison.pause_in, _events(("k1", 1, True), ("k1", 2, False)))
+    wait_until(lambda: poison.status("pause", "k1", 1) is Status.PAUSED, 90, "the poison event to pause")
+    assert poison.status("pause", "k1", 2) is Status.QUEUED and poison.outputs("pause") == []
+    assert poison.proc.stop() == 0
+
+    poison.fix.touch()  # the new deploy: its start replays paused invocations
+    poison.proc.start().wait_ready()
+    wait_until(lambda: len(poison.outputs("pause")) >= 2, 60, "the paused event and the one behind it")
+    assert poison.outputs("pause") == [{"key": "k1", "n": 1, "seen": 1}, {"key": "k1", "n": 2, "seen": 2}]
+    assert poison.attempts("pause", "k1", 1) == ATTEMPTS + 1
+    assert poison.proc.stop() == 0
