@@ -144,6 +144,10 @@ def test_a_paused_event_holds_its_key_until_retried_after_a_fix_then_the_waiting
         in paused["paused_reason"]
     text = cli.run("invocations", "--status", "paused")
     assert text.returncode == 0 and "holds key 'k1'" in text.stdout, text.stderr
+    journal = cli.run("journal", paused["id"])
+    assert journal.returncode == 0, journal.stderr
+    assert "error       KeyError: 'amount'" in journal.stdout and '"n":1' in journal.stdout
+    assert "paused      retries exhausted after 3 attempt(s)" in journal.stdout
     metrics = Admin(poison.proc).metrics()
     labels = (("handler", "pause/take_or_pause"), ("reason", "retries_exhausted"))
     assert metrics[("processor_invocations_paused_total", labels)] == 1
