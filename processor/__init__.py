@@ -29,7 +29,7 @@ from processor._errors import (
     UnknownTopicError,
 )
 from processor._futures import DurableFuture, gather, select
-from processor._retry import RetryPolicy
+from processor._retry import OnExhausted, RetryPolicy
 from processor._serde import AvroSerde, BytesSerde, JsonSerde, Serde
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "ObjectContext",
     "ObjectDefinition",
     "ObjectSharedContext",
+    "OnExhausted",
     "ProcessorError",
     "RetryPolicy",
     "Serde",

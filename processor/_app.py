@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from processor._errors import ConfigurationError
 from processor._kafka_config import KafkaConfig, from_code
-from processor._retry import RetryPolicy
+from processor._retry import OnExhausted, RetryPolicy
 from processor._serde import JsonSerde, Serde
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -44,6 +44,8 @@ class HandlerDef:
     kind: HandlerKind
     fn: Callable[..., Awaitable[Any]]
     input_serde: Serde[Any] | None  # None: the app's default serde
+    retry: RetryPolicy  # when an attempt that raised runs again, and when that stops (``on_exhausted``)
+    on_exhausted: OnExhausted
     target: str = field(init=False)  # "<service>/<name>"
     keyed: bool = field(init=False)  # every kind but a service's handlers has a key
 
@@ -78,46 +80,72 @@ class _Definition(Generic[C]):
         self._app = app
         self.name = name
 
-    def _register(self, kind: HandlerKind, name: str | None,
-                  serde: Serde[Any] | None) -> Callable[[F], F]:
+    def _register(self, kind: HandlerKind, name: str | None, serde: Serde[Any] | None,
+                  retry: RetryPolicy | None, on_exhausted: OnExhausted | None) -> Callable[[F], F]:
+        cfg = self._app.config
+        policy = _checked_retry(retry if retry is not None else cfg.invocation_retry, "retry")
+        exhausted = _checked_on_exhausted(on_exhausted if on_exhausted is not None else cfg.on_exhausted)
+
         def decorate(fn: F) -> F:
             if not inspect.iscoroutinefunction(fn):
                 raise ConfigurationError(f"handler {fn.__qualname__} must be an `async def` function")
             self._app._add_handler(HandlerDef(service=self.name, name=name or fn.__name__, kind=kind,
-                                              fn=fn, input_serde=serde))
+                                              fn=fn, input_serde=serde, retry=policy, on_exhausted=exhausted))
             return fn  # type: ignore[return-value]  # mypy narrows F through iscoroutinefunction
         return decorate
+
+
+def _checked_retry(policy: Any, what: str) -> RetryPolicy:
+    if not isinstance(policy, RetryPolicy):
+        raise ConfigurationError(f"{what} must be a p.RetryPolicy, not {policy!r}")
+    return policy
+
+
+def _checked_on_exhausted(value: Any) -> OnExhausted:
+    if not isinstance(value, OnExhausted):
+        choices = ", ".join(f"p.OnExhausted.{v.name}" for v in OnExhausted)
+        raise ConfigurationError(f"on_exhausted must be one of {choices}, not {value!r}")
+    return value
 
 
 class ServiceDefinition(_Definition[Any]):
     """A stateless service; its handlers take a ``Context``."""
 
-    def handler(self, *, name: str | None = None, serde: Serde[Any] | None = None) -> Callable[[F], F]:
-        """Register an async ``(ctx: Context, value) -> result`` handler."""
-        return self._register(HandlerKind.SERVICE, name, serde)
+    def handler(self, *, name: str | None = None, serde: Serde[Any] | None = None, retry: RetryPolicy | None = None,
+                on_exhausted: OnExhausted | None = None) -> Callable[[F], F]:
+        """Register an async ``(ctx: Context, value) -> result`` handler. `retry`: when an attempt that
+        raised runs again (default: the app's ``invocation_retry``); `on_exhausted`: what happens once
+        that policy gives up (default: the app's ``on_exhausted``, ``PAUSE``)."""
+        return self._register(HandlerKind.SERVICE, name, serde, retry, on_exhausted)
 
 
 class WorkflowDefinition(_Definition[Any]):
     """A workflow: its ``run`` handler executes exactly once per workflow key (submitting it again
     returns the first run's result); its other handlers are shared and may complete its promises."""
 
-    def run(self, *, serde: Serde[Any] | None = None) -> Callable[[F], F]:
-        """Register the ``(ctx: WorkflowContext, value)`` run handler (one per workflow)."""
-        return self._register(HandlerKind.WORKFLOW_RUN, "run", serde)
+    def run(self, *, serde: Serde[Any] | None = None, retry: RetryPolicy | None = None,
+            on_exhausted: OnExhausted | None = None) -> Callable[[F], F]:
+        """Register the ``(ctx: WorkflowContext, value)`` run handler (one per workflow); `retry` and
+        `on_exhausted` as for ``ServiceDefinition.handler``."""
+        return self._register(HandlerKind.WORKFLOW_RUN, "run", serde, retry, on_exhausted)
 
-    def handler(self, *, name: str | None = None, serde: Serde[Any] | None = None) -> Callable[[F], F]:
-        """Register a shared ``(ctx: WorkflowSharedContext, value)`` handler."""
-        return self._register(HandlerKind.WORKFLOW_SHARED, name, serde)
+    def handler(self, *, name: str | None = None, serde: Serde[Any] | None = None, retry: RetryPolicy | None = None,
+                on_exhausted: OnExhausted | None = None) -> Callable[[F], F]:
+        """Register a shared ``(ctx: WorkflowSharedContext, value)`` handler; `retry` and
+        `on_exhausted` as for ``ServiceDefinition.handler``."""
+        return self._register(HandlerKind.WORKFLOW_SHARED, name, serde, retry, on_exhausted)
 
 
 class ObjectDefinition(_Definition[Any]):
     """A virtual object: state per key; exclusive handlers of one key run one at a time."""
 
-    def handler(self, *, shared: bool = False, name: str | None = None,
-                serde: Serde[Any] | None = None) -> Callable[[F], F]:
+    def handler(self, *, shared: bool = False, name: str | None = None, serde: Serde[Any] | None = None,
+                retry: RetryPolicy | None = None, on_exhausted: OnExhausted | None = None) -> Callable[[F], F]:
         """Register an exclusive ``(ctx: ObjectContext, value)`` handler, or with ``shared=True`` a
-        concurrent read-only ``(ctx: ObjectSharedContext, value)`` handler."""
-        return self._register(HandlerKind.SHARED if shared else HandlerKind.EXCLUSIVE, name, serde)
+        concurrent read-only ``(ctx: ObjectSharedContext, value)`` handler; `retry` and `on_exhausted`
+        as for ``ServiceDefinition.handler`` (a paused exclusive invocation keeps holding its key)."""
+        return self._register(HandlerKind.SHARED if shared else HandlerKind.EXCLUSIVE, name, serde, retry,
+                              on_exhausted)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,8 +155,12 @@ class AppConfig:
     serde: Serde[Any] = field(default_factory=JsonSerde)
     retention: timedelta = timedelta(days=1)     # how long an invoked invocation's outcome stays for callers
     journal_retention: timedelta = timedelta(0)  # how long finished journals (and topic records' rows) stay
+    # A handler that raises runs again with this backoff, 20 attempts (about 13 minutes) at most:
+    # then `on_exhausted` applies (docs/decisions/011-poison-events.md). Per handler: `retry=`.
     invocation_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(
-        initial_interval=timedelta(milliseconds=500), max_interval=timedelta(seconds=60)))
+        initial_interval=timedelta(milliseconds=500), max_interval=timedelta(seconds=60),
+        max_attempts=20, max_duration=timedelta(minutes=15)))
+    on_exhausted: OnExhausted = OnExhausted.PAUSE  # per handler: `on_exhausted=`
     step_retry: RetryPolicy = field(default_factory=RetryPolicy)
     partitions: int | None = None            # internal topics' partition count when no input exists
     max_in_flight: int = 5_000               # running + queued invocations before input topics pause
@@ -217,6 +249,8 @@ class App:
             self.config = AppConfig(**config)
         except TypeError as e:
             raise ConfigurationError(f"App({name!r}): {e}") from e
+        _checked_retry(self.config.invocation_retry, f"App({name!r}, invocation_retry=...)")
+        _checked_on_exhausted(self.config.on_exhausted)
         self.kafka_config: KafkaConfig = from_code(self.config.kafka_config, f"App({name!r}, kafka_config=...)")
         self._definitions: dict[str, _Definition[Any]] = {}
         self._handlers: dict[str, HandlerDef] = {}

@@ -261,7 +261,7 @@ def metrics_snapshot(engine: Engine) -> dict[str, Any]:
     return {
         "records_in": dict(engine.records_in),
         "created": dict(s.created_by), "completed": dict(s.completed_by), "failed": dict(s.failed_by),
-        "paused": dict(s.paused_by), "backing_off": dict(s.backing_off_by),
+        "paused": dict(s.paused_by), "dead_lettered": dict(s.dead_lettered_by), "backing_off": dict(s.backing_off_by),
         "dead_letters": dict(s.dead_letters), "steps_failed": s.steps_failed,
         "step_attempts": s.step_attempts.snapshot(),
         "step_seconds": {k: b.snapshot() for k, b in list(s.step_seconds.items())},

@@ -24,6 +24,13 @@ def _counter(name: str, doc: str, label: str, values: Mapping[str, int]) -> Coun
     return m
 
 
+def _counter_by(name: str, doc: str, labels: list[str], values: Mapping[tuple[str, ...], int]) -> CounterMetricFamily:
+    m = CounterMetricFamily(name, doc, labels=labels)
+    for k, v in sorted(values.items()):
+        m.add_metric(list(k), v)
+    return m
+
+
 def _histogram(name: str, doc: str, snap: tuple[list[tuple[str, int]], float],
                labels: dict[str, str] | None = None) -> HistogramMetricFamily:
     m = HistogramMetricFamily(name, doc, labels=list(labels or {}))
@@ -52,8 +59,11 @@ class EngineCollector:
                        s["completed"])
         yield _counter("processor_invocations_failed", "Invocations that failed for good (TerminalError, "
                        "retries exhausted, cancelled, killed, refused), per handler", by, s["failed"])
-        yield _counter("processor_invocations_paused", "Invocations paused on a journal divergence, per handler",
-                       by, s["paused"])
+        yield _counter_by("processor_invocations_paused", "Invocations paused, per handler and reason "
+                          "(nondeterminism: a journal divergence; retries_exhausted)", [by, "reason"], s["paused"])
+        yield _counter_by("processor_invocations_dead_lettered", "Invocations whose input went to the DLQ and "
+                          "that failed, per handler and reason (retries_exhausted)", [by, "reason"],
+                          s["dead_lettered"])
         yield _counter("processor_invocation_retries", "Invocation attempts that raised and back off to retry, "
                        "per handler", by, s["backing_off"])
         yield CounterMetricFamily("processor_invocations_suspended", "Invocations that left memory to wait "

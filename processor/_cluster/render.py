@@ -69,6 +69,8 @@ def journal(inv: dict[str, Any]) -> str:
     ]
     error = last_error(inv)
     head.append(f"error       {error or '-'}")
+    if inv.get("paused_reason") and inv["paused_reason"] != error:  # retries ran out: why, and the key it holds
+        head.append(f"paused      {inv['paused_reason']}")
     if inv.get("retry_at") and inv.get("retry_at") != "-":
         head.append(f"retry at    {inv['retry_at']}")
     head.append(f"input       {value_text(inv.get('input'))}")

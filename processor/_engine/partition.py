@@ -24,8 +24,9 @@ from processor._engine.kafka import KnownTopics
 from processor._engine.memtrim import Trimmer
 from processor._engine.messaging import Messaging
 from processor._engine.records import InRecord, InvocationRow, OutRecord, Status
-from processor._engine.stats import UNCOUNTED, PartitionStats
+from processor._engine.stats import DIVERGED, EXHAUSTED, UNCOUNTED, PartitionStats
 from processor._engine.steps import Salvaged
+from processor._retry import OnExhausted
 from processor._serde import Serde
 from processor.state import keys
 from processor.state.overlay import Overlay, PartitionState
@@ -35,6 +36,7 @@ from processor.timers import Fired, Timer, TimerIndex, TimerKind, encode_timer, 
 log = logging.getLogger("processor.partition")
 
 INVOCATION_SEQ = 0xFFFFFFFF  # timer seq of invocation-level timers (retry, purge)
+RETRIES_EXHAUSTED = "RetriesExhausted"  # processor.error.class of an invocation's input dead-lettered
 _U64 = struct.Struct(">Q")
 
 
@@ -446,12 +448,10 @@ class PartitionWorker(Intake, Messaging):
         row = rt.row
         now = self.now_ms()
         attempt = row.attempt + 1
-        delay = self.app.config.invocation_retry.next_delay_ms(attempt, now - row.created_ms)
+        policy = rt.handler.retry
+        delay = policy.next_delay_ms(attempt, policy.waited_ms(attempt))
         if delay is None:
-            self._dirty.pop(rt.invocation_id, None)
-            self.finish_row(row, None, rt=rt, failure=Failure(
-                type=type(error).__name__,
-                message=f"invocation failed after {attempt} attempt(s): {error}"))
+            self._retries_exhausted(rt, error, attempt)
             return
         self.stats.backing_off(row.target)
         log.warning("invocation %s (%s) attempt %d raised %s: %s; retrying in %d ms", row.id, row.target,
@@ -461,9 +461,57 @@ class PartitionWorker(Intake, Messaging):
                                 failure=Failure(type=type(error).__name__, message=str(error))))
         self.schedule_timer(now + delay, row.id, INVOCATION_SEQ, TimerKind.INVOCATION_RETRY, attempt)
 
+    def _retries_exhausted(self, rt: InvocationRuntime, error: BaseException, attempts: int) -> None:
+        """`rt`'s handler raised and its retry policy gave up: pause the invocation, or dead-letter its
+        input and fail it, or fail it, as its handler's ``on_exhausted`` says (decision 011). What its
+        attempts journaled (state writes, emits, sends) stays either way: each was committed with the
+        journal entry that keeps a retry from doing it again."""
+        row, h = rt.row, rt.handler
+        what = f"{type(error).__name__}: {error}"
+        if h.on_exhausted is OnExhausted.PAUSE:
+            self.stats.paused(row.target, EXHAUSTED)
+            reason = f"retries exhausted after {attempts} attempt(s): {what}"
+            if h.kind.exclusive and row.key is not None:
+                reason += (f" (it holds key {row.key!r} of {row.service}: later invocations of the key wait "
+                           "until it is retried or killed)")
+            log.error("invocation %s (%s) paused: %s", row.id, row.target, reason, exc_info=error)
+            self.save(rt, row.moved(Status.PAUSED, attempt=attempts, paused_reason=reason, retry_at_ms=None,
+                                    failure=Failure(type=type(error).__name__, message=str(error))))
+            return
+        self._dirty.pop(rt.invocation_id, None)
+        if h.on_exhausted is OnExhausted.DEAD_LETTER:
+            self._dead_letter_input(row, error, attempts)
+            message = f"dead-lettered to {self.app.dlq_topic} after {attempts} attempt(s): {error}"
+        else:
+            message = f"invocation failed after {attempts} attempt(s): {error}"
+        self.finish_row(replace(row, attempt=attempts), None, rt=rt,
+                        failure=Failure(type=type(error).__name__, message=message))
+
+    def _dead_letter_input(self, row: InvocationRow, error: BaseException, attempts: int) -> None:
+        """Send the input of `row`, whose retries ran out, to the app's DLQ in this cycle, with why."""
+        self.stats.dead_lettered(RETRIES_EXHAUSTED)
+        self.stats.invocation_dead_lettered(row.target, EXHAUSTED)
+        log.error("invocation %s (%s): retries exhausted after %d attempt(s), input to %s: %s: %s", row.id,
+                  row.target, attempts, self.app.dlq_topic, type(error).__name__, error, exc_info=error)
+        headers = [*row.input_headers.items(),
+                   ("processor.error", f"{type(error).__name__}: {error}".encode()),
+                   ("processor.error.class", RETRIES_EXHAUSTED.encode()),
+                   ("processor.error.type", type(error).__name__.encode()),
+                   ("processor.handler", row.target.encode()),
+                   ("processor.invocation.id", row.id.encode()),
+                   ("processor.attempts", str(attempts).encode())]
+        if row.source_topic is not None:
+            headers += [("processor.source.topic", row.source_topic.encode()),
+                        ("processor.source.partition", str(row.source_partition).encode()),
+                        ("processor.source.offset", str(row.source_offset).encode())]
+        key = None if row.key is None else row.key.encode()
+        self._outputs.append(OutRecord(topic=self.app.dlq_topic, partition=self.partition, key=key,
+                                       value=row.input, headers=headers))
+        self._on_work()
+
     def paused(self, rt: InvocationRuntime, reason: str) -> None:
         self.runtimes.pop(rt.invocation_id, None)
-        self.stats.paused(rt.row.target)
+        self.stats.paused(rt.row.target, DIVERGED)
         log.error("invocation %s (%s) paused: %s", rt.row.id, rt.row.target, reason)
         self.save(rt, rt.row.moved(Status.PAUSED, paused_reason=reason))
 

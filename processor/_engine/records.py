@@ -48,7 +48,7 @@ class Status(enum.Enum):
     QUEUED = "queued"            # waiting behind another exclusive invocation of its key
     RUNNING = "running"          # has (or will get) a runtime in memory
     BACKING_OFF = "backing_off"  # failed with a retryable error; an invocation_retry timer restarts it
-    PAUSED = "paused"            # diverged from its journal; waits for a fixed deploy or an operator
+    PAUSED = "paused"            # diverged from its journal, or retries ran out; waits for a new deploy or an operator
     SUSPENDED = "suspended"      # evicted from memory while it waits on durable completions only
     COMPLETED = "completed"
     FAILED = "failed"
@@ -111,8 +111,8 @@ class InvocationRow:
             raise IllegalTransition(f"invocation {self.id}: {self.status.value} -> {status.value}")
         if self.status is Status.PAUSED and status is not Status.PAUSED:
             changes.setdefault("paused_reason", None)  # the reason describes the pause, not the row's life
-        if self.status is Status.BACKING_OFF and status is not Status.BACKING_OFF:
-            changes.setdefault("failure", None)  # the last attempt's error, shown while it backs off
+        if self.status in (Status.BACKING_OFF, Status.PAUSED) and status is not self.status:
+            changes.setdefault("failure", None)  # the last attempt's error, shown while it backs off or is paused
         return replace(self, status=status, **changes)
 
     def encode(self) -> bytes:

@@ -48,6 +48,10 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
+# Why an invocation was paused or dead-lettered (the ``reason`` label of its metrics).
+DIVERGED = "nondeterminism"       # its replay diverged from its journal
+EXHAUSTED = "retries_exhausted"   # its handler kept raising until its retry policy gave up
+
 ATTEMPT_BOUNDS = (1, 2, 3, 5, 10, 20, 50, 100)
 STEP_SECONDS_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                        2.5, 5.0, 10.0, 30.0, 60.0)
@@ -62,7 +66,8 @@ class PartitionStats:
     created_by: dict[str, int] = field(default_factory=dict)
     completed_by: dict[str, int] = field(default_factory=dict)
     failed_by: dict[str, int] = field(default_factory=dict)
-    paused_by: dict[str, int] = field(default_factory=dict)
+    paused_by: dict[tuple[str, str], int] = field(default_factory=dict)  # (handler, reason)
+    dead_lettered_by: dict[tuple[str, str], int] = field(default_factory=dict)  # invocations', (handler, reason)
     backing_off_by: dict[str, int] = field(default_factory=dict)
     dead_letters: dict[str, int] = field(default_factory=dict)
     steps_failed: int = 0
@@ -78,9 +83,13 @@ class PartitionStats:
         d = self.completed_by if failure is None else self.failed_by
         d[target] = d.get(target, 0) + 1
 
-    def paused(self, target: str) -> None:
+    def paused(self, target: str, reason: str) -> None:
         d = self.paused_by
-        d[target] = d.get(target, 0) + 1
+        d[(target, reason)] = d.get((target, reason), 0) + 1
+
+    def invocation_dead_lettered(self, target: str, reason: str) -> None:
+        d = self.dead_lettered_by
+        d[(target, reason)] = d.get((target, reason), 0) + 1
 
     def backing_off(self, target: str) -> None:
         d = self.backing_off_by

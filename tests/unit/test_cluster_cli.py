@@ -145,6 +145,15 @@ def test_a_failed_invocations_own_failure_is_its_error_and_long_values_are_cut()
     assert "… (500 chars)" in text
 
 
+def test_a_journal_of_one_paused_after_its_retries_shows_its_error_and_the_key_it_holds() -> None:
+    reason = ("retries exhausted after 20 attempt(s): KeyError: 'amount' (it holds key 'k1' of acct: later "
+              "invocations of the key wait until it is retried or killed)")
+    inv = _invocation() | {"status": "paused", "failure": "KeyError: 'amount'", "paused_reason": reason}
+    text = render.journal(inv)
+    assert "error       KeyError: 'amount'" in text
+    assert f"paused      {reason}" in text
+
+
 def test_a_multi_line_reason_continues_under_its_row() -> None:
     text = render.invocations_table([_row(0, "inv-0-a") | {"paused_reason": "diverged\njournaled: #0 run('a')",
                                                            "instance": "i1"}], instances=True)

@@ -79,3 +79,11 @@ def test_a_backing_off_row_keeps_the_last_error_until_it_runs_again() -> None:
     assert InvocationRow.decode(backing_off.encode()).failure == error
     assert backing_off.moved(R).failure is None
     assert backing_off.moved(F, failure=Failure(type="Killed", message="by operator")).failure.type == "Killed"
+
+
+def test_a_row_paused_after_its_retries_keeps_the_last_error_until_it_runs_again() -> None:
+    error = Failure(type="KeyError", message="'amount'")
+    paused = _row(R).moved(P, attempt=20, paused_reason="retries exhausted after 20 attempt(s)", failure=error)
+    assert paused.failure == error
+    assert (paused.moved(R).failure, paused.moved(R).paused_reason) == (None, None)
+    assert paused.moved(F, failure=Failure(type="Killed", message="by operator")).failure.type == "Killed"

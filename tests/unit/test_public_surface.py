@@ -10,7 +10,7 @@ PUBLIC = sorted([
     "App", "AvroSerde", "BytesSerde", "Client", "ConfigurationError", "Context", "DurableFuture",
     "DurablePromise", "InvocationCancelled", "InvocationKilled", "InvocationNotFound", "JsonSerde",
     "NondeterminismError",
-    "ObjectContext", "ObjectDefinition", "ObjectSharedContext", "ProcessorError", "RetryPolicy", "Serde",
+    "ObjectContext", "ObjectDefinition", "ObjectSharedContext", "OnExhausted", "ProcessorError", "RetryPolicy", "Serde",
     "SerdeError", "ServiceDefinition", "StepFailedError", "StepInfo", "TerminalError", "WorkflowContext",
     "UnknownTopicError", "WorkflowDefinition", "WorkflowSharedContext", "current_step", "gather", "select",
 ])

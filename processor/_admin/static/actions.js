@@ -11,12 +11,13 @@ const ACTIONS = {
   },
   kill: {
     title: "Kill invocation?",
-    text: "It fails at once with Killed. No compensation runs.",
+    text: "It fails at once with Killed. No compensation runs. What its attempts journaled (state "
+      + "writes, emits, sends) stays; an exclusive invocation frees its key for the next one.",
   },
   retry: {
     title: "Retry invocation now?",
     text: "A backing-off invocation runs now instead of waiting for its retry timer; a paused one is "
-      + "replayed from its journal.",
+      + "replayed from its journal (once its retries ran out, a retry that raises again pauses it again).",
   },
   purge: {
     title: "Purge invocation?",
