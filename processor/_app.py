@@ -225,6 +225,8 @@ def _validate(config: AppConfig) -> None:
             raise wrong(name, f"must be >= {low}" + (f" and <= {high}" if high is not None else ""))
     if not all(callable(getattr(config.serde, m, None)) for m in ("serialize", "deserialize")):
         raise wrong("serde", "must be a Serde (with serialize and deserialize)")
+    if not isinstance(config.on_exhausted, OnExhausted):
+        raise wrong("on_exhausted", "must be one of " + ", ".join(f"p.OnExhausted.{v.name}" for v in OnExhausted))
     if not isinstance(config.kafka_config, Mapping):
         raise wrong("kafka_config", "must be a mapping of librdkafka settings")
     if config.commit_linger >= config.transaction_timeout:
@@ -249,8 +251,6 @@ class App:
             self.config = AppConfig(**config)
         except TypeError as e:
             raise ConfigurationError(f"App({name!r}): {e}") from e
-        _checked_retry(self.config.invocation_retry, f"App({name!r}, invocation_retry=...)")
-        _checked_on_exhausted(self.config.on_exhausted)
         self.kafka_config: KafkaConfig = from_code(self.config.kafka_config, f"App({name!r}, kafka_config=...)")
         self._definitions: dict[str, _Definition[Any]] = {}
         self._handlers: dict[str, HandlerDef] = {}

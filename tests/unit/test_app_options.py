@@ -23,6 +23,7 @@ import processor as p
      "commit_linger=datetime.timedelta(seconds=10): must be shorter than transaction_timeout (0:00:05)"),
     ({"invocation_retry": {"max_attempts": 3}}, "must be a processor.RetryPolicy"),
     ({"serde": "json"}, "serde='json': must be a Serde"),
+    ({"on_exhausted": "pause"}, "on_exhausted='pause': must be one of p.OnExhausted.PAUSE"),
     ({"kafka_config": [("acks", "all")]}, "kafka_config=[('acks', 'all')]: must be a mapping"),
     ({"transaction_timeout_ms": 5000}, "transaction_timeout_ms is now transaction_timeout=timedelta(seconds=...)"),
     ({"commit_linger_ms": 10}, "commit_linger_ms is now commit_linger=timedelta(milliseconds=...)"),

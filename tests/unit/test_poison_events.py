@@ -127,7 +127,7 @@ def test_a_bad_on_exhausted_or_retry_is_a_configuration_error() -> None:
         app.service("s").handler(on_exhausted="pause")  # type: ignore[arg-type]
     with pytest.raises(p.ConfigurationError, match=re.escape("retry must be a p.RetryPolicy")):
         app.virtual_object("o").handler(retry=3)  # type: ignore[arg-type]
-    with pytest.raises(p.ConfigurationError, match="on_exhausted must be one of"):
+    with pytest.raises(p.ConfigurationError, match="on_exhausted='dead_letter': must be one of"):
         p.App("b", on_exhausted="dead_letter")
 
 
