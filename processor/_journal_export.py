@@ -41,6 +41,17 @@ def export_line(partition: int, row: InvocationRow, entries: Iterable[Entry]) ->
         "entries": [entry_dict(e) for e in entries]})
 
 
+def exact(row: InvocationRow, entries: Iterable[Entry]) -> dict[str, Any]:
+    """The byte-exact part of an invocation's answer (``/api/invocations/<id>?exact=1``)."""
+    return {"row": _b64(row.encode()), "journal": [_b64(e.encode()) for e in entries]}
+
+
+def line_from_exact(partition: int, d: dict[str, Any]) -> bytes:
+    """An export line from an answer's ``exact`` part."""
+    entries = [Entry.decode(_unb64(e)) for e in d["journal"]]
+    return export_line(partition, InvocationRow.decode(_unb64(d["row"])), entries)
+
+
 def read_lines(lines: Iterable[str | bytes]) -> Iterator[ExportedJournal]:
     """The invocations of an export file's lines (blank lines skipped). ConfigurationError names the
     line that is not an exported journal."""

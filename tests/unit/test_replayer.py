@@ -91,3 +91,61 @@ def test_a_line_that_is_no_exported_journal_is_refused_with_its_number(tmp_path:
     lines = path.read_bytes().splitlines()
     with pytest.raises(ConfigurationError, match="line 2 is not an exported journal"):
         replay(_app("a|"), [lines[0], orjson.dumps({"format": 1, "id": "x"})])
+
+
+def _state_dir(rt: TestRuntime, root: Path) -> Path:
+    """What a processor that ran `rt`'s partitions would leave in its state dir (LMDB stores)."""
+    from processor.state.store import PartitionStore
+
+    app_dir = root / rt.app.name
+    app_dir.mkdir(parents=True)
+    (app_dir / "last-instance-id").write_text("i1\n")
+    for n, mem in rt._stores.items():
+        store = PartitionStore.open(app_dir / str(n))
+        store.apply(list(mem.scan(b"")), 1)
+        store.close()
+    return root
+
+
+def test_the_cli_exports_every_invocation_in_flight_byte_for_byte_and_the_replayer_reads_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from processor._cli import main
+
+    with TestRuntime(_app("ab|c")) as rt:
+        waiting = {rt.submit("svc/order", n) for n in range(3)}
+        state = _state_dir(rt, tmp_path / "state")
+        expected = {e["id"]: e for e in map(orjson.loads, rt_lines(rt, tmp_path / "kit.jsonl"))}
+    out = tmp_path / "exported.jsonl"
+    assert main(["journal", "--app", "replayed", "--offline", "--state-dir", str(state), "--export", str(out)]) == 0
+    assert f"exported 3 journal(s) to {out}" in capsys.readouterr().err
+    exported = {e["id"]: e for e in map(orjson.loads, out.read_bytes().splitlines())}
+    assert set(exported) == waiting and exported == expected
+    assert replay(_app("ab|c"), out).ok
+    assert len(replay(_app("ba|c"), out).divergences) == 3
+
+    one = tmp_path / "one.jsonl"
+    first = sorted(waiting)[0]
+    assert main(["journal", first, "--app", "replayed", "--offline", "--state-dir", str(state), "--export",
+                 str(one)]) == 0
+    assert [orjson.loads(line)["id"] for line in one.read_bytes().splitlines()] == [first]
+    assert main(["journal", first, first, "--app", "replayed", "--offline", "--state-dir", str(state)]) == 2
+
+
+def rt_lines(rt: TestRuntime, path: Path) -> list[bytes]:
+    rt.export_journals(path)
+    return path.read_bytes().splitlines()
+
+
+def test_the_admin_api_answers_an_invocation_byte_for_byte_when_asked() -> None:
+    from types import SimpleNamespace
+
+    from processor._admin import api
+    from processor._journal_export import line_from_exact
+
+    with TestRuntime(_app("ab|")) as rt:
+        inv = rt.submit("svc/order", 1)
+        engine: Any = SimpleNamespace(workers=rt._workers)
+        assert "exact" not in api.invocation(engine, inv)
+        answer = api.invocation(engine, inv, exact=True)
+    line = line_from_exact(answer["partition"], answer["exact"])
+    assert replay(_app("ab|"), [line]).ok and not replay(_app("ba|"), [line]).ok
