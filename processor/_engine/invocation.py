@@ -164,6 +164,7 @@ class InvocationRuntime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_waits: dict[int, tuple[int, asyncio.Future[None]]] = {}  # seq -> (due ms, waiter)
         self._unreleased = 0
+        self._patches: dict[str, bool] = {}  # ctx.patched answers of this attempt
         self.waits = Waits(self)
         self.waits.cancel_next = row.cancelled  # cancelled before it reached a durable await
         # What this attempt read, as (journal position, value) — folded into digests only when a
@@ -381,6 +382,23 @@ class InvocationRuntime:
 
     def random_seed(self) -> int:
         return self.core.random_seed()
+
+    def patched(self, name: str) -> bool:
+        """Decided once per name and attempt (``InvocationCore.patched``): a later call with the same
+        name answers the same without a journal position, so one invocation never mixes old and new."""
+        known = self._patches.get(name)
+        if known is not None:
+            return known
+        if not self.alive:
+            raise _Abandon()
+        if self._salvaged:
+            self._adopt_at(self.core.next_seq)
+        d = self.core.patched(name)
+        if isinstance(d, Execute):
+            self.record(Entry(seq=d.seq, kind=EntryKind.PATCH, name=name))
+            d = True
+        self._patches[name] = d
+        return d
 
     def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
             retry: RetryPolicy | None) -> DurableFuture[Any]:

@@ -190,6 +190,18 @@ class TestRuntime:
         self._now = until
         self._run()
 
+    # -- deploys -----------------------------------------------------------------------------------
+
+    def deploy(self, app: App) -> None:
+        """Replace the app's code with `app` (the same app name and topics) as a rolling deploy does:
+        every partition is rebuilt from its store under the new code, which replays the invocations
+        in flight from their journals (one that diverges is paused, see ``paused_reason``)."""
+        if app.name != self.app.name:
+            raise ValueError(f"a deploy keeps the app's name: {app.name!r} is not {self.app.name!r}")
+        self.app = app
+        self._runner.run(self._restart())
+        self._run()
+
     # -- input ---------------------------------------------------------------------------------------
 
     def send(self, topic: str, value: Any, *, key: str | bytes | None = None,
