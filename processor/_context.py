@@ -131,7 +131,7 @@ class Context:
         invocations in flight keep replaying their journals. True for invocations that reach this
         point under code with the patch (a marker is journaled); False for one whose journal was
         recorded by code before the patch and goes on past this point. The first call per name
-        decides; later calls in the same invocation answer the same. docs/deploying.md."""
+        decides; later calls in the same invocation answer the same (docs/deploy.md)."""
         return self._driver.patched(name)
 
     def sleep(self, duration: timedelta) -> DurableFuture[None]:
