@@ -440,6 +440,7 @@ class InvocationRuntime:
             self.host.bodies_running += 1
             span = None if self.span is None else tracing.start_step(self.host.tracer, self.span, name, attempts)
             error: BaseException | None = None
+            retry_at: int | None = None
             try:
                 with tracing.current(span):
                     if is_async:
@@ -486,14 +487,15 @@ class InvocationRuntime:
                          self.invocation_id, name, attempts, failure.type, failure.message, delay)
                 self.record(retry_entry(Entry(seq=seq, kind=EntryKind.RUN, name=name), attempts=attempts,
                                          retry_at_ms=retry_at, failure=failure))
-                await self._wait_retry(seq, retry_at, attempts)
-                continue
             finally:
                 self.host.body_ended()
                 self.host.stats.step_ran(self.handler.target, name, time.monotonic() - started)
                 _CURRENT_STEP.reset(token)
                 if span is not None:
                     tracing.end(span, error)
+            if retry_at is not None:  # the attempt failed and the step backs off: no body runs meanwhile
+                await self._wait_retry(seq, retry_at, attempts)
+                continue
             self._outcome(Entry(seq=seq, kind=EntryKind.RUN, name=name, value=data, attempts=attempts),
                           _resolve(fut, value))
             return

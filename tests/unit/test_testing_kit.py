@@ -117,3 +117,31 @@ def test_bad_arguments_are_refused_with_the_reason() -> None:
         with pytest.raises(p.TerminalError) as unknown:
             rt.invoke("svc/missing", 1)
         assert unknown.value.error_type == "UnknownHandler"
+
+
+def test_a_failing_step_backs_off_on_the_runtime_clock_without_counting_as_a_running_body() -> None:
+    """A step between attempts is no body running: the kit settles (the engine's drain does not wait
+    for it either) and the retry comes when the clock passes its backoff."""
+    tries: list[int] = []
+    app = p.App("flaky", partitions=1)
+
+    def flaky() -> str:
+        tries.append(1)
+        if len(tries) < 3:
+            raise RuntimeError("down")
+        return "up"
+
+    @app.service("svc").handler()
+    async def call(ctx: p.Context, _: Any) -> str:
+        return str(await ctx.run("flaky", flaky, retry=p.RetryPolicy(initial_interval=timedelta(seconds=10))))
+
+    with TestRuntime(app, always_replay=True, timeout=timedelta(seconds=5)) as rt:
+        inv = rt.submit("svc/call", None)
+        assert len(tries) == 1 and [(e.name, e.state) for e in rt.journal(inv)] == [("flaky", "retrying")]
+        assert sum(w.bodies_running for w in rt._workers.values()) == 0
+        rt.advance(timedelta(seconds=9))
+        assert len(tries) == 1
+        rt.advance(timedelta(seconds=1))
+        assert len(tries) == 2
+        rt.advance(timedelta(seconds=20))
+        assert (len(tries), rt.result(inv)) == (3, "up")
