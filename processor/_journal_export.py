@@ -16,11 +16,12 @@ from typing import Any
 import orjson
 
 from processor._engine.core import Entry
-from processor._engine.records import InvocationRow
+from processor._engine.records import InvocationRow, Status
 from processor._errors import ConfigurationError
 from processor._inspect import entry_dict
 
 FORMAT = 1
+IN_FLIGHT = frozenset({Status.RUNNING, Status.SUSPENDED, Status.BACKING_OFF, Status.PAUSED})  # what a deploy resumes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

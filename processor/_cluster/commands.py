@@ -296,9 +296,6 @@ def _exported(ctx: Context, inv_id: str) -> bytes:
     return export.line_from_exact(int(inv["partition"]), inv["exact"])
 
 
-IN_FLIGHT = (Status.RUNNING, Status.SUSPENDED, Status.BACKING_OFF, Status.PAUSED)
-
-
 def _export(ctx: Context, out: list[str]) -> int:
     """``journal --export FILE``: the named invocations' journals, or those of every invocation in flight
     (the ones a deploy must be able to resume), byte for byte, for ``processor.testing.replay``."""
@@ -312,7 +309,7 @@ def _export(ctx: Context, out: list[str]) -> int:
         rows, complete = merge.invocations(answers, cov, limit=api.MAX_LIMIT)
         if not complete:
             ctx.notes.append(f"an instance stopped listing at its scan budget: export by id beyond {api.MAX_LIMIT}")
-        ids = [r["id"] for r in rows if r["status"] in {s.value for s in IN_FLIGHT}]
+        ids = [r["id"] for r in rows if r["status"] in {s.value for s in export.IN_FLIGHT}]
         code = _finish_coverage(ctx, cov)
     lines = [_exported(ctx, inv_id) for inv_id in ids]
     try:

@@ -15,7 +15,6 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from processor._engine.records import InRecord, InvocationRow, Status
 from processor._engine.waits import failure_error
 from processor._errors import ProcessorError
 from processor._inspect import entry_state, value_json
-from processor._journal_export import export_line
+from processor._journal_export import IN_FLIGHT, export_line
 from processor.state import keys
 from processor.state.memory import MemoryStore
 from processor.state.store import Store
@@ -342,15 +341,15 @@ class TestRuntime:
                              failure=None if e.failure is None else f"{e.failure.type}: {e.failure.message}")
                 for e in entries]
 
-    def export_journals(self, path: str | Path, *, only: Callable[[InvocationRow], bool] | None = None) -> int:
-        """Write the in-flight invocations' journals (and those still retained) to `path` in the format of
-        ``processor journal --export``, for ``replay``; returns how many."""
+    def export_journals(self, path: str | Path) -> int:
+        """Write the journals of the invocations in flight (running, suspended, backing off, paused) to
+        `path` as ``processor journal --export`` does, for ``replay``; returns how many."""
         n = 0
         with Path(path).open("wb") as f:
             for p, store in self._stores.items():
                 for _, v in store.scan(keys.INVOCATION):
                     row = InvocationRow.decode(v)
-                    if only is None or only(row):
+                    if row.status in IN_FLIGHT:
                         f.write(export_line(p, row, self._stored_journal(row.id)) + b"\n")
                         n += 1
         return n
