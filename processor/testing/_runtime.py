@@ -176,9 +176,15 @@ class TestRuntime:
     def advance(self, by: dt.timedelta) -> None:
         """Move the clock forward by `by`, firing every timer that falls due on the way in due order
         (each at its due time, so what it starts sees that time) — a week-long sleep takes no longer
-        than any other step."""
+        than any other step. A move of at least ``App(suspend_after=...)`` first evicts every
+        invocation that only waits, as that much idle time does in production."""
         if by < dt.timedelta(0):
             raise ValueError(f"time only moves forward, got {by}")
+        if by >= self.app.config.suspend_after:
+            # Idle that long, an invocation that only waits leaves memory (`suspend_after`): its timer
+            # or completion finds it in the store and replays it from its journal, as in production.
+            for w in self._workers.values():
+                w.suspend_idle(0.0)
         until = self._now + by.total_seconds()
         while True:
             due = [d for w in self._workers.values() if (d := w.timers.next_due_ms()) is not None]

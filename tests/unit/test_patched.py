@@ -5,6 +5,7 @@ the divergence is caught — by the replayer, by always-replay mode, and in prod
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,17 @@ def test_a_deploy_that_adds_a_guarded_step_resumes_old_invocations_on_the_old_pa
         assert [(e.kind, e.name) for e in rt.journal(new)][:3] == [("run", "charge"), ("patch", "audit"),
                                                                    ("run", "audit")]
         assert "patch" not in [e.kind for e in rt.journal(old)]
+
+
+def test_an_invocation_suspended_out_of_memory_under_the_old_code_resumes_on_the_old_path() -> None:
+    with TestRuntime(_app("v1")) as rt:
+        old = rt.submit("svc/order", 1)
+        rt.advance(timedelta(hours=1))  # idle past suspend_after: evicted, only its row and journal remain
+        assert rt.status(old) == "suspended"
+        rt.deploy(_app("v2"))
+        assert rt.status(old) == "suspended"
+        rt.resolve_awakeable(_approval(rt, old), "eve")  # wakes it: replayed from the store under v2
+        assert rt.result(old) == {"steps": ["charged 1", "approved by eve", "shipped 1"]}
 
 
 def test_always_replay_accepts_the_patch_marker_on_new_invocations() -> None:
