@@ -29,6 +29,7 @@ from processor.state.memory import MemoryStore
 from processor.testing._runtime import ReplayDivergence
 
 _TURNS = 1000  # loop turns a replay may take (each replayed action resolves within one or two)
+_STILL = 50  # turns without a new action after which the handler waits for what its journal has pending
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,9 +129,11 @@ async def _replay_one(app: App, ex: ExportedJournal, pool: ThreadPoolExecutor) -
     w.start(running, fresh=False)
     rt = w.runtimes.get(row.id)
     assert isinstance(rt, _UpToTheEnd)
+    still, seen = 0, -1
     for _ in range(_TURNS):
-        if w.paused_reason is not None or w.finished_rt is not None or rt.reached_end:
+        if w.paused_reason is not None or w.finished_rt is not None or rt.reached_end or still > _STILL:
             break
+        still, seen = (still + 1, seen) if rt.core.next_seq == seen else (0, rt.core.next_seq)
         await asyncio.sleep(0)
     if w.paused_reason is not None:
         return w.paused_reason
