@@ -74,6 +74,7 @@ class _Driver(Protocol):
     def clear(self, name: str) -> None: ...
     def clear_all(self) -> None: ...
     def random_seed(self) -> int: ...
+    def patched(self, name: str) -> bool: ...
 
 
 class Context:
@@ -123,6 +124,15 @@ class Context:
     def time(self) -> Awaitable[float]:
         """Wall-clock time (seconds since the epoch), journaled: a replay sees the original time."""
         return self._driver.time()
+
+    def patched(self, name: str) -> bool:
+        """Whether this invocation runs the code of patch `name`: a deploy that changes what a handler
+        does guards the change with it (``if ctx.patched("audit"): await ctx.run("audit", ...)``), so
+        invocations in flight keep replaying their journals. True for invocations that reach this
+        point under code with the patch (a marker is journaled); False for one whose journal was
+        recorded by code before the patch and goes on past this point. The first call per name
+        decides; later calls in the same invocation answer the same (docs/deploy.md)."""
+        return self._driver.patched(name)
 
     def sleep(self, duration: timedelta) -> DurableFuture[None]:
         """A durable timer: survives crashes and restarts; while it waits the invocation may be

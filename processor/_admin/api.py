@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from processor import _journal_export as export
 from processor._engine import routing
 from processor._engine.forwarding import FORWARDS
 from processor._engine.records import InvocationRow, Status
@@ -125,8 +126,8 @@ def _find(engine: Engine, invocation_id: str) -> tuple[int, PartitionWorker | No
     return p, w, None if w is None else w._row(w.resolve_alias(invocation_id))
 
 
-def invocation(engine: Engine, invocation_id: str) -> dict[str, Any]:
-    """One invocation's row and journal."""
+def invocation(engine: Engine, invocation_id: str, *, exact: bool = False) -> dict[str, Any]:
+    """One invocation's row and journal; `exact` adds them byte for byte (``processor journal --export``)."""
     p, w, row = _find(engine, invocation_id)
     if w is None:
         raise NotFound(f"invocation {invocation_id} lives on partition {p}, which this instance does not own "
@@ -137,7 +138,7 @@ def invocation(engine: Engine, invocation_id: str) -> dict[str, Any]:
     rt = w.runtimes.get(inv)
     journal = rt.core.journal() if rt is not None else w._journal(inv)
     return {**row_dict(p, row, full=True), "in_memory": rt is not None,
-            "journal": [entry_dict(e) for e in journal]}
+            "journal": [entry_dict(e) for e in journal]} | ({"exact": export.exact(row, journal)} if exact else {})
 
 
 def action_check(engine: Engine, invocation_id: str, action: str) -> tuple[int, bool]:

@@ -279,7 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
                 q = api.InvocationQuery.parse(query)
                 self._json(200, self.admin.on_loop(lambda: api.invocations(engine, q)))
             case ["api", "invocations", inv]:
-                self._json(200, self.admin.on_loop(lambda: api.invocation(engine, inv)))
+                exact = query.get("exact") == "1"
+                self._json(200, self.admin.on_loop(lambda: api.invocation(engine, inv, exact=exact)))
             case ["api", "state", obj, key]:
                 self._json(200, self.admin.on_loop(lambda: api.object_state(engine, obj, key)))
             case ["api", "timers"]:

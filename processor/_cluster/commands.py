@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 import orjson
 
+from processor import _journal_export as export
 from processor import _kafka_config
 from processor._admin import api
 from processor._admin.registry import InstanceRecord
@@ -54,7 +55,11 @@ def add_parsers(sub: Any) -> None:
     jr = sub.add_parser("journal", help="one invocation: status, error, attempts, result and its journal's values",
                         description="One invocation, asked of the instance that owns its partition: a header "
                                     "(status, error, attempts, input, result) and every journal entry with its value.")
-    jr.add_argument("invocation_id")
+    jr.add_argument("invocation_id", nargs="*", help="the invocation (with --export: any number; none: every "
+                    "invocation in flight)")
+    jr.add_argument("--export", metavar="FILE", default=None,
+                    help="write the journals byte for byte to FILE, one JSON object per line, for "
+                         "processor.testing.replay (docs/testing.md) (default: show one journal)")
     _common(jr)
     st = sub.add_parser("state", help="the state of a virtual object's or workflow's key",
                         description="The state of (OBJECT, KEY), from the instance that owns the key's partition.")
@@ -300,11 +305,46 @@ def _partition_of(invocation_id: str) -> int:
 
 
 def _journal(ctx: Context, out: list[str]) -> int:
-    inv_id = ctx.args.invocation_id
+    if ctx.args.export is not None:
+        return _export(ctx, out)
+    if len(ctx.args.invocation_id) != 1:
+        raise CliError("journal shows one invocation: give its id (several only with --export FILE)", USAGE)
+    [inv_id] = ctx.args.invocation_id
     inv = _one(ctx, _partition_of(inv_id), fanout.path("api", "invocations", inv_id),
                lambda: local.invocation(inv_id), f"invocation {inv_id}")
     out.append(orjson.dumps(inv).decode() if ctx.args.json else render.journal(inv))
     return 0
+
+
+def _exported(ctx: Context, inv_id: str) -> bytes:
+    inv = _one(ctx, _partition_of(inv_id), fanout.path("api", "invocations", inv_id) + "?exact=1",
+               lambda: local.invocation(inv_id, exact=True), f"invocation {inv_id}")
+    return export.line_from_exact(int(inv["partition"]), inv["exact"])
+
+
+def _export(ctx: Context, out: list[str]) -> int:
+    """``journal --export FILE``: the named invocations' journals, or those of every invocation in flight
+    (the ones a deploy must be able to resume), byte for byte, for ``processor.testing.replay``."""
+    ids: list[str] = list(ctx.args.invocation_id)
+    code = 0
+    if not ids:
+        q = api.InvocationQuery.parse({"limit": str(api.MAX_LIMIT)})
+        answers = _answers(ctx, "/api/invocations?" + urlencode({"limit": str(api.MAX_LIMIT)}),
+                           lambda: local.invocations(q))
+        cov = merge.coverage(answers, ctx.owners(), ctx.partitions_total)
+        rows, complete = merge.invocations(answers, cov, limit=api.MAX_LIMIT)
+        if not complete:
+            ctx.notes.append(f"an instance stopped listing at its scan budget: export by id beyond {api.MAX_LIMIT}")
+        ids = [r["id"] for r in rows if r["status"] in {s.value for s in export.IN_FLIGHT}]
+        code = _finish_coverage(ctx, cov)
+    lines = [_exported(ctx, inv_id) for inv_id in ids]
+    try:
+        with Path(ctx.args.export).open("wb") as f:
+            f.writelines(line + b"\n" for line in lines)
+    except OSError as e:
+        raise CliError(f"cannot write {ctx.args.export}: {e.strerror}", USAGE) from None
+    ctx.notes.append(f"exported {len(lines)} journal(s) to {ctx.args.export}")
+    return code
 
 
 def _state(ctx: Context, out: list[str]) -> int:

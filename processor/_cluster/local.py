@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from processor import _journal_export as export
 from processor._admin import api
 from processor._admin.registry import InstanceRecord
 from processor._cluster.discovery import INCOMPLETE, USAGE, CliError
@@ -123,7 +124,7 @@ def invocations(q: api.InvocationQuery) -> Callable[[list[tuple[int, Store]]], d
     return build
 
 
-def invocation(invocation_id: str) -> Callable[[list[tuple[int, Store]]], dict[str, Any]]:
+def invocation(invocation_id: str, *, exact: bool = False) -> Callable[[list[tuple[int, Store]]], dict[str, Any]]:
     p = routing.partition_of(invocation_id)
 
     def build(stores: list[tuple[int, Store]]) -> dict[str, Any]:
@@ -138,8 +139,8 @@ def invocation(invocation_id: str) -> Callable[[list[tuple[int, Store]]], dict[s
                 break
             row = InvocationRow.decode(raw)
             journal = decode_journal(v for _, v in s.scan(keys.journal_prefix(target)))
-            return {"found": {**row_dict(p, row, full=True), "in_memory": False,
-                              "journal": [entry_dict(e) for e in journal]}}
+            found = {**row_dict(p, row, full=True), "in_memory": False, "journal": [entry_dict(e) for e in journal]}
+            return {"found": found | ({"exact": export.exact(row, journal)} if exact else {})}
         return {"found": None}
     return build
 

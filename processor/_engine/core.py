@@ -37,6 +37,7 @@ class EntryKind(enum.StrEnum):
     PROMISE_PEEK = "promise_peek"
     PROMISE_COMPLETE = "promise_complete"
     SELECT = "select"                # value: the winner's name
+    PATCH = "patch"                  # ctx.patched(name) returned True here: code from that patch on
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +140,22 @@ class InvocationCore:
         if not entry.completed:
             return Execute(seq=seq, retrying=entry)
         return Replay(seq=seq, entry=entry)
+
+    def patched(self, name: str) -> bool | Execute:
+        """``ctx.patched(name)`` at the next position. True when the journal holds this patch's
+        marker there (replayed: code that ran with the patch recorded it); False when the journal
+        goes on without it (code from before the patch recorded this journal: no position is taken,
+        so the old actions replay where they were); Execute past the journal (new code, running for
+        real: the caller journals the marker there)."""
+        entry = self._journal.get(self._next_seq)
+        if entry is not None and (entry.kind, entry.name) == (EntryKind.PATCH, name):
+            self.call(EntryKind.PATCH, name)
+            return True
+        if self.replaying:
+            return False
+        d = self.call(EntryKind.PATCH, name)
+        assert isinstance(d, Execute)  # past every journaled position: nothing to replay
+        return d
 
     def record(self, entry: Entry) -> Entry:
         """Journal the outcome of an executed action; returns the entry to persist."""

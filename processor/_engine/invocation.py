@@ -79,6 +79,7 @@ class Host(Protocol):
     def body_ended(self) -> None: ...
     def now_ms(self) -> int: ...
     def topic_exists(self, topic: str) -> bool: ...
+    def wall_time(self) -> float: ...
     def touched(self, rt: InvocationRuntime) -> None: ...
     def log_step(self, rt: InvocationRuntime, entry: Entry, release: Callable[[], None]) -> bool: ...
     def read(self, key: bytes) -> bytes | None: ...
@@ -171,6 +172,7 @@ class InvocationRuntime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_waits: dict[int, tuple[int, asyncio.Future[None]]] = {}  # seq -> (due ms, waiter)
         self._unreleased = 0
+        self._patches: dict[str, bool] = {}  # ctx.patched answers of this attempt
         self.waits = Waits(self)
         self.waits.cancel_next = row.cancelled  # cancelled before it reached a durable await
         # What this attempt read, as (journal position, value) — folded into digests only when a
@@ -389,6 +391,23 @@ class InvocationRuntime:
     def random_seed(self) -> int:
         return self.core.random_seed()
 
+    def patched(self, name: str) -> bool:
+        """Decided once per name and attempt (``InvocationCore.patched``): a later call with the same
+        name answers the same without a journal position, so one invocation never mixes old and new."""
+        known = self._patches.get(name)
+        if known is not None:
+            return known
+        if not self.alive:
+            raise _Abandon()
+        if self._salvaged:
+            self._adopt_at(self.core.next_seq)
+        d = self.core.patched(name)
+        if isinstance(d, Execute):
+            self.record(Entry(seq=d.seq, kind=EntryKind.PATCH, name=name))
+            d = True
+        self._patches[name] = d
+        return d
+
     def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
             retry: RetryPolicy | None) -> DurableFuture[Any]:
         d = self.journal_call(EntryKind.RUN, name)
@@ -429,6 +448,7 @@ class InvocationRuntime:
             self.host.bodies_running += 1
             span = None if self.span is None else tracing.start_step(self.host.tracer, self.span, name, attempts)
             error: BaseException | None = None
+            retry_at: int | None = None
             try:
                 with tracing.current(span):
                     if is_async:
@@ -475,14 +495,15 @@ class InvocationRuntime:
                          self.invocation_id, name, attempts, failure.type, failure.message, delay)
                 self.record(retry_entry(Entry(seq=seq, kind=EntryKind.RUN, name=name), attempts=attempts,
                                          retry_at_ms=retry_at, failure=failure))
-                await self._wait_retry(seq, retry_at, attempts)
-                continue
             finally:
                 self.host.body_ended()
                 self.host.stats.step_ran(self.handler.target, name, time.monotonic() - started)
                 _CURRENT_STEP.reset(token)
                 if span is not None:
                     tracing.end(span, error)
+            if retry_at is not None:  # the attempt failed and the step backs off: no body runs meanwhile
+                await self._wait_retry(seq, retry_at, attempts)
+                continue
             self._outcome(Entry(seq=seq, kind=EntryKind.RUN, name=name, value=data, attempts=attempts),
                           _resolve(fut, value))
             return
@@ -544,7 +565,7 @@ class InvocationRuntime:
         d = self.journal_call(EntryKind.TIME, "time")
         if isinstance(d, Replay):
             return self._replayed(d.entry)
-        now = time.time()
+        now = self.host.wall_time()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._outcome(Entry(seq=d.seq, kind=EntryKind.TIME, name="time", value=orjson.dumps(now)), _resolve(fut, now))
         return fut

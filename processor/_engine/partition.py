@@ -68,10 +68,11 @@ class StepSink(Protocol):
 
 class PartitionWorker(Intake, Messaging):
     stats: PartitionStats = UNCOUNTED  # the engine's counters (metrics), set when it builds the worker
+    runtime_class: type[InvocationRuntime] = InvocationRuntime  # the testing kit's replayer stops at a journal's end
     def __init__(self, *, app: App, partition: int, partitions_total: int, store: Store, step_executor: Executor,
                  on_work: Callable[[], None], trimmer: Trimmer | None = None, steps: StepSink | None = None,
                  step_lease_s: float = 4.0, clock: Callable[[], float] = time.monotonic,
-                 topics: KnownTopics | None = None) -> None:
+                 topics: KnownTopics | None = None, wall: Callable[[], float] = time.time) -> None:
         self.app = app
         self.partition = partition
         self.partitions_total = partitions_total
@@ -117,6 +118,7 @@ class PartitionWorker(Intake, Messaging):
         # committed waits for the next commit instead (a zombie's never comes): see ``log_step``.
         self.step_lease_s = step_lease_s
         self._clock = clock
+        self._wall = wall  # the wall clock (seconds) of timers and ctx.time(): the testing kit's moves
         self._lease_until = 0.0
         self._inbox_seq = 0
         self.bodies_running = 0
@@ -132,7 +134,10 @@ class PartitionWorker(Intake, Messaging):
     # -- host protocol for invocations ----------------------------------------------------------
 
     def now_ms(self) -> int:
-        return int(time.time() * 1000)
+        return int(self._wall() * 1000)
+
+    def wall_time(self) -> float:
+        return self._wall()
 
     def topic_exists(self, topic: str) -> bool:
         return self._topics is None or self._topics.check(topic)
@@ -293,7 +298,7 @@ class PartitionWorker(Intake, Messaging):
         self._queued_rows.pop(row.id, None)
         if row.status is not Status.RUNNING:
             row = row.moved(Status.RUNNING)
-        rt = InvocationRuntime(self, row, h, self._input_serde(row, h), fresh=fresh, decoded=decoded)
+        rt = self.runtime_class(self, row, h, self._input_serde(row, h), fresh=fresh, decoded=decoded)
         if self._salvaged is not None and row.id in self._salvaged.entries:
             rt.adopt(self._salvaged.entries.pop(row.id))
             self._absorbing.add(row.id)  # saved (or finished) in this cycle: its records are absorbed

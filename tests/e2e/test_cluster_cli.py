@@ -1,10 +1,13 @@
 """The cluster-wide CLI against three live `processor run --admin-port 0` instances on the real
 broker: it finds an invocation stuck in a retry loop on whichever instance owns it, reads its
 journal and error and its key's state, kills it with the token, and after that instance stops and
-its partitions move, `processor invocations` shows every row once, from the partition's new owner."""
+its partitions move, `processor invocations` shows every row once, from the partition's new owner.
+`processor journal --export` takes the stuck invocation's journal from its live owner, and the
+testing kit's replayer replays it against the app."""
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
@@ -15,6 +18,8 @@ import orjson
 import pytest
 
 from processor._engine.routing import partition_for_key
+from processor._journal_export import read_lines
+from processor.testing import replay
 from tests.e2e.conftest import Spawner
 from tests.e2e.harness import ProcessorProcess
 from tests.kafka_support import REPO, Kafka, wait_until
@@ -60,7 +65,7 @@ def _start(kafka: Kafka, spawn: Spawner) -> tuple[str, str, str, list[ProcessorP
 
 
 def test_the_cli_finds_reads_and_kills_a_stuck_invocation_and_shows_no_stale_rows_after_a_move(
-        kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
+        kafka: Kafka, spawn: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     name, inp, out, procs = _start(kafka, spawn)
     cli = Cli(kafka, name)
 
@@ -104,6 +109,20 @@ def test_the_cli_finds_reads_and_kills_a_stuck_invocation_and_shows_no_stale_row
     journal = orjson.loads(cli.run("journal", row["id"], "--json").stdout)
     assert [(e["kind"], e["name"]) for e in journal["journal"]][-1] == ("run", "charge")
     assert journal["journal"][-1]["failure"]["type"] == "ConnectionError"
+
+    # -- its journal exported byte for byte from the live owner, and replayed by the kit against the app
+    exported = tmp_path / "inflight.jsonl"
+    r = cli.run("journal", "--export", str(exported))
+    assert r.returncode == 0 and "exported 1 journal(s)" in r.stderr, r.stderr
+    [line] = exported.read_bytes().splitlines()
+    [recorded] = read_lines([line])
+    assert (recorded.row.id, recorded.partition) == (row["id"], stuck_partition)
+    assert [(e.kind, e.name) for e in recorded.entries][-1] == ("run", "charge")
+    monkeypatch.setenv("STUCK_APP", name)
+    monkeypatch.setenv("STUCK_INPUT", inp)
+    monkeypatch.setenv("STUCK_OUTPUT", out)
+    stuck = importlib.import_module("tests.apps.stuck")
+    assert replay(stuck.app, exported).ok
 
     # -- its key's state
     state = cli.run("state", "acct", STUCK_KEY, "--json")

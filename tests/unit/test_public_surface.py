@@ -29,12 +29,23 @@ def test_every_public_name_resolves() -> None:
 # The lower layers, installed under the package (processor/state -> ../state and so on): importable so
 # that the engine, the CLI and tests reach them, but not API (docs/architecture.md).
 LAYERS = ["schemas", "state", "timers"]
+# The testing kit is API of its own: `from processor.testing import TestRuntime` (docs/testing.md).
+KITS = ["testing"]
+TESTING = sorted(["Divergence", "Emitted", "JournalEntry", "NotFinished", "ReplayDivergence", "ReplayReport",
+                  "TestRuntime", "replay"])
 
 
-def test_every_submodule_of_processor_is_private_but_the_lower_layers() -> None:
+def test_every_submodule_of_processor_is_private_but_the_lower_layers_and_the_testing_kit() -> None:
     public = [m.name for m in pkgutil.iter_modules(processor.__path__)
               if not m.name.startswith("_")]
-    assert sorted(public) == LAYERS, f"public modules besides the package itself: {public}"
+    assert sorted(public) == sorted(LAYERS + KITS), f"public modules besides the package itself: {public}"
+
+
+def test_the_testing_kit_exports_exactly_its_surface() -> None:
+    import processor.testing
+
+    assert sorted(processor.testing.__all__) == TESTING
+    assert all(hasattr(processor.testing, n) for n in TESTING)
 
 
 def test_the_error_tree_has_one_root() -> None:
