@@ -93,7 +93,12 @@ def entry_dict(e: Entry) -> dict[str, Any]:
             "value": value_json(e.value),
             "failure": None if e.failure is None else {"type": e.failure.type, "message": e.failure.message},
             "retry_at": _ms(e.retry_at_ms) if e.retry_at_ms is not None else None,
-            "due": _ms(e.due_ms) if e.due_ms is not None else None}
+            "due": _ms(e.due_ms) if e.due_ms is not None else None,
+            # the timeline: when it began and ended (UTC), and how long it took (a step across its
+            # attempts and backoff, a wait until it completed); None for entries journaled before these
+            "started": _ms(e.started_ms) if e.started_ms is not None else None,
+            "ended": _ms(e.ended_ms) if e.ended_ms is not None else None,
+            "took_ms": e.ended_ms - e.started_ms if e.started_ms is not None and e.ended_ms is not None else None}
 
 
 def format_invocations(rows: list[tuple[int, InvocationRow]], *, status: str | None, as_json: bool) -> str:

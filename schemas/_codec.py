@@ -21,7 +21,7 @@ _DIR = Path(__file__).resolve().parent
 #: Current format version of each record type; bump it (and keep the old .avsc in history/) on change.
 CURRENT_VERSIONS: Mapping[str, int] = {
     "Invocation": 3,
-    "JournalEntry": 2,
+    "JournalEntry": 3,
     "Timer": 2,
     "InboxCommand": 3,
     "InvocationResult": 1,

@@ -5,7 +5,7 @@ on every field combination) for the current version only."""
 
 from __future__ import annotations
 
-_VERSION = 2  # CURRENT_VERSIONS["JournalEntry"] (tests/unit/test_schemas.py holds them equal)
+_VERSION = 3  # CURRENT_VERSIONS["JournalEntry"] (tests/unit/test_schemas.py holds them equal)
 
 
 def _zigzag(n: int) -> bytes:
@@ -38,7 +38,8 @@ _SECOND = b"\x02"   # union branch 1
 
 def encode_journal_entry(seq: int, kind: str, name: str, value: bytes | None,
                          failure: tuple[str, str] | None, attempts: int, retry_at_ms: int | None,
-                         pending: bool, due_ms: int | None) -> bytes:
+                         pending: bool, due_ms: int | None, started_ms: int | None = None,
+                         ended_ms: int | None = None) -> bytes:
     """The bytes ``schemas.encode("JournalEntry", ...)`` writes for these fields."""
     parts = [_HEAD, _long(seq), _text(kind), _text(name)]
     if value is None:
@@ -53,4 +54,6 @@ def encode_journal_entry(seq: int, kind: str, name: str, value: bytes | None,
     parts.append(_NULL if retry_at_ms is None else _SECOND + _long(retry_at_ms))
     parts.append(b"\x01" if pending else b"\x00")
     parts.append(_NULL if due_ms is None else _SECOND + _long(due_ms))
+    parts.append(_NULL if started_ms is None else _SECOND + _long(started_ms))
+    parts.append(_NULL if ended_ms is None else _SECOND + _long(ended_ms))
     return b"".join(parts)

@@ -81,9 +81,19 @@ def journal(inv: dict[str, Any]) -> str:
         detail = (f"{e['failure']['type']}: {e['failure']['message']}" if e.get("failure")
                   else value_text(e.get("value")))
         extra = f"  retry at {e['retry_at']}" if e.get("retry_at") else f"  due {e['due']}" if e.get("due") else ""
-        head.append(f"  #{e['seq']:<4} {e['kind']:<12} {e['name']:<20} {e['state']:<8} "
-                    f"attempts={e['attempts']}  {detail}{extra}")
+        took = "" if e.get("took_ms") is None else f"  took {_took(e['took_ms'])}"
+        at = f"{e['started'][11:]}  " if e.get("started") else ""
+        head.append(f"  #{e['seq']:<4} {at}{e['kind']:<12} {e['name']:<20} {e['state']:<8} "
+                    f"attempts={e['attempts']}{took}  {detail}{extra}")
     return "\n".join(head)
+
+
+def _took(ms: int) -> str:
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 120_000:
+        return f"{ms / 1000:.1f} s"
+    return f"{ms / 60_000:.0f} min" if ms < 7_200_000 else f"{ms / 3_600_000:.1f} h"
 
 
 def object_state(d: dict[str, Any]) -> str:

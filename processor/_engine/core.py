@@ -59,6 +59,10 @@ class Entry:
     retry_at_ms: int | None = None
     pending: bool = False          # a durable wait (sleep, call, awakeable, promise) not completed yet
     due_ms: int | None = None      # sleep: when it fires
+    # Wall-clock epoch ms, for the journal's timeline (set by ``InvocationRuntime.record``): when the
+    # action began (a step's first attempt, a wait's start) and when it completed (None until then).
+    started_ms: int | None = None
+    ended_ms: int | None = None
 
     @property
     def completed(self) -> bool:
@@ -71,7 +75,7 @@ class Entry:
         f = self.failure
         return schemas.encode_journal_entry(
             self.seq, self.kind, self.name, self.value, None if f is None else (f.type, f.message),
-            self.attempts, self.retry_at_ms, self.pending, self.due_ms)
+            self.attempts, self.retry_at_ms, self.pending, self.due_ms, self.started_ms, self.ended_ms)
 
     @staticmethod
     def decode(data: bytes) -> Entry:
@@ -80,7 +84,7 @@ class Entry:
         return Entry(seq=r["seq"], kind=EntryKind(r["kind"]), name=r["name"], value=r["value"],
                      failure=None if f is None else Failure(type=f["type"], message=f["message"]),
                      attempts=r["attempts"], retry_at_ms=r["retry_at_ms"], pending=r["pending"],
-                     due_ms=r["due_ms"])
+                     due_ms=r["due_ms"], started_ms=r["started_ms"], ended_ms=r["ended_ms"])
 
 
 @dataclass(slots=True, kw_only=True)  # not frozen: one per context action, and frozen init is slow
@@ -214,16 +218,21 @@ def decode_journal(records: Iterable[bytes]) -> list[Entry]:
     before chunks): a later record's entry replaces an earlier one with the same seq (a completed
     wait, a retried step). Entries in seq order."""
     by_seq: dict[int, Entry] = {}
+
+    def put(e: Entry) -> None:
+        before = by_seq.get(e.seq)
+        if before is not None and e.started_ms is None:  # a completion written without the wait's start
+            e.started_ms = before.started_ms
+        by_seq[e.seq] = e
+
     for data in records:
         if not data or data[0] != _CHUNK:
-            e = Entry.decode(data)
-            by_seq[e.seq] = e
+            put(Entry.decode(data))
             continue
         pos, end = 1, len(data)
         while pos < end:
             (n,) = _LEN.unpack_from(data, pos)
-            e = Entry.decode(data[pos + 4:pos + 4 + n])
-            by_seq[e.seq] = e
+            put(Entry.decode(data[pos + 4:pos + 4 + n]))
             pos += 4 + n
     return [by_seq[s] for s in sorted(by_seq)]
 

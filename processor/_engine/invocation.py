@@ -171,6 +171,7 @@ class InvocationRuntime:
         self._steps: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_waits: dict[int, tuple[int, asyncio.Future[None]]] = {}  # seq -> (due ms, waiter)
+        self._began: dict[int, int] = {}  # seq -> wall ms its step body first started (``_stamp``)
         self._unreleased = 0
         self._patches: dict[str, bool] = {}  # ctx.patched answers of this attempt
         self.waits = Waits(self)
@@ -316,15 +317,29 @@ class InvocationRuntime:
     def record(self, entry: Entry) -> None:
         if not self.alive:
             return
+        self._stamp(entry)
         self.core.record(entry)
         self.unsaved.append(entry)
         self.host.touched(self)
 
     def completed(self, entry: Entry) -> None:
         """A pending wait of this invocation completed (the partition saves it with the journal)."""
+        self._stamp(entry)
         self.core.complete(entry)
         self.unsaved.append(entry)
         self.host.touched(self)
+
+    def _stamp(self, entry: Entry) -> None:
+        """Set the entry's timeline (fresh entries only: the caller just made it): it began when the
+        journal's earlier state of it began (a step between attempts, a pending wait), when its step
+        body first started, or now; it ended now if it is complete."""
+        now = int(self.host.wall_time() * 1000)
+        if entry.started_ms is None:
+            old = self.core.entry(entry.seq)
+            began = self._began.pop(entry.seq, None)
+            entry.started_ms = old.started_ms if old is not None and old.started_ms is not None else began or now
+        if entry.completed and entry.ended_ms is None:
+            entry.ended_ms = now
 
     def adopt(self, records: list[steps.Logged]) -> None:
         """Step results a restore salvaged from the steps log: a previous attempt's handler may have
@@ -441,6 +456,8 @@ class InvocationRuntime:
             assert pending.retry_at_ms is not None
             await self._wait_retry(seq, pending.retry_at_ms, attempts)
         elapsed_ms = 0
+        if pending is None:
+            self._began[seq] = int(self.host.wall_time() * 1000)
         while True:
             attempts += 1
             started = time.monotonic()

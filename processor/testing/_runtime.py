@@ -65,6 +65,8 @@ class JournalEntry:
     state: str  # "done", "failed", "waiting" or "retrying"
     value: Any
     failure: str | None
+    started_ms: int | None = None  # on the runtime's clock: when it began, and when it ended
+    ended_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -344,7 +346,8 @@ class TestRuntime:
         if entries is None:
             entries = self._stored_journal(invocation_id)
         return [JournalEntry(seq=e.seq, kind=str(e.kind), name=e.name, state=entry_state(e), value=value_json(e.value),
-                             failure=None if e.failure is None else f"{e.failure.type}: {e.failure.message}")
+                             failure=None if e.failure is None else f"{e.failure.type}: {e.failure.message}",
+                             started_ms=e.started_ms, ended_ms=e.ended_ms)
                 for e in entries]
 
     def export_journals(self, path: str | Path) -> int:

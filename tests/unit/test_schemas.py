@@ -44,14 +44,17 @@ def test_unknown_versions_and_garbage_fail_with_schema_error() -> None:
 @pytest.mark.parametrize("numbers", [(0, 1, None, None), (63, 64, 1_795_980_371_547, -1),
                                      (70_000, 2**31 - 1, 0, 2**62)])
 @pytest.mark.parametrize("pending", [False, True])
+@pytest.mark.parametrize("times", [(None, None), (1_795_980_371_547, None), (1_795_980_371_547, 1_795_980_371_600)])
 def test_the_hand_written_journal_entry_encoder_writes_what_the_schema_writes(
         value: bytes | None, failure: tuple[str, str] | None, numbers: tuple[int, int, int | None, int | None],
-        pending: bool) -> None:
+        pending: bool, times: tuple[int | None, int | None]) -> None:
     seq, attempts, retry_at_ms, due_ms = numbers
+    started_ms, ended_ms = times
     record = {"seq": seq, "kind": "run", "name": "n\u00e4me", "value": value,
               "failure": None if failure is None else {"type": failure[0], "message": failure[1]},
-              "attempts": attempts, "retry_at_ms": retry_at_ms, "pending": pending, "due_ms": due_ms}
+              "attempts": attempts, "retry_at_ms": retry_at_ms, "pending": pending, "due_ms": due_ms,
+              "started_ms": started_ms, "ended_ms": ended_ms}
     fast = schemas.encode_journal_entry(seq, "run", "n\u00e4me", value, failure, attempts, retry_at_ms,
-                                        pending, due_ms)
+                                        pending, due_ms, started_ms, ended_ms)
     assert fast == schemas.encode("JournalEntry", record)
     assert schemas.decode("JournalEntry", fast) == record

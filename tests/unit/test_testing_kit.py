@@ -68,8 +68,13 @@ def test_a_week_long_sleep_completes_when_the_clock_is_advanced_and_takes_millis
         rt.advance(timedelta(hours=1))
         assert rt.result(inv) == {"doubled": 42, "slept_s": 7 * 86400.0}, "ctx.time() reads the runtime's clock"
         assert rt.now == datetime(2030, 5, 8, tzinfo=UTC)
-        assert [(e.kind, e.state) for e in rt.journal(inv)] == [
+        journal = rt.journal(inv)
+        assert [(e.kind, e.state) for e in journal] == [
             ("time", "done"), ("run", "done"), ("sleep", "done"), ("time", "done")]
+        t0 = int(datetime(2030, 5, 1, tzinfo=UTC).timestamp() * 1000)
+        assert [(e.started_ms, e.ended_ms) for e in journal] == [
+            (t0, t0), (t0, t0), (t0, t0 + 7 * 86_400_000), (t0 + 7 * 86_400_000,) * 2], \
+            "each entry's timeline: the sleep began at the start and ended a week later"
     assert time.monotonic() - started < 5
 
 

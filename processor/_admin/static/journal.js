@@ -1,6 +1,6 @@
-// One invocation: its row, the actions that apply, and its journal as a timeline. Journal entries
-// carry no timestamps of their own: the times shown are the invocation's (created, finished, next
-// retry) and the entries' own due and retry times.
+// One invocation: its row, the actions that apply, and its journal as a timeline: each entry with
+// the time it began and how long it took (a step across its attempts and backoff, a wait until it
+// completed), its due and retry times; entries journaled before timestamps existed show none.
 
 import { confirmAction, applicable } from "./actions.js";
 import { owner } from "./api.js";
@@ -21,11 +21,14 @@ function entry(e) {
   const when = [];
   if (e.retry_at) when.push(`next attempt ${e.retry_at} UTC (${relative(parseTime(e.retry_at))})`);
   if (e.due) when.push(`due ${e.due} UTC (${relative(parseTime(e.due))})`);
+  if (e.started) when.unshift(`${e.started.slice(11)} UTC`);
+  const took = e.took_ms === null || e.took_ms === undefined ? null
+    : h("span", { class: "took", title: `began ${e.started} UTC, ended ${e.ended} UTC` }, `took ${e.took_ms < 1000 ? `${e.took_ms} ms` : duration(e.took_ms)}`);
   return h("li", { class: `entry k-${kind} e-${e.state}`, "data-seq": e.seq, "data-kind": e.kind },
     h("div", { class: "entry-head" },
       h("span", { class: "seq" }, `#${e.seq}`), h("span", { class: "kind" }, e.kind),
       h("span", { class: "name" }, e.name), badge(e.state),
-      e.attempts > 1 ? h("span", { class: "attempts" }, `${e.attempts} attempts`) : null),
+      e.attempts > 1 ? h("span", { class: "attempts" }, `${e.attempts} attempts`) : null, took),
     when.length ? h("div", { class: "when" }, when.join(" · ")) : null,
     e.failure ? h("pre", { class: "failure" }, `${e.failure.type}: ${e.failure.message}`) : null,
     e.value !== null && e.value !== undefined ? block(e.value) : null);
