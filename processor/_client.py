@@ -111,30 +111,43 @@ class Client:
     async def _invocation(self, target: Target, arg: Any, key: str | None,
                           idempotency_key: str | None) -> tuple[str, Callable[[], Awaitable[None]], Shape]:
         name, _input, output = target_shapes(target)
-        service, _, handler = name.partition("/")
-        if not service or not handler:
-            raise ValueError(f"target must be 'service/handler', got {name!r}")
         h = None if isinstance(target, str | HandlerRef) else registered(target)
         serde = h.input_serde if h is not None and h.input_serde is not None else self._serde
+        inv, send = await self._command(name, serde.serialize(dump(arg)), key, idempotency_key)
+        return inv, send, output
+
+    async def _command(self, target: str, payload: bytes, key: str | None,
+                       idempotency_key: str | None) -> tuple[str, Callable[[], Awaitable[None]]]:
+        """The id of an invocation of `target` with the serialized `payload`, and how to send it."""
+        service, _, handler = target.partition("/")
+        if not service or not handler:
+            raise ValueError(f"target must be 'service/handler', got {target!r}")
         seed = idempotency_key if idempotency_key is not None else uuid.uuid4().hex
-        p = routing.target_partition(key, f"client\0{name}\0{seed}", await self._partition_count())
-        inv = routing.invocation_id(p, "client", name, key or "", seed)
-        payload = serde.serialize(dump(arg))
+        p = routing.target_partition(key, f"client\0{target}\0{seed}", await self._partition_count())
+        inv = routing.invocation_id(p, "client", target, key or "", seed)
         headers = tracing.current_headers()  # the caller's trace goes on in the invocation
 
         async def send() -> None:
             await self._send(p, key or inv, CommandKind.INVOKE, invocation_id=inv, service=service, handler=handler,
                              key=key, payload=payload, idempotency_key=idempotency_key, notify=True,
                              headers=headers)
-        return inv, send, output
+        return inv, send
 
     async def submit_workflow(self, workflow: str, key: str, arg: Any) -> str:
         """Start workflow `workflow` for `key` (its run happens once per key); returns its id."""
+        inv, send = await self._workflow_command(workflow, key, self._serde.serialize(dump(arg)))
+        await send()
+        return inv
+
+    async def _workflow_command(self, workflow: str, key: str,
+                                payload: bytes) -> tuple[str, Callable[[], Awaitable[None]]]:
         p = routing.target_partition(key, "", await self._partition_count())
         inv = routing.invocation_id(p, "workflow", workflow, key)
-        await self._send(p, key, CommandKind.INVOKE, invocation_id=inv, service=workflow, handler="run", key=key,
-                         payload=self._serde.serialize(arg), notify=True)
-        return inv
+
+        async def send() -> None:
+            await self._send(p, key, CommandKind.INVOKE, invocation_id=inv, service=workflow, handler="run", key=key,
+                             payload=payload, notify=True)
+        return inv, send
 
     async def workflow_output(self, workflow: str, key: str, *,
                               timeout: timedelta = timedelta(minutes=5)) -> Any:
@@ -221,8 +234,15 @@ class Client:
         await asyncio.wait_for(done, 30)
 
     async def _wait(self, invocation_id: str, send: Callable[[], Awaitable[None]], timeout: timedelta) -> Any:
-        """`send` the command that makes `invocation_id` answer and wait for its result: the Client's
-        one results reader (started on the first wait) is at the topic's end before anything is sent."""
+        """`send` the command that makes `invocation_id` answer and wait for its result."""
+        data = await self._wait_raw(invocation_id, send, timeout)
+        return None if data is None else self._serde.deserialize(data)
+
+    async def _wait_raw(self, invocation_id: str, send: Callable[[], Awaitable[None]],
+                        timeout: timedelta) -> bytes | None:
+        """`send` the command that makes `invocation_id` answer and wait for its result, as the bytes its
+        handler's serde wrote: the Client's one results reader (started on the first wait) is at the
+        topic's end before anything is sent."""
         await asyncio.to_thread(self._results.start)
         fut = self._results.expect(invocation_id)
         try:
@@ -237,4 +257,5 @@ class Client:
             raise InvocationNotFound(f"no invocation {invocation_id} in app {self.app!r}")
         if r["failure"] is not None:  # InvocationCancelled, InvocationKilled or TerminalError
             raise terminal_error(r["failure"]["type"], r["failure"]["message"])
-        return None if r["value"] is None else self._serde.deserialize(r["value"])
+        value: bytes | None = r["value"]
+        return value
