@@ -114,6 +114,13 @@ class Results:
                 _settle(loop, fut, lambda f: f.set_exception(ProcessorError("the Client was closed")))
 
     def _run(self) -> None:
+        try:
+            self._poll()
+        except Exception as e:  # never leave a wait hanging until its timeout
+            log.exception("the results reader of %s stopped", self.topic)
+            self._fail(ProcessorError(f"the results reader of {self.topic} stopped: {type(e).__name__}: {e}"))
+
+    def _poll(self) -> None:
         c = self._consumer
         assert c is not None
         while not self._stop.is_set():

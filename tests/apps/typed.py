@@ -104,3 +104,14 @@ async def ask(ctx: p.Context, request: dict[str, Any]) -> dict[str, Any]:
 def _publish(request_id: str, awakeable_id: str) -> None:
     with open(os.environ["TYPED_AWAKEABLES"], "a") as f:
         f.write(f"{request_id} {awakeable_id}\n")
+
+
+@shop.handler()
+async def ship(ctx: p.Context, order: Order) -> None:
+    """Bound to the topic TYPED_ORDERS names (when set): emits the order it got, as typed, to TYPED_OUT."""
+    ctx.emit(os.environ["TYPED_OUT"], {"id": order.id, "type": type(order).__name__,
+                                       "line_types": [type(x).__name__ for x in order.lines]}, key=order.id)
+
+
+if os.environ.get("TYPED_ORDERS"):
+    app.subscribe(os.environ["TYPED_ORDERS"], ship)

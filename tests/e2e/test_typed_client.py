@@ -11,6 +11,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
 import processor as p
@@ -18,7 +19,7 @@ from tests.apps import typed
 from tests.e2e.conftest import Spawner
 from tests.e2e.durable_support import run
 from tests.e2e.harness import ProcessorProcess
-from tests.kafka_support import Kafka
+from tests.kafka_support import Kafka, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -27,10 +28,10 @@ AT = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
 
 
 def start_typed(kafka: Kafka, spawn: Spawner, tmp_path: Path,
-                args: tuple[str, ...] = ()) -> tuple[str, ProcessorProcess]:
+                env: dict[str, str] | None = None) -> tuple[str, ProcessorProcess]:
     name = kafka.unique("typed")
-    proc = spawn("tests.apps.typed:app", {"TYPED_APP": name, "TYPED_AWAKEABLES": str(tmp_path / "awakeables")},
-                 args=args)
+    proc = spawn("tests.apps.typed:app", {"TYPED_APP": name, "TYPED_AWAKEABLES": str(tmp_path / "awakeables"),
+                                          **(env or {})})
     proc.start().wait_ready()
     return name, proc
 
@@ -110,4 +111,21 @@ def test_the_sync_client_calls_by_reference_from_synchronous_code(
             typed.Charge(payment=typed.Payment(order_id="big", amount=5000.0), approved=False)
     with pytest.raises(p.ProcessorError, match="closed"):
         client.call("shop/echo", 1)
+    assert proc.stop() == 0
+
+
+def test_a_bound_record_that_does_not_fit_the_model_is_dead_lettered_with_the_field(
+        kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
+    orders, out = kafka.create_topic(kafka.unique("orders"), 2), kafka.create_topic(kafka.unique("out"), 1)
+    name, proc = start_typed(kafka, spawn, tmp_path, {"TYPED_ORDERS": orders, "TYPED_OUT": out})
+    good = {"id": "good", "placed_at": AT.isoformat(), "lines": [{"sku": "a", "qty": 1}]}
+    bad = {"id": "bad", "placed_at": AT.isoformat(), "lines": [{"sku": "a", "qty": "one"}]}
+    kafka.produce(orders, [(b"bad", orjson.dumps(bad)), (b"good", orjson.dumps(good))])
+    wait_until(lambda: kafka.drain(out) and kafka.drain(f"{name}.dlq"), 60, "the output and the dead letter")
+    assert [orjson.loads(r.value or b"") for r in kafka.drain(out)] == [
+        {"id": "good", "type": "Order", "line_types": ["Line"]}]
+    dead = kafka.drain(f"{name}.dlq")
+    assert len(dead) == 1 and dead[0].key == b"bad", dead
+    reason = dict(dead[0].headers or []).get("processor.error", b"").decode()
+    assert "$.lines[0].qty" in reason, dead[0].headers
     assert proc.stop() == 0
