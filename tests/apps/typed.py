@@ -115,3 +115,12 @@ async def ship(ctx: p.Context, order: Order) -> None:
 
 if os.environ.get("TYPED_ORDERS"):
     app.subscribe(os.environ["TYPED_ORDERS"], ship)
+
+
+signups = app.workflow("signup")
+
+
+@signups.run()
+async def run(ctx: p.WorkflowContext, line: Line) -> dict[str, Any]:
+    """A workflow run (once per key), started over HTTP by the ingress test."""
+    return {"key": ctx.key, "sku": line.sku, "invocation": ctx.invocation_id}

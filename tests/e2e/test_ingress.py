@@ -96,6 +96,11 @@ def test_requests_invoke_handlers_and_answer_their_results_once_per_idempotency_
     status, headers, started = ing.post("/shop/echo", [1, 2], headers={"Prefer": "respond-async"})
     assert status == 202 and ing.get(f"/invocations/{started['invocation_id']}")[::2] == (200, [1, 2])
 
+    status, headers, ran = ing.post("/signup/u%2F1/run", {"sku": "first", "qty": 1})  # a workflow's run
+    assert status == 200 and ran["key"] == "u/1" and ran["sku"] == "first", ran
+    status, _, again_ran = ing.post("/signup/u%2F1/run", {"sku": "second", "qty": 1})
+    assert status == 200 and again_ran == ran  # once per key: the first run's result
+
     invokes = ing.invokes()
     assert invokes.count(placed) == 1  # the request's one command (the handler's calls are its own)
     assert invokes.count(first[1]["x-invocation-id"]) == 2  # two requests, two commands, one invocation
@@ -158,6 +163,8 @@ def test_bad_requests_get_a_4xx_with_a_reason_at_once_and_produce_nothing(
         status, _, body = ing.get(path)
         assert status == want and words in body["error"], (path, status, body)
     assert len(kafka.drain(f"{ing.name}.inbox")) == before  # nothing was produced
+    status, _, body = ing.get("/invocations/inv-0-" + "0" * 24)  # well formed: asked (one attach), unknown
+    assert status == 404 and "no invocation" in body["error"], body
     assert ing.proc.stop() == 0
 
 
