@@ -1,4 +1,4 @@
-"""Typed targets, offline: mypy infers a call's result type from the handler (tests/typing), handler
+"""Typed targets, offline: mypy infers a call's result type from the handler (tests/typecheck), handler
 definitions read their models from the type hints, and model values go to and from their plain form."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.kafka_support import REPO
 
 def test_mypy_infers_result_types_and_rejects_wrong_arguments() -> None:
     out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
-                          "tests/typing/typed_targets.py"], cwd=REPO, capture_output=True, text=True, timeout=300)
+                          "tests/typecheck/typed_targets.py"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
