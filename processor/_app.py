@@ -60,7 +60,7 @@ class HandlerDef:
         object.__setattr__(self, "output_shape", shapes[1])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HandlerRef(Generic[In, Out]):
     """A handler named by its target (``"service/handler"``) with its input and output types, for a
     caller that does not import the handler's code: ``p.ref("shop/place", Order, Receipt)``. A
@@ -93,7 +93,7 @@ def ref(target: str, input_type: type[In], output_type: type[Out]) -> HandlerRef
 def ref(target: str, input_type: Any = None, output_type: Any = None) -> HandlerRef[Any, Any]:
     """A typed reference to handler `target` (``"service/handler"``): ``client.call`` and
     ``ctx.call`` take it like the handler function, and type checkers infer the result's type."""
-    return HandlerRef(target, input_type, output_type)
+    return HandlerRef(target=target, input_type=input_type, output_type=output_type)
 
 
 Target = Callable[..., Any] | HandlerRef[Any, Any] | str  # what ctx.call, ctx.send and Client.call take

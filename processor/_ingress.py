@@ -83,7 +83,7 @@ class IngressConfig:
             raise ConfigurationError("ingress timeout, body limit and request limit must be positive")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
     status: int
     body: bytes
@@ -91,7 +91,7 @@ class Reply:
 
 
 def _json(status: int, value: Any, headers: Mapping[str, str] | None = None) -> Reply:
-    return Reply(status, orjson.dumps(value) + b"\n", headers or {})
+    return Reply(status=status, body=orjson.dumps(value) + b"\n", headers=headers or {})
 
 
 def _error(status: int, message: str, **more: Any) -> Reply:
@@ -266,7 +266,7 @@ class Ingress:
             return _error(404, str(e), invocation_id=inv)
         except TerminalError as e:
             return _error(500, e.message, error_type=e.error_type, invocation_id=inv)
-        return Reply(200, self._result_json(raw), {"X-Invocation-Id": inv})
+        return Reply(status=200, body=self._result_json(raw), headers={"X-Invocation-Id": inv})
 
     def _result_json(self, raw: bytes | None) -> bytes:
         if raw is None:

@@ -44,7 +44,7 @@ def _models_in(annotation: Any) -> list[type]:
     return [m for a in typing.get_args(annotation) for m in _models_in(a)]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Shape:
     """How a value of one annotation leaves its plain form. ``annotation`` None: it does not (the
     value is handed over as the serde decoded it, as for every annotation without a model)."""
@@ -82,7 +82,7 @@ def shape_of(annotation: Any) -> Shape:
     models = _models_in(annotation)
     if not models:
         return PLAIN
-    return Shape(annotation, pydantic=any(_is_pydantic_model(m) for m in models))
+    return Shape(annotation=annotation, pydantic=any(_is_pydantic_model(m) for m in models))
 
 
 def dump(value: Any) -> Any:
