@@ -261,11 +261,13 @@ class Ingress:
         try:
             raw = self.client._run(client._wait_raw(inv, send, timedelta(seconds=timeout)))
         except TimeoutError:
-            return _error(504, f"no result within {timeout:g}s: GET /invocations/{inv} later", invocation_id=inv)
+            return _json(504, {"error": f"no result within {timeout:g}s: GET /invocations/{inv} later",
+                               "invocation_id": inv}, {"X-Invocation-Id": inv})
         except InvocationNotFound as e:
-            return _error(404, str(e), invocation_id=inv)
+            return _json(404, {"error": str(e), "invocation_id": inv}, {"X-Invocation-Id": inv})
         except TerminalError as e:
-            return _error(500, e.message, error_type=e.error_type, invocation_id=inv)
+            return _json(500, {"error": e.message, "error_type": e.error_type, "invocation_id": inv},
+                         {"X-Invocation-Id": inv})
         return Reply(status=200, body=self._result_json(raw), headers={"X-Invocation-Id": inv})
 
     def _result_json(self, raw: bytes | None) -> bytes:

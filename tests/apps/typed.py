@@ -59,6 +59,8 @@ PAY = p.ref("payments/pay", Payment, Charge)
 async def pay(ctx: p.Context, payment: Payment) -> Charge:
     if not isinstance(payment, Payment):
         raise p.TerminalError(f"pay got a {type(payment).__name__}, not a Payment")
+    if payment.amount < 0:
+        raise p.TerminalError(f"a negative amount: {payment.amount}")
     return Charge(payment=payment, approved=payment.amount < 1000)
 
 

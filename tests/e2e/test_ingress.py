@@ -96,6 +96,10 @@ def test_requests_invoke_handlers_and_answer_their_results_once_per_idempotency_
     status, headers, started = ing.post("/shop/echo", [1, 2], headers={"Prefer": "respond-async"})
     assert status == 202 and ing.get(f"/invocations/{started['invocation_id']}")[::2] == (200, [1, 2])
 
+    status, headers, failed = ing.post("/payments/pay", {"order_id": "o9", "amount": -5})
+    assert status == 500 and failed["error_type"] == "TerminalError" and "negative" in failed["error"], failed
+    assert failed["invocation_id"] == headers["x-invocation-id"]
+
     status, headers, ran = ing.post("/signup/u%2F1/run", {"sku": "first", "qty": 1})  # a workflow's run
     assert status == 200 and ran["key"] == "u/1" and ran["sku"] == "first", ran
     status, _, again_ran = ing.post("/signup/u%2F1/run", {"sku": "second", "qty": 1})
