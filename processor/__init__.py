@@ -5,7 +5,7 @@ Users write ``import processor as p``; everything not named in ``__all__`` is pr
 
 from __future__ import annotations
 
-from processor._app import App, ObjectDefinition, ServiceDefinition, WorkflowDefinition
+from processor._app import App, HandlerRef, ObjectDefinition, ServiceDefinition, WorkflowDefinition, ref
 from processor._client import Client, InvocationNotFound
 from processor._context import (
     Context,
@@ -31,6 +31,7 @@ from processor._errors import (
 from processor._futures import DurableFuture, gather, select
 from processor._retry import OnExhausted, RetryPolicy
 from processor._serde import AvroSerde, BytesSerde, JsonSerde, Serde
+from processor._sync import SyncClient
 
 __all__ = [
     "App",
@@ -41,6 +42,7 @@ __all__ = [
     "Context",
     "DurableFuture",
     "DurablePromise",
+    "HandlerRef",
     "InvocationCancelled",
     "InvocationKilled",
     "InvocationNotFound",
@@ -57,6 +59,7 @@ __all__ = [
     "ServiceDefinition",
     "StepFailedError",
     "StepInfo",
+    "SyncClient",
     "TerminalError",
     "UnknownTopicError",
     "WorkflowContext",
@@ -64,5 +67,6 @@ __all__ = [
     "WorkflowSharedContext",
     "current_step",
     "gather",
+    "ref",
     "select",
 ]

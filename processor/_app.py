@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import inspect
 import re
@@ -9,15 +10,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from processor._errors import ConfigurationError
 from processor._kafka_config import KafkaConfig, from_code
+from processor._models import PLAIN, Shape, handler_shapes, shape_of
 from processor._retry import OnExhausted, RetryPolicy
 from processor._serde import JsonSerde, Serde
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 C = TypeVar("C")
+In = TypeVar("In")  # a handler's input
+Out = TypeVar("Out")  # a handler's output
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -48,10 +52,76 @@ class HandlerDef:
     on_exhausted: OnExhausted
     target: str = field(init=False)  # "<service>/<name>"
     keyed: bool = field(init=False)  # every kind but a service's handlers has a key
+    input_shape: Shape = field(init=False)  # a dataclass / pydantic input model, from the type hints
+    output_shape: Shape = field(init=False)  # the same for the result
 
     def __post_init__(self) -> None:  # computed once: read per record
         object.__setattr__(self, "target", f"{self.service}/{self.name}")
         object.__setattr__(self, "keyed", self.kind is not HandlerKind.SERVICE)
+        shapes = handler_shapes(self.fn)
+        object.__setattr__(self, "input_shape", shapes[0])
+        object.__setattr__(self, "output_shape", shapes[1])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandlerRef(Generic[In, Out]):
+    """A handler named by its target (``"service/handler"``) with its input and output types, for a
+    caller that does not import the handler's code: ``p.ref("shop/place", Order, Receipt)``. A
+    dataclass or pydantic output type turns the result back into that model."""
+
+    target: str
+    input_type: Any = None
+    output_type: Any = None
+
+    def __post_init__(self) -> None:
+        service, _, handler = self.target.partition("/")
+        if not service or not handler or "/" in handler:
+            raise ConfigurationError(f"a handler target is 'service/handler', got {self.target!r}")
+
+    @property
+    def input_shape(self) -> Shape:
+        return shape_of(self.input_type)
+
+    @property
+    def output_shape(self) -> Shape:
+        return shape_of(self.output_type)
+
+
+@overload
+def ref(target: str) -> HandlerRef[Any, Any]: ...
+@overload
+def ref(target: str, input_type: type[In]) -> HandlerRef[In, Any]: ...
+@overload
+def ref(target: str, input_type: type[In], output_type: type[Out]) -> HandlerRef[In, Out]: ...
+def ref(target: str, input_type: Any = None, output_type: Any = None) -> HandlerRef[Any, Any]:
+    """A typed reference to handler `target` (``"service/handler"``): ``client.call`` and
+    ``ctx.call`` take it like the handler function, and type checkers infer the result's type."""
+    return HandlerRef(target=target, input_type=input_type, output_type=output_type)
+
+
+Target = Callable[..., Any] | HandlerRef[Any, Any] | str  # what ctx.call, ctx.send and Client.call take
+
+_DEF_ATTR = "__processor_handler__"
+
+
+def registered(fn: Callable[..., Any]) -> HandlerDef | None:
+    """The definition a handler decorator attached to `fn` (None: not a registered handler)."""
+    h = getattr(fn, _DEF_ATTR, None)
+    return h if isinstance(h, HandlerDef) else None
+
+
+def target_shapes(target: Any) -> tuple[str, Shape, Shape]:
+    """A call's target (``"service/handler"``, a HandlerRef or a registered handler function) as
+    its target string and the shapes of its input and output."""
+    if isinstance(target, str):
+        return target, PLAIN, PLAIN
+    if isinstance(target, HandlerRef):
+        return target.target, target.input_shape, target.output_shape
+    h = registered(target) if callable(target) else None
+    if h is None:
+        raise ConfigurationError(f"{target!r} is not a handler: pass a function decorated as a handler, "
+                                 "p.ref('service/handler', ...) or a 'service/handler' string")
+    return h.target, h.input_shape, h.output_shape
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,8 +159,11 @@ class _Definition(Generic[C]):
         def decorate(fn: F) -> F:
             if not inspect.iscoroutinefunction(fn):
                 raise ConfigurationError(f"handler {fn.__qualname__} must be an `async def` function")
-            self._app._add_handler(HandlerDef(service=self.name, name=name or fn.__name__, kind=kind,
-                                              fn=fn, input_serde=serde, retry=policy, on_exhausted=exhausted))
+            h = HandlerDef(service=self.name, name=name or fn.__name__, kind=kind, fn=fn, input_serde=serde,
+                           retry=policy, on_exhausted=exhausted)
+            self._app._add_handler(h)
+            with contextlib.suppress(AttributeError):  # one that takes no attributes: by target string only
+                setattr(fn, _DEF_ATTR, h)  # so a Client can call the function itself (target and types)
             return fn  # type: ignore[return-value]  # mypy narrows F through iscoroutinefunction
         return decorate
 

@@ -52,13 +52,41 @@ async def _run(args: argparse.Namespace, context: dict[str, str]) -> None:
     app = load_app(args.app)
     context["app"] = app.name
     kafka = _kafka_config.resolve(app.kafka_config, file=args.kafka_config)
+    ingress_config = _ingress_config(args)  # checked before anything connects
     engine = Engine(app, bootstrap_servers=args.bootstrap_servers, state_dir=args.state_dir,
                     instance_id=args.instance_id, kafka_config=kafka, admin=_admin_config(args))
     context["instance"] = engine.instance_id
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stopper(engine))
-    await engine.run()
+    ingress = _start_ingress(ingress_config, args, app, kafka.settings)
+    try:
+        await engine.run()
+    finally:
+        if ingress is not None:
+            await asyncio.to_thread(ingress.close)
+
+
+def _ingress_config(args: argparse.Namespace) -> Any:
+    """The HTTP ingress's config from ``--ingress-*`` (None without ``--ingress-port``), checked."""
+    if args.ingress_port is None:
+        return None
+    from processor._ingress import IngressConfig
+
+    config = IngressConfig(port=args.ingress_port, host=args.ingress_host, token=args.ingress_token or None,
+                           timeout_s=args.ingress_timeout_s, max_body=args.ingress_max_body)
+    config.check()
+    return config
+
+
+def _start_ingress(config: Any, args: argparse.Namespace, app: App, kafka: Any) -> Any:
+    """Start the HTTP ingress of this process (the engine's, or with --workers N the supervisor's: one
+    port for the instance; it is a Client, so it needs no partitions of its own)."""
+    if config is None:
+        return None
+    from processor._ingress import Ingress
+
+    return Ingress.start(app, config, args.bootstrap_servers, kafka)
 
 
 def _admin_config(args: argparse.Namespace) -> Any:
@@ -87,8 +115,9 @@ def _supervise(args: argparse.Namespace, context: dict[str, str]) -> int:
     """``--workers N`` with N > 1: run N single-engine processes of the app and watch over them."""
     app = load_app(args.app)
     context["app"] = app.name
-    _kafka_config.resolve(app.kafka_config, file=args.kafka_config)  # a bad setting stops us, not N workers
+    kafka = _kafka_config.resolve(app.kafka_config, file=args.kafka_config)  # a bad one stops us, not N workers
     _admin_config(args)
+    ingress_config = _ingress_config(args)
     if args.admin_token:
         os.environ["PROCESSOR_ADMIN_TOKEN"] = args.admin_token  # the workers' default
     state_dir = Path(args.state_dir)
@@ -107,7 +136,12 @@ def _supervise(args: argparse.Namespace, context: dict[str, str]) -> int:
             signal.signal(sig, lambda _sig, _frame: supervisor.request_stop())
         log.info("supervisor of app %s: %d workers, instance ids %s-w0 to -w%d, state dirs %s/worker-<i>",
                  app.name, len(specs), base_id, len(specs) - 1, state_dir)
-        code = supervisor.run()
+        ingress = _start_ingress(ingress_config, args, app, kafka.settings)
+        try:
+            code = supervisor.run()
+        finally:
+            if ingress is not None:
+                ingress.close()
         log.info("supervisor of app %s stopped (exit code %d)", app.name, code)
         return code
 
@@ -174,6 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--admin-stall-s", type=float, default=60.0, metavar="SECONDS",
                      help="/healthz fails when the event loop has not run, or the commit loop has had work "
                           "without finishing a cycle, for this long (default: 60)")
+    run.add_argument("--ingress-port", type=int, default=None, metavar="PORT",
+                     help="serve the HTTP ingress (POST /<service>/<handler>, /<object>/<key>/<handler>, "
+                          "/awakeables/<id>/resolve; docs/operate.md) on PORT (0: any free port; one per "
+                          "`processor run`, also with --workers N) (default: off)")
+    run.add_argument("--ingress-host", default="127.0.0.1",
+                     help="address the ingress binds (default: 127.0.0.1; beyond loopback it needs a token)")
+    run.add_argument("--ingress-token", default=os.environ.get("PROCESSOR_INGRESS_TOKEN"), metavar="TOKEN",
+                     help="bearer token every ingress request must carry (default: $PROCESSOR_INGRESS_TOKEN; "
+                          "none: only allowed on loopback)")
+    run.add_argument("--ingress-timeout-s", type=float, default=30.0, metavar="SECONDS",
+                     help="how long an ingress request waits for its result before a 504 with the invocation "
+                          "id (default: 30)")
+    run.add_argument("--ingress-max-body", type=int, default=512 * 1024, metavar="BYTES",
+                     help="the largest ingress request body, larger ones get 413 (default: 524288)")
     run.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)  # set on workers
     from processor._cluster.commands import add_parsers
 

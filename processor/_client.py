@@ -7,21 +7,26 @@ back on ``<app>.results``. Values travel through a serde (JSON by default), as i
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar, overload
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer
 
 from processor import _kafka_config, schemas
+from processor._app import HandlerRef, Target, registered, target_shapes
 from processor._engine import kafka as kio
 from processor._engine import routing, tracing
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._engine.core import Failure
 from processor._errors import ConfigurationError, ProcessorError, terminal_error
+from processor._models import Shape, dump
+from processor._results import Results
 from processor._serde import JsonSerde, Serde
+
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 class InvocationNotFound(ProcessorError):
@@ -48,6 +53,7 @@ class Client:
         except KafkaException as e:
             raise ConfigurationError(f"invalid Kafka client settings: {e.args[0]}") from None
         self._partitions: int | None = None
+        self._results = Results(self._config, self.results)
 
     @property
     def inbox(self) -> str:
@@ -64,38 +70,61 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Deliver what was sent and stop the results reader (waits still open fail)."""
         self._producer.flush(10)
+        self._results.close()
 
     # -- invoking ----------------------------------------------------------------------------------
 
+    @overload
+    async def invoke(self, target: Callable[[Any, In], Awaitable[Any]] | HandlerRef[In, Any], arg: In, *,
+                     key: str | None = None, idempotency_key: str | None = None) -> str: ...
+    @overload
     async def invoke(self, target: str, arg: Any, *, key: str | None = None,
+                     idempotency_key: str | None = None) -> str: ...
+    async def invoke(self, target: Target, arg: Any, *, key: str | None = None,
                      idempotency_key: str | None = None) -> str:
-        """Start ``"service/handler"`` with `arg` (and `key` for objects and workflows); returns the
-        invocation id. The same `idempotency_key` (per target and key) names the same invocation:
-        it runs once, and its result is returned again while it is retained."""
-        inv, send = await self._invocation(target, arg, key, idempotency_key)
+        """Start `target` (a handler function, ``p.ref(...)`` or ``"service/handler"``) with `arg` (and
+        `key` for objects and workflows); returns the invocation id. The same `idempotency_key` (per
+        target and key) names the same invocation: it runs once, and its result is returned again
+        while it is retained."""
+        inv, send, _ = await self._invocation(target, arg, key, idempotency_key)
         await send()
         return inv
 
+    @overload
+    async def call(self, target: Callable[[Any, In], Awaitable[Out]] | HandlerRef[In, Out], arg: In, *,
+                   key: str | None = None, idempotency_key: str | None = None,
+                   timeout: timedelta = ...) -> Out: ...
+    @overload
     async def call(self, target: str, arg: Any, *, key: str | None = None, idempotency_key: str | None = None,
+                   timeout: timedelta = ...) -> Any: ...
+    async def call(self, target: Target, arg: Any, *, key: str | None = None, idempotency_key: str | None = None,
                    timeout: timedelta = timedelta(minutes=5)) -> Any:
-        """``invoke`` and wait for the result. Raises TerminalError if the invocation failed or cannot
-        run (unknown handler, keyed handler without `key`; ``error_type`` says which), and its
-        subclasses InvocationCancelled / InvocationKilled if it was cancelled / killed."""
-        inv, send = await self._invocation(target, arg, key, idempotency_key)
-        start = await asyncio.to_thread(self._end_offset, routing.partition_of(inv))
-        await send()
-        return await self._await_result(inv, start, timeout)
+        """``invoke`` and wait for the result (as the handler's output model when `target` is a handler
+        function or a typed ``p.ref``). Raises TerminalError if the invocation failed or cannot run
+        (unknown handler, keyed handler without `key`; ``error_type`` says which), and its subclasses
+        InvocationCancelled / InvocationKilled if it was cancelled / killed."""
+        inv, send, output = await self._invocation(target, arg, key, idempotency_key)
+        return output.load(await self._wait(inv, send, timeout))
 
-    async def _invocation(self, target: str, arg: Any, key: str | None,
-                          idempotency_key: str | None) -> tuple[str, Callable[[], Awaitable[None]]]:
+    async def _invocation(self, target: Target, arg: Any, key: str | None,
+                          idempotency_key: str | None) -> tuple[str, Callable[[], Awaitable[None]], Shape]:
+        name, _input, output = target_shapes(target)
+        h = None if isinstance(target, str | HandlerRef) else registered(target)
+        serde = h.input_serde if h is not None and h.input_serde is not None else self._serde
+        inv, send = await self._command(name, serde.serialize(dump(arg)), key, idempotency_key)
+        return inv, send, output
+
+    async def _command(self, target: str, payload: bytes, key: str | None,
+                       idempotency_key: str | None) -> tuple[str, Callable[[], Awaitable[None]]]:
+        """The id of an invocation of `target` with the serialized `payload`, and how to send it."""
         service, _, handler = target.partition("/")
         if not service or not handler:
             raise ValueError(f"target must be 'service/handler', got {target!r}")
         seed = idempotency_key if idempotency_key is not None else uuid.uuid4().hex
         p = routing.target_partition(key, f"client\0{target}\0{seed}", await self._partition_count())
         inv = routing.invocation_id(p, "client", target, key or "", seed)
-        payload = self._serde.serialize(arg)
         headers = tracing.current_headers()  # the caller's trace goes on in the invocation
 
         async def send() -> None:
@@ -106,11 +135,19 @@ class Client:
 
     async def submit_workflow(self, workflow: str, key: str, arg: Any) -> str:
         """Start workflow `workflow` for `key` (its run happens once per key); returns its id."""
+        inv, send = await self._workflow_command(workflow, key, self._serde.serialize(dump(arg)))
+        await send()
+        return inv
+
+    async def _workflow_command(self, workflow: str, key: str,
+                                payload: bytes) -> tuple[str, Callable[[], Awaitable[None]]]:
         p = routing.target_partition(key, "", await self._partition_count())
         inv = routing.invocation_id(p, "workflow", workflow, key)
-        await self._send(p, key, CommandKind.INVOKE, invocation_id=inv, service=workflow, handler="run", key=key,
-                         payload=self._serde.serialize(arg), notify=True)
-        return inv
+
+        async def send() -> None:
+            await self._send(p, key, CommandKind.INVOKE, invocation_id=inv, service=workflow, handler="run", key=key,
+                             payload=payload, notify=True)
+        return inv, send
 
     async def workflow_output(self, workflow: str, key: str, *,
                               timeout: timedelta = timedelta(minutes=5)) -> Any:
@@ -124,9 +161,10 @@ class Client:
         there is no such invocation)."""
         await self._partition_count()  # a refusal fails here, with its reason
         p = routing.partition_of(invocation_id)
-        start = await asyncio.to_thread(self._end_offset, p)
-        await self._send(p, invocation_id, CommandKind.ATTACH, invocation_id=invocation_id)
-        return await self._await_result(invocation_id, start, timeout)
+
+        async def attach() -> None:
+            await self._send(p, invocation_id, CommandKind.ATTACH, invocation_id=invocation_id)
+        return await self._wait(invocation_id, attach, timeout)
 
     # -- completing and stopping ---------------------------------------------------------------------
 
@@ -195,47 +233,29 @@ class Client:
         await asyncio.to_thread(self._producer.flush, 30)
         await asyncio.wait_for(done, 30)
 
-    def _end_offset(self, partition: int) -> int:
-        c = Consumer({**self._config, "group.id": f"client-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    async def _wait(self, invocation_id: str, send: Callable[[], Awaitable[None]], timeout: timedelta) -> Any:
+        """`send` the command that makes `invocation_id` answer and wait for its result."""
+        data = await self._wait_raw(invocation_id, send, timeout)
+        return None if data is None else self._serde.deserialize(data)
+
+    async def _wait_raw(self, invocation_id: str, send: Callable[[], Awaitable[None]],
+                        timeout: timedelta) -> bytes | None:
+        """`send` the command that makes `invocation_id` answer and wait for its result, as the bytes its
+        handler's serde wrote: the Client's one results reader (started on the first wait) is at the
+        topic's end before anything is sent."""
+        await asyncio.to_thread(self._results.start)
+        fut = self._results.expect(invocation_id)
         try:
-            _low, high = c.get_watermark_offsets(TopicPartition(self.results, partition), timeout=15, cached=False)
-            return int(high)
-        except KafkaException as e:
-            self._raise_refusal(e.args[0], f"reading {self.results}")
-            if e.args[0].code() in (KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC):
-                t = c.list_topics(self.results, timeout=10).topics.get(self.results)  # why unknown?
-                self._raise_refusal(None if t is None else t.error, f"reading {self.results}")
-            raise
+            await send()
+            data = await asyncio.wait_for(fut, timeout.total_seconds())
+        except TimeoutError:
+            raise TimeoutError(f"no result for {invocation_id} within {timeout.total_seconds():.0f}s") from None
         finally:
-            c.close()
-
-    def _raise_refusal(self, err: KafkaError | None, doing: str) -> None:
-        if err is not None and kio.is_refusal(err.code()):
-            raise ConfigurationError(kio.not_authorized(err.str(), doing))
-
-    async def _await_result(self, invocation_id: str, start: int, timeout: timedelta) -> Any:
-        p = routing.partition_of(invocation_id)
-        return await asyncio.to_thread(self._read_result, invocation_id, p, start, timeout.total_seconds())
-
-    def _read_result(self, invocation_id: str, partition: int, start: int, timeout_s: float) -> Any:
-        c = Consumer({**self._config, "group.id": f"client-{uuid.uuid4().hex}", "enable.auto.commit": False,
-                      "isolation.level": "read_committed", "fetch.wait.max.ms": 50})
-        try:
-            c.assign([TopicPartition(self.results, partition, start)])
-            deadline = time.monotonic() + timeout_s
-            want = invocation_id.encode()
-            while time.monotonic() < deadline:
-                m = c.poll(0.2)
-                if m is not None and m.error() is not None:
-                    self._raise_refusal(m.error(), f"reading {self.results}")
-                if m is None or m.error() is not None or m.key() != want:
-                    continue
-                r = schemas.decode("InvocationResult", m.value() or b"")
-                if r["status"] == "unknown":
-                    raise InvocationNotFound(f"no invocation {invocation_id} in app {self.app!r}")
-                if r["failure"] is not None:  # InvocationCancelled, InvocationKilled or TerminalError
-                    raise terminal_error(r["failure"]["type"], r["failure"]["message"])
-                return None if r["value"] is None else self._serde.deserialize(r["value"])
-            raise TimeoutError(f"no result for {invocation_id} within {timeout_s:.0f}s")
-        finally:
-            c.close()
+            self._results.forget(invocation_id, fut)
+        r = schemas.decode("InvocationResult", data)
+        if r["status"] == "unknown":
+            raise InvocationNotFound(f"no invocation {invocation_id} in app {self.app!r}")
+        if r["failure"] is not None:  # InvocationCancelled, InvocationKilled or TerminalError
+            raise terminal_error(r["failure"]["type"], r["failure"]["message"])
+        value: bytes | None = r["value"]
+        return value

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar, overload
 
+from processor._app import HandlerRef, Target
 from processor._futures import DurableFuture
 from processor._retry import RetryPolicy
 
 T = TypeVar("T")
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,8 +59,8 @@ class _Driver(Protocol):
     def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
             retry: RetryPolicy | None) -> DurableFuture[Any]: ...
     def sleep(self, duration: timedelta) -> DurableFuture[None]: ...
-    def call(self, target: Callable[..., Any] | str, arg: Any, key: str | None) -> DurableFuture[Any]: ...
-    def send(self, target: Callable[..., Any] | str, arg: Any, key: str | None,
+    def call(self, target: Target, arg: Any, key: str | None) -> DurableFuture[Any]: ...
+    def send(self, target: Target, arg: Any, key: str | None,
              delay: timedelta | None) -> str: ...
     def awakeable(self) -> tuple[str, DurableFuture[Any]]: ...
     def promise_await(self, name: str) -> DurableFuture[Any]: ...
@@ -139,15 +142,25 @@ class Context:
         evicted from memory and is replayed from its journal when the timer fires."""
         return self._driver.sleep(duration)
 
-    def call(self, handler: Callable[..., Awaitable[T]] | str, arg: Any, *,
-             key: str | None = None) -> DurableFuture[T]:
-        """Invoke `handler` (a registered handler function, or ``"service/handler"``) with `arg` and
-        wait for its one answer. `key` addresses a virtual object or workflow. The callee runs exactly
-        once however often anything is redelivered; its ``TerminalError`` is raised here."""
+    @overload
+    def call(self, handler: Callable[[Any, In], Awaitable[Out]] | HandlerRef[In, Out], arg: In, *,
+             key: str | None = None) -> DurableFuture[Out]: ...
+    @overload
+    def call(self, handler: str, arg: Any, *, key: str | None = None) -> DurableFuture[Any]: ...
+    def call(self, handler: Target, arg: Any, *, key: str | None = None) -> DurableFuture[Any]:
+        """Invoke `handler` (a registered handler function, a ``p.ref(...)`` or ``"service/handler"``)
+        with `arg` and wait for its one answer. `key` addresses a virtual object or workflow. The callee
+        runs exactly once however often anything is redelivered; its ``TerminalError`` is raised here.
+        A dataclass or pydantic `arg` travels as its plain form; the result comes back as the callee's
+        (or the reference's) output model."""
         return self._driver.call(handler, arg, key)
 
-    def send(self, handler: Callable[..., Awaitable[Any]] | str, arg: Any, *, key: str | None = None,
-             delay: timedelta | None = None) -> str:
+    @overload
+    def send(self, handler: Callable[[Any, In], Awaitable[Any]] | HandlerRef[In, Any], arg: In, *,
+             key: str | None = None, delay: timedelta | None = None) -> str: ...
+    @overload
+    def send(self, handler: str, arg: Any, *, key: str | None = None, delay: timedelta | None = None) -> str: ...
+    def send(self, handler: Target, arg: Any, *, key: str | None = None, delay: timedelta | None = None) -> str:
         """Invoke `handler` one-way, optionally after `delay` (a durable timer). Returns the callee's
         invocation id."""
         return self._driver.send(handler, arg, key, delay)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hmac
-import ipaddress
 import logging
 import socket
 import threading
@@ -38,6 +36,7 @@ from processor._admin.registry import RegistryPublisher
 from processor._engine import kafka as kio
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._errors import ConfigurationError
+from processor._http import bearer_ok, is_loopback
 
 if TYPE_CHECKING:
     from processor._engine.engine import Engine
@@ -69,12 +68,7 @@ class AdminConfig:
 
     @property
     def loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(self.host)
 
     def check(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -173,11 +167,7 @@ class AdminServer:
             raise Busy(f"engine busy: its event loop did not answer within {self.config.loop_timeout_s:g}s") from None
 
     def authorized(self, header: str | None) -> bool:
-        token = self.config.token
-        if not token or not header:
-            return False
-        scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+        return bearer_ok(header, self.config.token)
 
     def send_command(self, partition: int, invocation_id: str, kind: CommandKind) -> None:
         """Produce `kind` for `invocation_id` to its partition of the app's inbox, as the Client does;

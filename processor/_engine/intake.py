@@ -126,7 +126,7 @@ class Intake:
             self.dead_letter(msg, "the record has no value (a tombstone)", "MissingValue")
             return
         try:
-            decoded = binding.serde.deserialize(value)
+            decoded = h.input_shape.load(binding.serde.deserialize(value))
         except Exception as e:
             self.dead_letter(msg, f"value rejected by {type(binding.serde).__name__}: {e}", type(e).__name__)
             return

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from processor._app import App, HandlerDef, HandlerKind
+from processor._app import App, HandlerDef, HandlerKind, Target
 from processor._context import (
     _CURRENT_STEP,
     Context,
@@ -55,6 +55,7 @@ from processor._errors import (
     _Abandon,
 )
 from processor._futures import DurableFuture
+from processor._models import dump
 from processor._retry import RetryPolicy
 from processor._serde import Serde
 from processor.state import keys
@@ -93,7 +94,7 @@ class Host(Protocol):
     def finished(self, rt: InvocationRuntime, *, result: bytes | None, failure: Failure | None) -> None: ...
     def backing_off(self, rt: InvocationRuntime, error: BaseException) -> None: ...
     def paused(self, rt: InvocationRuntime, reason: str) -> None: ...
-    def resolve_target(self, target: Callable[..., Any] | str, key: str | None) -> HandlerDef: ...
+    def resolve_target(self, target: Target, key: str | None) -> HandlerDef: ...
     def invoke(self, h: HandlerDef, arg: Any, key: str | None, *, seed: tuple[str, ...],
                caller: tuple[str, int] | None, delay_ms: int | None = None,
                timer_owner: tuple[str, int] | None = None, headers: list[tuple[str, bytes]] | None = None) -> str: ...
@@ -258,7 +259,10 @@ class InvocationRuntime:
     async def _main(self) -> None:
         ctx = _CONTEXTS[self.handler.kind](self)
         try:
-            value = self._decoded[0] if self._decoded is not None else self._input_serde.deserialize(self.row.input)
+            if self._decoded is not None:  # decoded (and loaded into its model) when the record arrived
+                value = self._decoded[0]
+            else:
+                value = self.handler.input_shape.load(self._input_serde.deserialize(self.row.input))
         except Exception as e:  # checked when the record arrived; a serde change can still break it
             self.host.finished(self, result=None, failure=Failure(type="SerdeError", message=str(e)))
             return
@@ -287,7 +291,7 @@ class InvocationRuntime:
         if not self.alive:
             return
         try:
-            out = None if result is None else self._serde.serialize(result)
+            out = None if result is None else self._serde.serialize(dump(result))
         except Exception as e:
             self._finish(None, Failure(type="SerdeError", message=f"handler result: {e}"))
             return
@@ -644,10 +648,10 @@ class InvocationRuntime:
     def sleep(self, duration: timedelta) -> DurableFuture[None]:
         return self.waits.sleep(duration)
 
-    def call(self, target: Callable[..., Any] | str, arg: Any, key: str | None) -> DurableFuture[Any]:
+    def call(self, target: Target, arg: Any, key: str | None) -> DurableFuture[Any]:
         return self.waits.call(target, arg, key)
 
-    def send(self, target: Callable[..., Any] | str, arg: Any, key: str | None, delay: timedelta | None) -> str:
+    def send(self, target: Target, arg: Any, key: str | None, delay: timedelta | None) -> str:
         return self.waits.send(target, arg, key, delay)
 
     def awakeable(self) -> tuple[str, DurableFuture[Any]]:

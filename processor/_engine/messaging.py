@@ -11,12 +11,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from processor import schemas
-from processor._app import App, Binding, HandlerDef, HandlerKind
+from processor._app import App, Binding, HandlerDef, HandlerKind, HandlerRef, Target
 from processor._engine import forwarding, routing
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._engine.core import Entry, EntryKind, Failure, decode_journal, encode_chunk, invocation_id_for_record
 from processor._engine.records import InRecord, InvocationRow, OutRecord, Status
 from processor._errors import TerminalError
+from processor._models import dump
 from processor.schemas import SchemaError
 from processor.state import keys
 from processor.timers import TimerKind, encode_timer
@@ -93,7 +94,9 @@ class Messaging:
         self._on_work()
         return True
 
-    def resolve_target(self, target: Callable[..., Any] | str, key: str | None) -> HandlerDef:
+    def resolve_target(self, target: Target, key: str | None) -> HandlerDef:
+        if isinstance(target, HandlerRef):
+            target = target.target
         h = self.app.handler(target) if isinstance(target, str) else self.app.handler_for(target)
         if h is None:
             raise TerminalError(f"no handler {target!r} in app {self.app.name}")
@@ -116,7 +119,7 @@ class Messaging:
         serde = h.input_serde or self.app.config.serde
         callee, p = self.callee_id(h, key, seed)
         data = InboxCommand(kind=CommandKind.INVOKE, invocation_id=callee, service=h.service, handler=h.name,
-                            key=key if h.keyed else None, payload=serde.serialize(arg),
+                            key=key if h.keyed else None, payload=serde.serialize(dump(arg)),
                             caller_id=caller[0] if caller else None, caller_seq=caller[1] if caller else -1,
                             caller_partition=self.partition if caller else -1, headers=headers or []).encode()
         if delay_ms:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
+from processor._app import HandlerRef, Target
 from processor._engine import routing
 from processor._engine.core import Entry, EntryKind, Failure, Replay
 from processor._errors import TerminalError, terminal_error
@@ -120,7 +121,7 @@ class Waits:
             return Entry(seq=seq, kind=EntryKind.SLEEP, name="sleep", pending=True, due_ms=due)
         return self.wait(EntryKind.SLEEP, "sleep", start, lambda _v: None)
 
-    def call(self, target: Callable[..., Any] | str, arg: Any, key: str | None) -> DurableFuture[Any]:
+    def call(self, target: Target, arg: Any, key: str | None) -> DurableFuture[Any]:
         rt = self.rt
         h = rt.host.resolve_target(target, key)
 
@@ -128,9 +129,13 @@ class Waits:
             callee = rt.host.invoke(h, arg, key, seed=("call", rt.invocation_id, str(seq)),
                                     caller=(rt.invocation_id, seq), headers=rt.trace_headers())
             return Entry(seq=seq, kind=EntryKind.CALL, name=h.target, pending=True, value=callee.encode())
-        return self.wait(EntryKind.CALL, h.target, start)
+        shape = target.output_shape if isinstance(target, HandlerRef) and target.output_type is not None \
+            else h.output_shape
+        if not shape.typed:
+            return self.wait(EntryKind.CALL, h.target, start)
+        return self.wait(EntryKind.CALL, h.target, start, lambda data: shape.load(rt.decode_value(data)))
 
-    def send(self, target: Callable[..., Any] | str, arg: Any, key: str | None,
+    def send(self, target: Target, arg: Any, key: str | None,
              delay: timedelta | None) -> str:
         rt = self.rt
         h = rt.host.resolve_target(target, key)

@@ -8,11 +8,11 @@ import processor
 
 PUBLIC = sorted([
     "App", "AvroSerde", "BytesSerde", "Client", "ConfigurationError", "Context", "DurableFuture",
-    "DurablePromise", "InvocationCancelled", "InvocationKilled", "InvocationNotFound", "JsonSerde",
+    "DurablePromise", "HandlerRef", "InvocationCancelled", "InvocationKilled", "InvocationNotFound", "JsonSerde",
     "NondeterminismError",
     "ObjectContext", "ObjectDefinition", "ObjectSharedContext", "OnExhausted", "ProcessorError", "RetryPolicy", "Serde",
-    "SerdeError", "ServiceDefinition", "StepFailedError", "StepInfo", "TerminalError", "WorkflowContext",
-    "UnknownTopicError", "WorkflowDefinition", "WorkflowSharedContext", "current_step", "gather", "select",
+    "SerdeError", "ServiceDefinition", "StepFailedError", "StepInfo", "SyncClient", "TerminalError", "WorkflowContext",
+    "UnknownTopicError", "WorkflowDefinition", "WorkflowSharedContext", "current_step", "gather", "ref", "select",
 ])
 
 
