@@ -107,6 +107,11 @@ class Host(Protocol):
                          failure: Failure | None) -> bool: ...
 
 
+# The journal entries whose timeline is kept (started_ms, ended_ms): steps and durable waits.
+_TIMED = frozenset({EntryKind.RUN, EntryKind.SLEEP, EntryKind.CALL, EntryKind.AWAKEABLE, EntryKind.PROMISE,
+                    EntryKind.SELECT})
+
+
 def _resolve(fut: asyncio.Future[Any], value: Any) -> Callable[[], None]:
     def release() -> None:
         if not fut.done():
@@ -321,7 +326,8 @@ class InvocationRuntime:
     def record(self, entry: Entry) -> None:
         if not self.alive:
             return
-        self._stamp(entry)
+        if entry.kind in _TIMED:
+            self._stamp(entry)
         self.core.record(entry)
         self.unsaved.append(entry)
         self.host.touched(self)
@@ -336,7 +342,8 @@ class InvocationRuntime:
     def _stamp(self, entry: Entry) -> None:
         """Set the entry's timeline (fresh entries only: the caller just made it): it began when the
         journal's earlier state of it began (a step between attempts, a pending wait), when its step
-        body first started, or now; it ended now if it is complete."""
+        body first started, or now; it ended now if it is complete. Only actions that take time are
+        stamped (``_TIMED``): a clock read per state read, write or emit cost ~5 % of a counter event."""
         now = int(self.host.wall_time() * 1000)
         if entry.started_ms is None:
             old = self.core.entry(entry.seq)
@@ -567,8 +574,8 @@ class InvocationRuntime:
 
     def emit(self, topic: str, value: Any, key: str | bytes | None,
              headers: Mapping[str, str | bytes] | None) -> None:
-        # Checked only for an emit the journal does not hold yet: one it holds was produced when it ran.
-        if self.alive and self.core.entry(self.core.next_seq) is None and not self.host.topic_exists(topic):
+        # Only an emit the journal does not hold yet fails: one it holds was produced when it ran.
+        if not self.host.topic_exists(topic) and self.alive and self.core.entry(self.core.next_seq) is None:
             raise UnknownTopicError(topic)
         d = self.journal_call(EntryKind.EMIT, topic)
         if isinstance(d, Replay):

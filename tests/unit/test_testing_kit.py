@@ -73,8 +73,8 @@ def test_a_week_long_sleep_completes_when_the_clock_is_advanced_and_takes_millis
             ("time", "done"), ("run", "done"), ("sleep", "done"), ("time", "done")]
         t0 = int(datetime(2030, 5, 1, tzinfo=UTC).timestamp() * 1000)
         assert [(e.started_ms, e.ended_ms) for e in journal] == [
-            (t0, t0), (t0, t0), (t0, t0 + 7 * 86_400_000), (t0 + 7 * 86_400_000,) * 2], \
-            "each entry's timeline: the sleep began at the start and ended a week later"
+            (None, None), (t0, t0), (t0, t0 + 7 * 86_400_000), (None, None)], \
+            "steps and waits keep their timeline (the sleep began at the start and ended a week later)"
     assert time.monotonic() - started < 5
 
 

@@ -1,6 +1,6 @@
-// One invocation: its row, the actions that apply, and its journal as a timeline: each entry with
-// the time it began and how long it took (a step across its attempts and backoff, a wait until it
-// completed), its due and retry times; entries journaled before timestamps existed show none.
+// One invocation: its row, the actions that apply, and its journal as a timeline: each step and wait
+// with the time it began and how long it took (across a step's attempts and backoff, until a wait
+// completed), its due and retry times; instant actions and entries from before timestamps show none.
 
 import { confirmAction, applicable } from "./actions.js";
 import { owner } from "./api.js";
