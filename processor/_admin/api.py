@@ -254,6 +254,34 @@ def partitions(engine: Engine) -> dict[str, Any]:
 
 # -- metrics ---------------------------------------------------------------------------------------
 
+STORED_EVERY_S = 10.0  # how often a scrape recounts the stores (a key scan per partition)
+_stored: dict[int, tuple[float, dict[str, int]]] = {}  # id(engine) -> (when, counts)
+
+
+def stored_counts(engine: Engine) -> dict[str, int]:
+    """What the owned partitions' stores hold as of their last commit, recounted at most every
+    STORED_EVERY_S: pending timers, and in-flight invocations not in memory (suspended on a timer,
+    call, awakeable or promise, or backing off or paused and evicted). Runs on the scraping thread:
+    LMDB readers do not block the engine's writer."""
+    now = time.monotonic()
+    cached = _stored.get(id(engine))
+    if cached is not None and now - cached[0] < STORED_EVERY_S:
+        return cached[1]
+    timers = out = 0
+    for w in list(engine.workers.values()):
+        try:
+            timers += w.state.store.count(keys.TIMER)
+            in_flight = w.state.store.count(keys.ACTIVE) + w.state.store.count(keys.INBOX)
+        except Exception:  # the partition was revoked (its store closed) meanwhile: the next scrape counts
+            continue
+        durable = w._durable
+        in_memory = sum(1 for i in list(w.runtimes) if i in durable)
+        out += max(0, in_flight - in_memory - w.queued)
+    counts = {"timers": timers, "out_of_memory": out}
+    _stored[id(engine)] = (now, counts)
+    return counts
+
+
 def metrics_snapshot(engine: Engine) -> dict[str, Any]:
     """Copies of every counter the collector exposes (``processor/_admin/metrics.py``)."""
     ws = list(engine.workers.values())
@@ -274,6 +302,7 @@ def metrics_snapshot(engine: Engine) -> dict[str, Any]:
         "in_memory": sum(w.in_memory() for w in ws), "queued": sum(w.queued for w in ws),
         "suspended_total": engine._trimmer.evicted_total,
         "timers_in_window": sum(w.timers.in_memory() for w in ws),
+        "stored": stored_counts(engine),
         "redelivered": sum(w.redelivered for w in ws),
         "rebalances": dict(engine.rebalances), "txn_failures": dict(engine.txn_failures),
         "fences": dict(engine.fences),

@@ -70,6 +70,10 @@ class EngineCollector:
                                   "durably (suspended)", value=s["suspended_total"])
         yield GaugeMetricFamily("processor_invocations_in_memory", "Invocations with a runtime in memory",
                                 value=s["in_memory"])
+        yield GaugeMetricFamily("processor_invocations_out_of_memory", "In-flight invocations waiting in the store, "
+                                "not in memory: suspended on a timer, call, awakeable or promise, or backing off or "
+                                "paused and evicted (as of the last commit; recounted every 10 s)",
+                                value=s["stored"]["out_of_memory"])
         yield GaugeMetricFamily("processor_invocations_queued", "Exclusive invocations waiting behind another "
                                 "of their key", value=s["queued"])
         yield _histogram("processor_step_attempts", "Attempts a step took to its final outcome",
@@ -109,6 +113,8 @@ class EngineCollector:
                                   "(since the partitions were last assigned)", value=s["redelivered"])
         yield GaugeMetricFamily("processor_timers_pending", "Durable timers due within the in-memory window (the "
                                 "next 60 s)", value=s["timers_in_window"])
+        yield GaugeMetricFamily("processor_timers_stored", "Durable timers in the owned partitions' stores, due any "
+                                "time (as of the last commit; recounted every 10 s)", value=s["stored"]["timers"])
         yield GaugeMetricFamily("processor_partitions_owned", "Partitions assigned to this instance",
                                 value=s["owned"])
         yield GaugeMetricFamily("processor_partitions_active", "Partitions restored and processing",

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 import processor as p
+from processor._admin import api
 from processor._engine.engine import Engine
 from processor._engine.records import InvocationRow, Status
 from processor.state import keys
@@ -77,6 +78,8 @@ async def _scenario(kafka: Kafka, app: p.App, topic: str, out: str, tmp_path: Pa
         assert timers() == N, "every sleep waits as a timer row"
         assert evicted < produced + SLEEP_S, "evicted before any timer was due"
         assert peak > 0, "they were in memory before"
+        api._stored.clear()  # what /metrics shows: processor_timers_stored, processor_invocations_out_of_memory
+        assert api.stored_counts(engine) == {"timers": N, "out_of_memory": N}
         print(f"{N} created and evicted in {evicted - produced:.1f}s (peak {peak} in memory)")
 
         async def outputs() -> int:
@@ -89,6 +92,8 @@ async def _scenario(kafka: Kafka, app: p.App, topic: str, out: str, tmp_path: Pa
         print(f"all {N} completed {time.time() - produced:.1f}s after producing")
         # a topic record's finished invocation keeps nothing (docs/decisions/006-what-a-cycle-writes.md)
         assert statuses() == Counter() and timers() == 0, "finished invocations left rows or timers behind"
+        api._stored.clear()
+        assert api.stored_counts(engine) == {"timers": 0, "out_of_memory": 0}
         got = sorted(orjson.loads(r.value or b"")["i"] for r in await asyncio.to_thread(kafka.drain, out))
         assert got == list(range(N)), "each exactly once"
     finally:
