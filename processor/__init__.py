@@ -29,12 +29,14 @@ from processor._errors import (
 )
 from processor._futures import DurableFuture, gather, select
 from processor._retry import RetryPolicy
+from processor._schedule import CatchUp
 from processor._serde import AvroSerde, BytesSerde, JsonSerde, Serde
 
 __all__ = [
     "App",
     "AvroSerde",
     "BytesSerde",
+    "CatchUp",
     "Client",
     "ConfigurationError",
     "Context",

@@ -7,7 +7,7 @@ import pkgutil
 import processor
 
 PUBLIC = sorted([
-    "App", "AvroSerde", "BytesSerde", "Client", "ConfigurationError", "Context", "DurableFuture",
+    "App", "AvroSerde", "BytesSerde", "CatchUp", "Client", "ConfigurationError", "Context", "DurableFuture",
     "DurablePromise", "InvocationCancelled", "InvocationKilled", "InvocationNotFound", "JsonSerde",
     "NondeterminismError",
     "ObjectContext", "ObjectDefinition", "ObjectSharedContext", "ProcessorError", "RetryPolicy", "Serde",
