@@ -21,8 +21,7 @@ from processor._engine import routing, schedules, tracing
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._engine.core import Failure
 from processor._errors import ConfigurationError, ProcessorError, terminal_error
-from processor._schedule import DEFAULT_GRACE, CatchUp, ScheduleDef
-from processor._schedules import REMOVE
+from processor._schedule import DEFAULT_GRACE, REMOVE, CatchUp, ScheduleDef
 from processor._serde import JsonSerde, Serde
 
 

@@ -23,6 +23,8 @@ from cronsim import CronSim, CronSimError
 
 from processor._errors import ConfigurationError
 
+SERVICE = "processor.schedule"  # the built-in object that runs schedules (processor/_schedules.py)
+ENSURE, REMOVE = f"{SERVICE}/ensure", f"{SERVICE}/remove"
 MIN_EVERY = timedelta(seconds=1)     # each tick costs two invocations and a journaled clock read
 FIRE_LIMIT = 100                     # ticks one run fires at most (catch_up=ALL after a long outage)
 DEFAULT_GRACE = timedelta(seconds=60)

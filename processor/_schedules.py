@@ -17,14 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from processor._context import ObjectContext
 from processor._errors import ConfigurationError, TerminalError
-from processor._schedule import CatchUp, ScheduleDef, plan
+from processor._schedule import SERVICE, CatchUp, ScheduleDef, plan
 from processor._serde import JsonSerde
 
 if TYPE_CHECKING:
     from processor._app import App
-
-SERVICE = "processor.schedule"  # the built-in object's name; its handlers are ensure, remove and tick
-ENSURE, REMOVE = f"{SERVICE}/ensure", f"{SERVICE}/remove"
 
 log = logging.getLogger("processor.schedule")
 

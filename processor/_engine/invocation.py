@@ -381,6 +381,9 @@ class InvocationRuntime:
     def random_seed(self) -> int:
         return self.core.random_seed()
 
+    def resolve_target(self, target: Callable[..., Any] | str, key: str | None) -> HandlerDef:
+        return self.host.resolve_target(target, key)
+
     def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
             retry: RetryPolicy | None) -> DurableFuture[Any]:
         d = self.journal_call(EntryKind.RUN, name)

@@ -12,13 +12,12 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from processor import _schedules
 from processor._app import App
 from processor._engine import kafka as kio
 from processor._engine import routing
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._errors import ConfigurationError, ProcessorError
-from processor._schedule import ScheduleDef
+from processor._schedule import ENSURE, ScheduleDef
 from processor._serde import JsonSerde
 
 log = logging.getLogger("processor.schedule")
@@ -29,8 +28,8 @@ def ensure_command(d: ScheduleDef, partitions: int, *, notify: bool = False) -> 
     invocation (a random seed): deduplication is by definition, in the handler, not by id, so
     ensuring A, then B, then A again sets A."""
     p = routing.target_partition(d.name, "", partitions)
-    service, _, handler = _schedules.ENSURE.partition("/")
-    inv = routing.invocation_id(p, "client", _schedules.ENSURE, d.name, uuid.uuid4().hex)
+    service, _, handler = ENSURE.partition("/")
+    inv = routing.invocation_id(p, "client", ENSURE, d.name, uuid.uuid4().hex)
     return p, InboxCommand(kind=CommandKind.INVOKE, invocation_id=inv, service=service, handler=handler,
                            key=d.name, payload=JsonSerde().serialize(d.to_json()), notify=notify)
 

@@ -23,6 +23,17 @@ async def record(ctx: p.Context, tick: dict[str, Any]) -> None:
                       "payload": tick["payload"], "id": ctx.invocation_id}, key=tick["schedule"])
 
 
+ctl = app.service("ctl")
+
+
+@ctl.handler()
+async def manage(ctx: p.Context, req: dict[str, Any]) -> str:
+    """Schedules made and removed from inside a handler."""
+    if req["op"] == "add":
+        return ctx.schedule(req["name"], record, {"from": "handler"}, every=timedelta(seconds=1))
+    return ctx.unschedule(req["name"])
+
+
 for name in filter(None, os.environ.get("SCHED_NAMES", "").split(",")):
     app.schedule(name, record, {"name": name}, every=timedelta(seconds=float(os.environ.get("SCHED_EVERY", "1"))),
                  catch_up=p.CatchUp(os.environ.get("SCHED_CATCH_UP", "latest")),

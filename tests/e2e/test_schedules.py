@@ -187,12 +187,30 @@ def test_schedules_are_created_replaced_and_removed_at_runtime(
                 await client.schedule("bad", "ticks/nope", every=every)
             with pytest.raises(p.ConfigurationError, match="bad cron"):
                 await client.schedule("bad", "ticks/record", cron="not a cron")
+            # from inside a handler: one-way, exactly once with the calling invocation
+            await client.call("ctl/manage", {"op": "add", "name": "inner"})
+            await asyncio.to_thread(wait_until, lambda: len(ticks_of_inner()) >= 3, 60, "three ticks of inner")
+            await client.call("ctl/manage", {"op": "remove", "name": "inner"})
             return removed
+
+    def ticks_of_inner() -> list[int]:
+        return [o["at_ms"] for o in outputs(kafka, out) if o["schedule"] == "inner"]
     removed = asyncio.run(scenario())
-    time.sleep(3 * EVERY_MS / 1000)  # a tick that still fired would be on the topic by now
+    inner_removed = now_ms()
+    # the removal is a one-way send: wait until it ran (no new tick for three intervals), bounded
+    seen: list[int] = []
+
+    def quiet() -> bool:
+        seen.append(len(ticks_of_inner()))
+        return len(seen) > 3 * 10 and seen[-1] == seen[-3 * 10]
+    wait_until(quiet, 30, "the handler's schedule to stop ticking")
+    time.sleep(3 * EVERY_MS / 1000)  # a tick of rt that still fired would be on the topic by now
     assert proc.stop() == 0
 
     v1, v2 = ticks_of({"v": 1}), ticks_of({"v": 2})
     assert_each_tick_once("rt", v1 + v2)
     assert max(v1) < min(v2), "the replacement took over from the next tick"
     assert max(v2) <= removed, "no tick after the removal"
+    inner = ticks_of_inner()
+    assert_each_tick_once("inner", inner)
+    assert max(inner) <= inner_removed + 2 * EVERY_MS, "the handler's removal stopped it"

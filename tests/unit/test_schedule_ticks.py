@@ -174,3 +174,43 @@ def test_app_schedule_checks_its_target_and_name() -> None:
     # the built-in object is there to run them, but is not one of the app's own handlers
     assert set(app.handlers) == {"obj/touch", "svc/ping"}
     assert app.handler("processor.schedule/tick") is not None
+
+
+class _SendingDriver:
+    """Just enough of an invocation for ``ctx.schedule``: the app's targets and the sends made."""
+
+    def __init__(self, app: p.App) -> None:
+        self.app = app
+        self.sent: list[tuple[str, Any, str | None]] = []
+
+    def resolve_target(self, target: Any, key: str | None) -> Any:
+        h = self.app.handler(target) if isinstance(target, str) else self.app.handler_for(target)
+        if h is None:
+            raise p.TerminalError(f"no handler {target!r}")
+        return h
+
+    def send(self, target: str, arg: Any, key: str | None, delay: timedelta | None) -> str:
+        self.sent.append((target, arg, key))
+        return "inv-0-x"
+
+
+def test_a_handler_schedules_by_a_one_way_send_and_a_bad_definition_fails_it() -> None:
+    app = p.App("sched")
+    svc = app.service("svc")
+
+    @svc.handler()
+    async def ping(ctx: p.Context, tick: dict[str, Any]) -> None: ...
+
+    driver = _SendingDriver(app)
+    ctx = p.Context(driver)  # type: ignore[arg-type]
+    ctx.schedule("often", ping, {"n": 1}, every=timedelta(seconds=5))
+    ctx.unschedule("often")
+    target, arg, key = driver.sent[0]
+    assert (target, key) == ("processor.schedule/ensure", "often")
+    assert ScheduleDef.from_json(arg) == ScheduleDef.build("often", "svc/ping", {"n": 1}, every=timedelta(seconds=5))
+    assert driver.sent[1] == ("processor.schedule/remove", None, "often")
+    with pytest.raises(p.TerminalError, match="bad cron"):
+        ctx.schedule("bad", ping, cron="nope")
+    with pytest.raises(p.TerminalError, match="no handler"):
+        ctx.schedule("bad", "svc/nope", every=timedelta(seconds=5))
+    assert len(driver.sent) == 2
