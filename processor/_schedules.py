@@ -40,6 +40,20 @@ def install(app: App) -> None:
             return f"{d.target} is keyed: schedule it with key=..."
         return None
 
+    def fire_due(ctx: ObjectContext, d: ScheduleDef, at: int, now: int) -> int:
+        """Send the target once per tick of `d` due from tick `at` to `now` (the plan); returns the
+        tick after them."""
+        p = plan(d, at, now)
+        for t in p.fire:
+            ctx.send(d.target, {"schedule": d.name, "at": d.local_time(t), "at_ms": t, "payload": d.payload},
+                     key=d.key)
+        if p.skipped:
+            log.warning("schedule %r: skipped %d missed tick(s) from %s (catch_up=%s)", d.name, p.skipped,
+                        d.local_time(at), d.catch_up.value)
+        if p.fire:
+            ctx.set("last", p.fire[-1])
+        return p.next_ms
+
     @obj.handler(name="ensure", serde=json)
     async def ensure(ctx: ObjectContext, spec: dict[str, Any]) -> str:
         """Set the definition (a new chain) unless this very definition already runs; returns the
@@ -64,11 +78,14 @@ def install(app: App) -> None:
         if cur is not None and cur.get("digest") == digest and stopped is None and armed is not None:
             return d.local_time(armed)
         now = round(await ctx.time() * 1000)
+        if cur is not None and stopped is None and armed is not None and armed <= now:
+            # the running definition owes ticks up to now (due, their run not there yet): they are
+            # its, and replacing it from the next tick on must not lose them
+            fire_due(ctx, ScheduleDef.from_json(cur), armed, now)
         chain = ctx.uuid().hex
         first = d.next_after(now)
         ctx.set("spec", {**d.to_json(), "digest": digest, "chain": chain})
         ctx.set("next", first)
-        ctx.clear("last")
         ctx.clear("stopped")
         ctx.send(tick, {"chain": chain, "at": first}, key=ctx.key, delay=timedelta(milliseconds=first - now))
         return d.local_time(first)
@@ -95,15 +112,7 @@ def install(app: App) -> None:
             log.error("schedule %r stopped: %s", d.name, why)
             return
         now = round(await ctx.time() * 1000)
-        p = plan(d, arg["at"], now)
-        for t in p.fire:
-            ctx.send(d.target, {"schedule": d.name, "at": d.local_time(t), "at_ms": t, "payload": d.payload},
-                     key=d.key)
-        if p.skipped:
-            log.warning("schedule %r: skipped %d missed tick(s) from %s (catch_up=%s)", d.name, p.skipped,
-                        d.local_time(arg["at"]), d.catch_up.value)
-        if p.fire:
-            ctx.set("last", p.fire[-1])
-        ctx.set("next", p.next_ms)
-        ctx.send(tick, {"chain": arg["chain"], "at": p.next_ms}, key=ctx.key,
-                 delay=timedelta(milliseconds=max(0, p.next_ms - now)))
+        nxt = fire_due(ctx, d, arg["at"], now)
+        ctx.set("next", nxt)
+        ctx.send(tick, {"chain": arg["chain"], "at": nxt}, key=ctx.key,
+                 delay=timedelta(milliseconds=max(0, nxt - now)))
