@@ -62,9 +62,13 @@ class ScheduleDef:
         where = f"schedule {name!r}"
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"a schedule needs a non-empty string name, got {name!r}")
-        service, _, handler = target.partition("/")
+        service, _, handler = target.partition("/") if isinstance(target, str) else ("", "", "")
         if not service or not handler:
             raise ConfigurationError(f"{where}: target must be 'service/handler', got {target!r}")
+        if key is not None and not isinstance(key, str):
+            raise ConfigurationError(f"{where}: key must be a string, got {key!r}")
+        if not isinstance(tz, str):
+            raise ConfigurationError(f"{where}: tz must be an IANA zone name, got {tz!r}")
         if (cron is None) == (every is None):
             raise ConfigurationError(f"{where}: give exactly one of cron=... or every=...")
         try:

@@ -143,6 +143,17 @@ def test_a_bad_definition_is_refused_with_its_reason(kw: dict[str, Any], says: s
         ScheduleDef.build("s", "svc/h", payload, **kw)
 
 
+@pytest.mark.parametrize(("target", "kw", "says"), [
+    ("svc", {}, "service/handler"),
+    (None, {}, "service/handler"),
+    ("svc/h", {"key": 7}, "key must be a string"),
+    ("svc/h", {"tz": None}, "tz must be"),
+])
+def test_a_definition_from_outside_is_checked_field_by_field(target: Any, kw: dict[str, Any], says: str) -> None:
+    with pytest.raises(p.ConfigurationError, match=says):
+        ScheduleDef.build("s", target, every=timedelta(minutes=1), **kw)
+
+
 def test_the_digest_names_the_definition() -> None:
     a = ScheduleDef.build("s", "svc/h", {"x": 1}, every=timedelta(minutes=1))
     assert a.digest() == ScheduleDef.build("s", "svc/h", {"x": 1}, every=timedelta(minutes=1)).digest()
