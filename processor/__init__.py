@@ -30,6 +30,7 @@ from processor._errors import (
 )
 from processor._futures import DurableFuture, gather, select
 from processor._retry import OnExhausted, RetryPolicy
+from processor._schedule import CatchUp
 from processor._serde import AvroSerde, BytesSerde, JsonSerde, Serde
 from processor._sync import SyncClient
 
@@ -37,6 +38,7 @@ __all__ = [
     "App",
     "AvroSerde",
     "BytesSerde",
+    "CatchUp",
     "Client",
     "ConfigurationError",
     "Context",

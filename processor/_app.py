@@ -16,6 +16,7 @@ from processor._errors import ConfigurationError
 from processor._kafka_config import KafkaConfig, from_code
 from processor._models import PLAIN, Shape, handler_shapes, shape_of
 from processor._retry import OnExhausted, RetryPolicy
+from processor._schedule import DEFAULT_GRACE, CatchUp, ScheduleDef
 from processor._serde import JsonSerde, Serde
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -330,6 +331,11 @@ class App:
         self._by_fn: dict[Callable[..., Any], HandlerDef] = {}
         self._bindings: dict[str, Binding] = {}
         self._outputs: dict[str, Output] = {}
+        self._schedules: dict[str, ScheduleDef] = {}
+        from processor import _schedules  # the built-in schedule object (it imports this module)
+
+        _schedules.install(self)
+        self._internal = frozenset(self._handlers)
 
     @property
     def inbox_topic(self) -> str:
@@ -413,6 +419,30 @@ class App:
     def _internal_topics(self) -> tuple[str, ...]:
         return (self.inbox_topic, self.changelog_topic, self.dlq_topic, self.results_topic, self.steps_topic,
                 f"{self.name}.instances")
+    def schedule(self, name: str, target: Callable[..., Awaitable[Any]] | str, payload: Any = None, *,
+                 cron: str | None = None, every: timedelta | None = None, tz: str = "UTC",
+                 key: str | None = None, catch_up: CatchUp = CatchUp.LATEST,
+                 grace: timedelta = DEFAULT_GRACE) -> None:
+        """Invoke `target` (a handler, or ``"service/handler"``; `key` for an object or workflow) on
+        every tick of cron expression `cron` in time zone `tz`, or every `every` (aligned to the Unix
+        epoch), each tick exactly once across instances and restarts. The handler gets
+        ``{"schedule": name, "at": <tick, ISO 8601 in tz>, "at_ms": <epoch ms>, "payload": payload}``.
+        Ticks more than `grace` late (nothing ran) are handled by `catch_up`. Every instance ensures
+        the schedule at start; a changed definition replaces the running one (README, Schedules)."""
+        h = self.handler_for(target) if callable(target) else self.handler(target)
+        if h is None:
+            raise ConfigurationError(f"schedule {name!r}: no handler {target!r} on app {self.name!r}")
+        if h.keyed and key is None:
+            raise ConfigurationError(f"schedule {name!r}: {h.target} is keyed: pass key=...")
+        if name in self._schedules:
+            raise ConfigurationError(f"schedule {name!r} is defined twice on app {self.name!r}")
+        self._schedules[name] = ScheduleDef.build(name, h.target, payload, cron=cron, every=every, tz=tz,
+                                                  key=key if h.keyed else None, catch_up=catch_up, grace=grace)
+
+    @property
+    def schedules(self) -> dict[str, ScheduleDef]:
+        """The schedules declared in code (ensured by every instance at start)."""
+        return dict(self._schedules)
 
     def handler_for(self, fn: Callable[..., Any]) -> HandlerDef:
         """The registered definition of a handler function."""
@@ -431,7 +461,8 @@ class App:
 
     @property
     def handlers(self) -> dict[str, HandlerDef]:
-        return dict(self._handlers)
+        """The app's own handlers (not those of the built-in schedule object)."""
+        return {t: h for t, h in self._handlers.items() if t not in self._internal}
 
     def _define(self, d: _Definition[Any]) -> None:
         if not _NAME.match(d.name):

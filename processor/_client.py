@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
 from confluent_kafka import KafkaException, Producer
@@ -17,12 +17,13 @@ from confluent_kafka import KafkaException, Producer
 from processor import _kafka_config, schemas
 from processor._app import HandlerRef, Target, registered, target_shapes
 from processor._engine import kafka as kio
-from processor._engine import routing, tracing
+from processor._engine import routing, schedules, tracing
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._engine.core import Failure
 from processor._errors import ConfigurationError, ProcessorError, terminal_error
 from processor._models import Shape, dump
 from processor._results import Results
+from processor._schedule import DEFAULT_GRACE, REMOVE, CatchUp, ScheduleDef
 from processor._serde import JsonSerde, Serde
 
 In = TypeVar("In")
@@ -166,6 +167,31 @@ class Client:
             await self._send(p, invocation_id, CommandKind.ATTACH, invocation_id=invocation_id)
         return await self._wait(invocation_id, attach, timeout)
 
+    # -- schedules -----------------------------------------------------------------------------------
+
+    async def schedule(self, name: str, target: str, payload: Any = None, *, cron: str | None = None,
+                       every: timedelta | None = None, tz: str = "UTC", key: str | None = None,
+                       catch_up: CatchUp = CatchUp.LATEST, grace: timedelta = DEFAULT_GRACE,
+                       timeout: timedelta = timedelta(minutes=1)) -> datetime:
+        """Create or replace schedule `name` (as ``App.schedule``, with `target` as
+        ``"service/handler"``); returns its first tick. Ensuring the definition that already runs
+        changes nothing. Raises ConfigurationError for a bad definition and TerminalError when the
+        app has no such handler (or it is keyed and `key` is missing)."""
+        d = ScheduleDef.build(name, target, payload, cron=cron, every=every, tz=tz, key=key, catch_up=catch_up,
+                              grace=grace)
+        p, cmd = schedules.ensure_command(d, await self._partition_count(), notify=True)
+        assert cmd.invocation_id is not None
+
+        async def send() -> None:
+            await self._send_command(p, d.name, cmd)
+        first: str = await self._wait(cmd.invocation_id, send, timeout)
+        return datetime.fromisoformat(first)
+
+    async def unschedule(self, name: str, *, timeout: timedelta = timedelta(minutes=1)) -> bool:
+        """Remove schedule `name`: once this returns it sends no more ticks (invocations of ticks it
+        sent before still run). Returns whether it existed."""
+        return bool(await self.call(REMOVE, None, key=name, timeout=timeout))
+
     # -- completing and stopping ---------------------------------------------------------------------
 
     async def resolve_awakeable(self, awakeable_id: str, value: Any) -> None:
@@ -210,8 +236,11 @@ class Client:
         return self._partitions
 
     async def _send(self, partition: int, record_key: str, kind: CommandKind, **fields: Any) -> None:
+        await self._send_command(partition, record_key, InboxCommand(kind=kind, **fields))
+
+    async def _send_command(self, partition: int, record_key: str, command: InboxCommand) -> None:
         await self._partition_count()
-        data = InboxCommand(kind=kind, **fields).encode()
+        data = command.encode()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 

@@ -10,11 +10,16 @@ import uuid
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from processor._app import HandlerRef, Target
+from processor._errors import ConfigurationError, TerminalError
 from processor._futures import DurableFuture
 from processor._retry import RetryPolicy
+from processor._schedule import DEFAULT_GRACE, ENSURE, REMOVE, CatchUp, ScheduleDef
+
+if TYPE_CHECKING:
+    from processor._app import HandlerDef
 
 T = TypeVar("T")
 In = TypeVar("In")
@@ -78,6 +83,7 @@ class _Driver(Protocol):
     def clear_all(self) -> None: ...
     def random_seed(self) -> int: ...
     def patched(self, name: str) -> bool: ...
+    def resolve_target(self, target: Callable[..., Any] | str, key: str | None) -> HandlerDef: ...
 
 
 class Context:
@@ -169,6 +175,26 @@ class Context:
         """An id to hand to the outside world and a future that completes when something resolves
         (``Client.resolve_awakeable``) or rejects it. Values travel as JSON."""
         return self._driver.awakeable()
+
+    def schedule(self, name: str, target: Callable[..., Awaitable[Any]] | str, payload: Any = None, *,
+                 cron: str | None = None, every: timedelta | None = None, tz: str = "UTC",
+                 key: str | None = None, catch_up: CatchUp = CatchUp.LATEST,
+                 grace: timedelta = DEFAULT_GRACE) -> str:
+        """Create or replace schedule `name` (as ``App.schedule``): a one-way send, exactly once with
+        this invocation, to the schedule's key. Returns that request's invocation id. A bad
+        definition or target raises TerminalError here."""
+        try:
+            h = self._driver.resolve_target(target, key)
+            d = ScheduleDef.build(name, h.target, payload, cron=cron, every=every, tz=tz,
+                                  key=key if h.keyed else None, catch_up=catch_up, grace=grace)
+        except ConfigurationError as e:
+            raise TerminalError(str(e)) from None
+        return self._driver.send(ENSURE, d.to_json(), d.name, None)
+
+    def unschedule(self, name: str) -> str:
+        """Remove schedule `name` (a one-way send, exactly once with this invocation); ticks it had
+        sent before still run. Returns that request's invocation id."""
+        return self._driver.send(REMOVE, None, name, None)
 
 
 class ObjectSharedContext(Context):

@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from processor._app import App
 from processor._engine import kafka as kio
+from processor._engine import schedules
 from processor._engine.committing import Committing
 from processor._engine.health import BEAT_S, Health
 from processor._engine.lanes import Deadline, Lane, Stuck
@@ -180,6 +181,7 @@ class Engine(Committing, Recovery, Ownership):
         admin = await asyncio.to_thread(kio.connect, self._client)
         self.partitions_total = await asyncio.to_thread(kio.ensure_topics, admin, self.app)
         self._topics = await asyncio.to_thread(kio.known_topics, admin)
+        await asyncio.to_thread(schedules.ensure_static, self._client, self.app, self.partitions_total)
         await asyncio.gather(*(self._start_producer(i) for i in range(len(self._producers))))
         self._steps = StepLog({**self._client, **self._producer_extra}, self.app.steps_topic,
                               self._loop)

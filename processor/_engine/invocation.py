@@ -434,6 +434,9 @@ class InvocationRuntime:
         self._patches[name] = d
         return d
 
+    def resolve_target(self, target: Callable[..., Any] | str, key: str | None) -> HandlerDef:
+        return self.host.resolve_target(target, key)
+
     def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
             retry: RetryPolicy | None) -> DurableFuture[Any]:
         d = self.journal_call(EntryKind.RUN, name)

@@ -7,7 +7,7 @@ import pkgutil
 import processor
 
 PUBLIC = sorted([
-    "App", "AvroSerde", "BytesSerde", "Client", "ConfigurationError", "Context", "DurableFuture",
+    "App", "AvroSerde", "BytesSerde", "CatchUp", "Client", "ConfigurationError", "Context", "DurableFuture",
     "DurablePromise", "HandlerRef", "InvocationCancelled", "InvocationKilled", "InvocationNotFound", "JsonSerde",
     "NondeterminismError",
     "ObjectContext", "ObjectDefinition", "ObjectSharedContext", "OnExhausted", "ProcessorError", "RetryPolicy", "Serde",
