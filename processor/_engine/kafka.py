@@ -237,7 +237,11 @@ def known_topics(admin: AdminClient, *, timeout: float = 10.0) -> KnownTopics:
     """Every topic of the cluster now, looking up others on demand with `admin`."""
     def exists(topic: str) -> bool:
         tm = admin.list_topics(topic=topic, timeout=timeout).topics.get(topic)
-        return tm is not None and tm.error is None
+        if tm is None:
+            return False
+        # A topic the principal may not Describe (no ACL) is not ours to call missing: the produce
+        # reports the refusal, which stops the processor with its reason (docs/security.md).
+        return tm.error is None or tm.error.code() in UNAUTHORIZED
 
     return KnownTopics(admin.list_topics(timeout=timeout).topics, exists)
 

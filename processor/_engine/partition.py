@@ -26,6 +26,7 @@ from processor._engine.messaging import Messaging
 from processor._engine.records import InRecord, InvocationRow, OutRecord, Status
 from processor._engine.stats import DIVERGED, EXHAUSTED, UNCOUNTED, PartitionStats
 from processor._engine.steps import Salvaged
+from processor._errors import UnknownTopicError
 from processor._retry import OnExhausted
 from processor._serde import Serde
 from processor.state import keys
@@ -460,7 +461,8 @@ class PartitionWorker(Intake, Messaging):
             return
         self.stats.backing_off(row.target)
         log.warning("invocation %s (%s) attempt %d raised %s: %s; retrying in %d ms", row.id, row.target,
-                    attempt, type(error).__name__, error, delay, exc_info=error)
+                    attempt, type(error).__name__, error, delay,
+                    exc_info=None if isinstance(error, UnknownTopicError) else error)  # its message says it all
         # it leaves memory: the retry timer reads its row
         self.save(rt, row.moved(Status.BACKING_OFF, attempt=attempt, retry_at_ms=now + delay,  # why, for operators
                                 failure=Failure(type=type(error).__name__, message=str(error))))
