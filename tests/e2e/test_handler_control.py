@@ -40,6 +40,20 @@ def _key_where(target: str, ok: Callable[[str], bool]) -> str:
     return next(k for i in KEYS if ok(_client_id(target, k := f"k{i}")))
 
 
+def _holding(kafka: Kafka, spawn: Spawner, tmp_path: Path, target: str, ev_id: str,
+             partition: int) -> tuple[Durable, str, str]:
+    """A running app (invocations suspend after 0.5 s) in which `target`, invoked on `partition` for
+    `ev_id`, holds (its call chain awaits an awakeable): (app, its id, the awakeable's id)."""
+    d = Durable(kafka, spawn, tmp_path, suspend_s=0.5)
+    d.proc.start().wait_ready()
+    inv = _invoke_on(d, target, {"id": ev_id}, partition)
+    return d, inv, d.wait_output(ev_id, "holding")["holding"]
+
+
+def _invoke_on(d: Durable, target: str, arg: Any, partition: int) -> str:
+    return _invoke(d, target, arg, _key_where(target, lambda i: routing.partition_of(i) == partition))
+
+
 def _invoke(d: Durable, target: str, arg: Any, key: str) -> str:
     async def go() -> str:
         async with d.client() as client:
@@ -79,17 +93,12 @@ def _killed_at_its_first_commit(d: Durable) -> None:
 
 def test_a_handler_resolves_an_awakeable_of_another_partition_once_across_a_sigkill_before_its_commit(
         kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
-    d = Durable(kafka, spawn, tmp_path, suspend_s=0.5)
-    d.proc.start().wait_ready()
-    holder = _invoke(d, "holder/hold_until_decided", {"id": "h1"},
-                     _key_where("holder/hold_until_decided", lambda i: routing.partition_of(i) == 0))
-    awk = d.wait_output("h1", "holding")["holding"]
+    d, holder, awk = _holding(kafka, spawn, tmp_path, "holder/hold_until_decided", "h1", partition=0)
     _suspended(d, holder)  # out of memory: the next life has no work until the resolver's
     assert d.proc.stop() == 0
 
     d.proc.start(KILL_BEFORE_COMMIT).wait_ready()
-    resolver = _invoke(d, "control/resolve_other", {"id": "r1", "awakeable": awk, "value": {"by": "bob"}},
-                       _key_where("control/resolve_other", lambda i: routing.partition_of(i) == 2))
+    resolver = _invoke_on(d, "control/resolve_other", {"id": "r1", "awakeable": awk, "value": {"by": "bob"}}, 2)
     _killed_at_its_first_commit(d)
     assert [c.target_id for c in _inbox(d, CommandKind.RESOLVE_AWAKEABLE, isolation="read_uncommitted")] == [awk], \
         "the killed cycle had produced the resolve"
@@ -107,11 +116,7 @@ def test_a_handler_resolves_an_awakeable_of_another_partition_once_across_a_sigk
 
 def test_a_handler_cancels_an_invocation_of_another_partition_once_across_a_sigkill_before_its_commit(
         kafka: Kafka, spawn: Spawner, tmp_path: Path) -> None:
-    d = Durable(kafka, spawn, tmp_path, suspend_s=0.5)
-    d.proc.start().wait_ready()
-    book = _invoke(d, "booking/book", {"id": "b1"},
-                   _key_where("booking/book", lambda i: routing.partition_of(i) == 1))
-    d.wait_output("b1", "holding")
+    d, book, _ = _holding(kafka, spawn, tmp_path, "booking/book", "b1", partition=1)
     wait_until(lambda: [r for r in d.rows_of("holder/hold_until_decided") if r.caller_id == book], 60,
                "the callee's row")
     [callee] = [r.id for r in d.rows_of("holder/hold_until_decided") if r.caller_id == book]
@@ -120,8 +125,7 @@ def test_a_handler_cancels_an_invocation_of_another_partition_once_across_a_sigk
     assert d.proc.stop() == 0
 
     d.proc.start(KILL_BEFORE_COMMIT).wait_ready()
-    canceller = _invoke(d, "control/cancel_other", {"id": "x1", "target": book},
-                        _key_where("control/cancel_other", lambda i: routing.partition_of(i) == 3))
+    canceller = _invoke_on(d, "control/cancel_other", {"id": "x1", "target": book}, 3)
     _killed_at_its_first_commit(d)
     assert [c.invocation_id for c in _inbox(d, CommandKind.CANCEL, isolation="read_uncommitted")] == [book]
     assert _inbox(d, CommandKind.CANCEL) == []
