@@ -91,6 +91,24 @@ def _app() -> p.App:
     async def nothing_to_gather(ctx: p.Context, _: Any) -> Any:
         return [await p.gather(), await p.gather().with_timeout(HOUR)]
 
+    jobs = app.service("jobs")  # the README's example
+
+    @jobs.handler()
+    async def process(ctx: p.Context, item: dict[str, Any]) -> Any:
+        if item.get("slow"):
+            return await hold(ctx, item["tag"])
+        return item["tag"].upper()
+
+    @jobs.handler()
+    async def fan_out(ctx: p.Context, batch: list[dict[str, Any]]) -> list[Any]:
+        ids = [ctx.send(process, item) for item in batch]
+        try:
+            return await p.gather(*(ctx.attach(i) for i in ids)).with_timeout(HOUR)
+        except TimeoutError:
+            for i in ids:
+                ctx.cancel(i)
+            raise p.TerminalError("batch took longer than an hour") from None
+
     records = app.service("records")
 
     @records.handler()
@@ -364,3 +382,15 @@ def test_gather_refuses_what_is_not_a_durable_future() -> None:
     with pytest.raises(TypeError, match="durable futures"):
         p.gather(c)  # type: ignore[arg-type]
     c.close()
+
+
+def test_a_fan_out_of_sends_gathered_with_a_deadline_returns_every_result_or_cancels_the_stragglers(
+        rt: TestRuntime) -> None:
+    assert rt.invoke("jobs/fan_out", [{"tag": "a"}, {"tag": "b"}]) == ["A", "B"]
+    late = rt.submit("jobs/fan_out", [{"tag": "c"}, {"tag": "slow-1", "slow": True}])
+    rt.advance(HOUR)
+    with pytest.raises(p.TerminalError, match="longer than an hour"):
+        rt.result(late)
+    assert EFFECTS == ["compensate:slow-1"], "the straggler was cancelled and compensated; the finished one not"
+    cancelled = {c.invocation_id for c in _commands(rt, CommandKind.CANCEL)}
+    assert len(cancelled) == 2 and len(_commands(rt, CommandKind.CANCEL)) == 2, "one cancel per id, once"
