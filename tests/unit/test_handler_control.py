@@ -109,6 +109,16 @@ def _app() -> p.App:
                 ctx.cancel(i)
             raise p.TerminalError("batch took longer than an hour") from None
 
+    signup = app.workflow("signup")
+
+    @signup.run()
+    async def run(ctx: p.WorkflowContext, user: str) -> str:
+        return f"{user}:{await ctx.promise('confirmed')}"
+
+    @signup.handler()
+    async def confirm(ctx: p.WorkflowSharedContext, code: str) -> None:
+        ctx.promise("confirmed").resolve(code)
+
     records = app.service("records")
 
     @records.handler()
@@ -308,6 +318,13 @@ def test_attach_to_a_topic_records_invocation_answers_when_it_finishes(rt: TestR
     attacher = rt.submit("svc/attacher", ev["inv"])
     rt.resolve_awakeable(ev["awk"], "recorded")
     assert rt.result(attacher) == {"value": "recorded"}
+
+
+def test_attach_by_a_clients_id_of_a_workflow_run_waits_for_the_one_run(rt: TestRuntime) -> None:
+    alias = rt.submit("signup/run", "ada", key="u1")  # a Client's own id for the key's run
+    attacher = rt.submit("svc/attacher", alias)
+    rt.submit("signup/confirm", "c0de", key="u1")
+    assert rt.result(attacher) == {"value": "ada:c0de"}
 
 
 def test_an_attach_that_lost_to_its_timeout_leaves_no_dead_letter_when_the_answer_comes(rt: TestRuntime) -> None:
