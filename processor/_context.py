@@ -168,12 +168,6 @@ class Context:
         invocation id."""
         return self._driver.send(handler, arg, key, delay)
 
-    def awakeable(self) -> tuple[str, DurableFuture[Any]]:
-        """An id to hand to the outside world and a future that completes when something resolves
-        (``Client.resolve_awakeable``, or another handler's ``ctx.resolve_awakeable``) or rejects it.
-        Values travel as JSON."""
-        return self._driver.awakeable()
-
     def resolve_awakeable(self, awakeable_id: str, value: Any) -> None:
         """Complete awakeable `awakeable_id` (of any invocation, on any partition) with `value` (JSON).
         Exactly once: the completion is journaled and sent with this invocation's commit, so a replay
@@ -203,6 +197,11 @@ class Context:
         raises TerminalError with ``error_type`` ``InvocationNotFound``. The value is the target's
         result as plain data (JSON), as ``Client.result`` returns it."""
         return self._driver.attach(invocation_id)
+
+    def awakeable(self) -> tuple[str, DurableFuture[Any]]:
+        """An id to hand to the outside world and a future that completes when something resolves
+        (``Client.resolve_awakeable``) or rejects it. Values travel as JSON."""
+        return self._driver.awakeable()
 
 
 class ObjectSharedContext(Context):
