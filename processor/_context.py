@@ -195,7 +195,7 @@ class Context:
         ``p.select``, ``p.gather`` and ``with_timeout``, and attaching never affects the target. An id
         no partition knows (never created, purged after its retention, or a delayed send not due yet)
         raises TerminalError with ``error_type`` ``InvocationNotFound``. The value is the target's
-        result as plain data (JSON), as ``Client.result`` returns it."""
+        result decoded by the app's serde (plain data, not the target's output model)."""
         return self._driver.attach(invocation_id)
 
     def awakeable(self) -> tuple[str, DurableFuture[Any]]:
