@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 import processor as p
 from processor._engine import routing
 from processor._engine.commands import CommandKind, InboxCommand
-from processor.testing import NotFinished, TestRuntime
+from processor.testing import NotFinished, TestRuntime, replay
 
 PARTITIONS = 4
 EFFECTS: list[str] = []
@@ -265,6 +266,20 @@ def test_attach_waits_for_an_invocation_of_another_partition_and_returns_its_res
     assert [(c.invocation_id, c.caller_id) for c in _commands(rt, CommandKind.ATTACH)] == [(holder, attacher)]
     assert [c.invocation_id for c in _commands(rt, CommandKind.RESPONSE)] == [attacher]
     assert rt.status(holder) == "completed", "attaching does not change the target"
+
+
+def test_exported_journals_with_the_new_actions_replay_against_the_same_code(rt: TestRuntime,
+                                                                             tmp_path: Path) -> None:
+    holder, _ = _holding(rt, "e", partition=0)
+    attacher = _start(rt, "svc/attacher", holder, partition=1)
+    resolver = _start(rt, "svc/resolver", {"awk": "awk-inv-3-ffff-0", "value": 1}, partition=2)
+    canceller = _start(rt, "svc/canceller", "inv-3-0123456789abcdef01234567", partition=3)
+    path = tmp_path / "inflight.jsonl"
+    assert rt.export_journals(path) == 4  # the holder (awakeable), the attacher, resolver and canceller (sleeps)
+    report = replay(_app(), path)
+    assert report.replayed == 4 and report.divergences == ()
+    assert {e.kind for i in (attacher, resolver, canceller) for e in rt.journal(i)} >= {
+        "attach", "resolve_awakeable", "cancel"}
 
 
 def test_attach_to_a_finished_invocation_answers_at_once(rt: TestRuntime) -> None:
