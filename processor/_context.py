@@ -68,6 +68,9 @@ class _Driver(Protocol):
     def send(self, target: Target, arg: Any, key: str | None,
              delay: timedelta | None) -> str: ...
     def awakeable(self) -> tuple[str, DurableFuture[Any]]: ...
+    def complete_awakeable(self, awakeable_id: str, value: Any, reason: str | None) -> None: ...
+    def cancel_invocation(self, invocation_id: str) -> None: ...
+    def attach(self, invocation_id: str) -> DurableFuture[Any]: ...
     def promise_await(self, name: str) -> DurableFuture[Any]: ...
     def promise_peek(self, name: str) -> DurableFuture[Any]: ...
     def promise_complete(self, name: str, value: Any, failure: str | None) -> None: ...
@@ -170,6 +173,36 @@ class Context:
         """Invoke `handler` one-way, optionally after `delay` (a durable timer). Returns the callee's
         invocation id."""
         return self._driver.send(handler, arg, key, delay)
+
+    def resolve_awakeable(self, awakeable_id: str, value: Any) -> None:
+        """Complete awakeable `awakeable_id` (of any invocation, on any partition) with `value` (JSON).
+        Exactly once: the completion is journaled and sent with this invocation's commit, so a replay
+        does not send it again. Completing an awakeable already completed does nothing; an id that
+        names no awakeable is dead-lettered by its owner; an id that is not an awakeable id raises
+        TerminalError (``error_type`` ``BadAwakeable``)."""
+        self._driver.complete_awakeable(awakeable_id, value, None)
+
+    def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
+        """Fail awakeable `awakeable_id`: its awaiter gets TerminalError(reason). Exactly once, as
+        ``resolve_awakeable``."""
+        self._driver.complete_awakeable(awakeable_id, None, reason)
+
+    def cancel(self, invocation_id: str) -> None:
+        """Cancel invocation `invocation_id` (any partition), as ``Client.cancel`` does: it gets
+        ``InvocationCancelled`` at its next durable await and can compensate. Exactly once: journaled
+        and sent with this invocation's commit. Cancelling a finished or unknown invocation does
+        nothing."""
+        self._driver.cancel_invocation(invocation_id)
+
+    def attach(self, invocation_id: str) -> DurableFuture[Any]:
+        """The outcome of invocation `invocation_id` (any partition; e.g. the id ``ctx.send`` returned):
+        its result once it finished, or its TerminalError raised (``InvocationCancelled``,
+        ``InvocationKilled``). A durable wait like ``ctx.call``'s: it survives crashes, composes with
+        ``p.select``, ``p.gather`` and ``with_timeout``, and attaching never affects the target. An id
+        no partition knows (never created, purged after its retention, or a delayed send not due yet)
+        raises TerminalError with ``error_type`` ``InvocationNotFound``. The value is the target's
+        result decoded by the app's serde (plain data, not the target's output model)."""
+        return self._driver.attach(invocation_id)
 
     def awakeable(self) -> tuple[str, DurableFuture[Any]]:
         """An id to hand to the outside world and a future that completes when something resolves

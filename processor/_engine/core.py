@@ -38,6 +38,10 @@ class EntryKind(enum.StrEnum):
     PROMISE_COMPLETE = "promise_complete"
     SELECT = "select"                # value: the winner's name
     PATCH = "patch"                  # ctx.patched(name) returned True here: code from that patch on
+    RESOLVE_AWAKEABLE = "resolve_awakeable"  # ctx.resolve_awakeable: name: the awakeable id (sent once)
+    REJECT_AWAKEABLE = "reject_awakeable"
+    CANCEL = "cancel"                # ctx.cancel: name: the invocation id (sent once)
+    ATTACH = "attach"                # pending until the invocation named by `name` finishes; value: its result
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -74,6 +74,7 @@ class Host(Protocol):
     step_executor: Executor
     bodies_running: int  # step bodies executing or awaiting their acknowledgement (the cycle lingers for them)
     partition: int
+    partitions_total: int
     tracer: Tracer | None  # OpenTelemetry, when the process set a tracer provider (processor/_engine/tracing.py)
     stats: PartitionStats
 
@@ -100,6 +101,7 @@ class Host(Protocol):
                timer_owner: tuple[str, int] | None = None, headers: list[tuple[str, bytes]] | None = None) -> str: ...
     def complete_entry(self, invocation_id: str, entry: Entry) -> None: ...
     def cancel_callee(self, callee_id: str) -> None: ...
+    def send_command(self, partition: int, record_key: str, data: bytes) -> None: ...
     def cancel_delivered(self, rt: InvocationRuntime) -> None: ...
     def promise_state(self, rt: InvocationRuntime, name: str) -> tuple[bytes | None, Failure | None] | None: ...
     def promise_wait(self, rt: InvocationRuntime, name: str, seq: int) -> None: ...
@@ -666,6 +668,15 @@ class InvocationRuntime:
 
     def awakeable(self) -> tuple[str, DurableFuture[Any]]:
         return self.waits.awakeable()
+
+    def complete_awakeable(self, awakeable_id: str, value: Any, reason: str | None) -> None:
+        self.waits.complete_awakeable(awakeable_id, value, reason)
+
+    def cancel_invocation(self, invocation_id: str) -> None:
+        self.waits.cancel_invocation(invocation_id)
+
+    def attach(self, invocation_id: str) -> DurableFuture[Any]:
+        return self.waits.attach(invocation_id)
 
     def promise_await(self, name: str) -> DurableFuture[Any]:
         return self.waits.promise_await(name)

@@ -146,7 +146,7 @@ class Messaging:
     def _may_have_subscribers(self, row: InvocationRow, h: HandlerDef | None) -> bool:
         """Callers subscribe by invoking an id: a command's invocation, or a workflow's run. A topic
         record's invocation has an id no invoke can name. `h`: its handler (None: not in this deploy)."""
-        if row.source_topic is None:
+        if row.source_topic is None or row.notify:  # notify: a handler's ctx.attach subscribed (_attach_caller)
             return True
         return h is None or h.kind is HandlerKind.WORKFLOW_RUN
 
@@ -157,10 +157,13 @@ class Messaging:
             if seq == ALIAS_SEQ:
                 self._answer_alias(row, caller)
             else:
-                self.send_command(int(v.decode()), caller, InboxCommand(
-                    kind=CommandKind.RESPONSE, invocation_id=caller, seq=seq, payload=row.result,
-                    failure=row.failure).encode())
+                self._respond(int(v.decode()), caller, seq, row.result, row.failure)
             self.write(k, None)
+
+    def _respond(self, partition: int, caller: str, seq: int, result: bytes | None, failure: Failure | None) -> None:
+        """Answer the pending call or attach at `seq` of invocation `caller`."""
+        self.send_command(partition, caller, InboxCommand(kind=CommandKind.RESPONSE, invocation_id=caller, seq=seq,
+                                                          payload=result, failure=failure).encode())
 
     def publish_result(self, row: InvocationRow | None, invocation_id: str | None = None) -> None:
         inv = row.id if row else invocation_id
@@ -316,12 +319,34 @@ class Messaging:
         inv = cmd.invocation_id or ""
         target = self.resolve_alias(inv)
         row = self._row(target)
+        if cmd.caller_id is not None:
+            return self._attach_caller(row, inv, cmd.caller_id, cmd.caller_seq, cmd.caller_partition)
         if row is None:
             self.publish_result(None, inv)
         elif target != inv:
             self._alias(inv, target)
         else:
             self._attach(row, notify=True)
+        return None
+
+    def _attach_caller(self, row: InvocationRow | None, inv: str, caller: str, seq: int,
+                       partition: int) -> tuple[str, str] | None:
+        """A handler's ``ctx.attach(inv)``: answer its pending entry with `row`'s outcome, at once if
+        it has one, else when it finishes (a subscriber row, as a call's caller gets)."""
+        if not 0 <= partition < self.partitions_total:
+            return "BadCommand", f"attach from partition {partition}: the app has {self.partitions_total}"
+        if row is None:
+            self._respond(partition, caller, seq, None, Failure(
+                type="InvocationNotFound", message=f"no invocation {inv} in app {self.app.name} (never created, "
+                                                   "purged after its retention, or a delayed send not due yet)"))
+        elif row.status.terminal:
+            self._respond(partition, caller, seq, row.result, row.failure)
+        else:
+            self.write(keys.subscriber_key(row.id, caller, seq), str(partition).encode())
+            if not self._may_have_subscribers(row, self.app.handler(row.target)):
+                # A topic record's invocation answers subscribers only when its row says so: `notify`
+                # (which also publishes its outcome on <app>.results, as a Client's attach does).
+                self._update_row(row.id, lambda r: replace(r, notify=True))
         return None
 
     def _cmd_forward(self, msg: InRecord, cmd: InboxCommand) -> tuple[str, str] | None:
@@ -342,7 +367,16 @@ class Messaging:
     def _cmd_response(self, msg: InRecord, cmd: InboxCommand) -> tuple[str, str] | None:
         if cmd.invocation_id is None:
             return "BadCommand", "a response command names no invocation"
-        return self._complete_pending(cmd.invocation_id, cmd.seq, EntryKind.CALL, cmd.payload, cmd.failure)
+        problem = self._complete_pending(cmd.invocation_id, cmd.seq, EntryKind.CALL, cmd.payload, cmd.failure)
+        if problem is not None:
+            row = self._row(cmd.invocation_id)
+            if row is None or row.status.terminal:
+                # The caller finished without this answer (a select or with_timeout it lost, a cancel or
+                # kill) and its journal is gone: nothing waits for it.
+                log.info("response to finished invocation %s #%d dropped: %s", cmd.invocation_id, cmd.seq,
+                         problem[1])
+                return None
+        return problem
 
     def _cmd_awakeable(self, msg: InRecord, cmd: InboxCommand) -> tuple[str, str] | None:
         try:
@@ -350,10 +384,16 @@ class Messaging:
         except ValueError as e:
             return "BadAwakeable", str(e)
         if cmd.kind is CommandKind.RESOLVE_AWAKEABLE:
-            return self._complete_pending(inv, seq, EntryKind.AWAKEABLE, cmd.payload, None)
-        reason = cmd.failure.message if cmd.failure else "rejected"
-        return self._complete_pending(inv, seq, EntryKind.AWAKEABLE, None,
-                                      Failure(type="AwakeableRejected", message=reason))
+            problem = self._complete_pending(inv, seq, EntryKind.AWAKEABLE, cmd.payload, None)
+        else:
+            reason = cmd.failure.message if cmd.failure else "rejected"
+            problem = self._complete_pending(inv, seq, EntryKind.AWAKEABLE, None,
+                                             Failure(type="AwakeableRejected", message=reason))
+        row = None if problem is None else self._row(inv)
+        if row is not None and row.status.terminal:  # finished (its journal gone): completed, or never to be
+            log.info("%s of %s dropped: invocation %s has finished", cmd.kind, cmd.target_id, inv)
+            return None
+        return problem
 
     def _complete_pending(self, inv: str, seq: int, kind: EntryKind, value: bytes | None,
                           failure: Failure | None) -> tuple[str, str] | None:
@@ -362,7 +402,7 @@ class Messaging:
         entry = next((e for e in journal if e.seq == seq), None)
         if entry is None:
             return "UnknownTarget", f"no {kind} #{seq} of invocation {inv} (finished and purged, or never made)"
-        if entry.kind != kind:
+        if entry.kind != kind and not (kind is EntryKind.CALL and entry.kind is EntryKind.ATTACH):  # both get responses
             return "UnknownTarget", f"#{seq} of invocation {inv} is a {entry.kind}, not a {kind}"
         if not entry.pending:
             return None  # completed already: a duplicate completion is a no-op

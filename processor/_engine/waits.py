@@ -1,5 +1,6 @@
 """Durable waits of an invocation: timers, calls, one-way sends, awakeables, workflow promises,
-``select`` and timeouts, and cancellation.
+``select`` and timeouts, cancellation, and what a handler does to other invocations (complete their
+awakeables, cancel them, attach to their outcome).
 
 A wait is journaled as a *pending* entry when called; its completion (a timer firing, a response or
 an awakeable command arriving, a promise resolved) is written into that entry by the partition
@@ -15,15 +16,18 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import orjson
 
 from processor._app import HandlerRef, Target
 from processor._engine import routing
+from processor._engine.commands import CommandKind, InboxCommand
 from processor._engine.core import Entry, EntryKind, Failure, Replay
 from processor._errors import TerminalError, terminal_error
 from processor._futures import DurableFuture
+from processor._models import dump
+from processor._serde import JsonSerde
 from processor.timers import TimerKind
 
 if TYPE_CHECKING:
@@ -157,6 +161,80 @@ class Waits:
                         _json_or_none)
         return routing.awakeable_id(rt.invocation_id, seq), fut
 
+    # -- acting on other invocations: one journal entry and one inbox command, committed together ---
+
+    def complete_awakeable(self, awakeable_id: str, value: Any, reason: str | None) -> None:
+        """Resolve (`reason` None) or reject awakeable `awakeable_id`: a command to its invocation's
+        partition, sent with the entry that records it, so a replay never sends it again."""
+        rt = self.rt
+        kind = EntryKind.RESOLVE_AWAKEABLE if reason is None else EntryKind.REJECT_AWAKEABLE
+        d = rt.journal_call(kind, awakeable_id)
+        if isinstance(d, Replay):
+            _raise_failed(d.entry)
+            return
+        try:
+            inv, _ = routing.parse_awakeable_id(awakeable_id)
+            p = self._partition_of(inv)
+        except ValueError as e:
+            self._refuse(Entry(seq=d.seq, kind=kind, name=awakeable_id), "BadAwakeable", str(e))
+        if reason is None:
+            cmd = InboxCommand(kind=CommandKind.RESOLVE_AWAKEABLE, target_id=awakeable_id,
+                               payload=JsonSerde().serialize(dump(value)))
+        else:
+            cmd = InboxCommand(kind=CommandKind.REJECT_AWAKEABLE, target_id=awakeable_id,
+                               failure=Failure(type="AwakeableRejected", message=reason))
+        rt.record(Entry(seq=d.seq, kind=kind, name=awakeable_id))
+        rt.host.send_command(p, inv, cmd.encode())
+
+    def cancel_invocation(self, invocation_id: str) -> None:
+        """Cancel another invocation (or this one): a ``cancel`` command, sent once."""
+        rt = self.rt
+        d = rt.journal_call(EntryKind.CANCEL, invocation_id)
+        if isinstance(d, Replay):
+            _raise_failed(d.entry)
+            return
+        try:
+            self._partition_of(invocation_id)
+        except ValueError as e:
+            self._refuse(Entry(seq=d.seq, kind=EntryKind.CANCEL, name=invocation_id), "BadInvocationId", str(e))
+        rt.record(Entry(seq=d.seq, kind=EntryKind.CANCEL, name=invocation_id))
+        rt.host.cancel_callee(invocation_id)
+
+    def attach(self, invocation_id: str) -> DurableFuture[Any]:
+        """Wait for another invocation's outcome: an ``attach`` command naming this entry makes the
+        target's partition subscribe it (as a call's caller) and answer it with a ``response``."""
+        rt = self.rt
+
+        def start(seq: int) -> Entry:
+            entry = Entry(seq=seq, kind=EntryKind.ATTACH, name=invocation_id, pending=True)
+            try:
+                p = self._partition_of(invocation_id)
+            except ValueError as e:
+                return replace(entry, pending=False, failure=Failure(type="BadInvocationId", message=str(e)))
+            if invocation_id == rt.invocation_id:
+                return replace(entry, pending=False, failure=Failure(
+                    type="BadInvocationId", message="an invocation cannot attach to itself (it would wait forever)"))
+            rt.host.send_command(p, invocation_id, InboxCommand(
+                kind=CommandKind.ATTACH, invocation_id=invocation_id, caller_id=rt.invocation_id, caller_seq=seq,
+                caller_partition=rt.host.partition).encode())
+            return entry
+        return self.wait(EntryKind.ATTACH, invocation_id, start)
+
+    def _partition_of(self, invocation_id: str) -> int:
+        """The partition of `invocation_id`, which must be one of the app's (a command to another
+        would fail the cycle's transaction, again on every replay)."""
+        p = routing.partition_of(invocation_id)
+        total = self.rt.host.partitions_total
+        if not 0 <= p < total:
+            raise ValueError(f"{invocation_id!r} names partition {p}; the app has {total}")
+        return p
+
+    def _refuse(self, entry: Entry, error_type: str, message: str) -> NoReturn:
+        """Journal `entry` as failed (a replay raises the same) and raise it as a TerminalError."""
+        failure = Failure(type=error_type, message=message)
+        self.rt.record(replace(entry, failure=failure))
+        raise failure_error(failure)
+
     def promise_await(self, name: str) -> DurableFuture[Any]:
         rt = self.rt
 
@@ -254,6 +332,11 @@ class Waits:
                 rt.host.cancel_callee(entry.value.decode())
             rt.host.complete_entry(rt.invocation_id, replace(entry, pending=False, failure=CANCELLED))
         return True
+
+
+def _raise_failed(entry: Entry) -> None:
+    if entry.failure is not None:
+        raise failure_error(entry.failure)
 
 
 def _json_or_none(data: bytes | None) -> Any:

@@ -180,6 +180,33 @@ async def book(ctx: p.Context, ev: dict[str, Any]) -> Any:
         raise
 
 
+control = app.service("control")  # acts on other invocations (tests/e2e/test_handler_control.py)
+
+
+@control.handler()
+async def resolve_other(ctx: p.Context, ev: dict[str, Any]) -> str:
+    ctx.resolve_awakeable(ev["awakeable"], ev["value"])
+    await ctx.run("resolved", effect, f"resolved:{ev['id']}")
+    return "resolved"
+
+
+@control.handler()
+async def cancel_other(ctx: p.Context, ev: dict[str, Any]) -> str:
+    ctx.cancel(ev["target"])
+    await ctx.run("cancelled", effect, f"cancelled:{ev['id']}")
+    return "cancelled"
+
+
+@control.handler()
+async def send_then_attach(ctx: p.Context, ev: dict[str, Any]) -> Any:
+    callee = ctx.send(hold_until_decided, {"id": ev["id"]})
+    ctx.emit(OUTPUT, {"id": ev["id"], "sent": callee}, key=ev["id"])
+    result = await ctx.attach(callee)
+    await ctx.run("attached", effect, f"attached:{ev['id']}")
+    ctx.emit(OUTPUT, {"id": ev["id"], "attached": result}, key=ev["id"])
+    return result
+
+
 line = app.virtual_object("line")
 
 

@@ -5,6 +5,7 @@ type is an error (each ``type: ignore`` below must be needed: --strict reports u
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, assert_type
 
 import processor as p
@@ -51,3 +52,12 @@ def sync_side(client: p.SyncClient) -> None:
     assert_type(client.call(place, Order("1")), Receipt)
     assert_type(client.call(p.ref("shop/place", Order, Receipt), Order("1")), Receipt)
     client.call(p.ref("shop/place", Order, Receipt), 3)  # type: ignore[arg-type]
+
+
+@shop.handler()
+async def composed(ctx: p.Context, ids: list[str]) -> list[Any]:
+    """gather is a durable future: select and with_timeout take it (tests/unit/test_handler_control.py)."""
+    both = p.gather(*(ctx.attach(i) for i in ids))
+    assert_type(both, p.DurableFuture[list[Any]])
+    assert_type(await p.select(all=both, timer=ctx.sleep(timedelta(hours=1))), tuple[str, Any])
+    return await p.gather(ctx.call(place, Order("o")), ctx.attach(ids[0])).with_timeout(timedelta(minutes=1))

@@ -6,7 +6,7 @@ import { confirmAction, applicable } from "./actions.js";
 import { owner } from "./api.js";
 import { badge, clear, duration, h, parseTime, pretty, relative } from "./dom.js";
 
-const WAITS = new Set(["sleep", "call", "awakeable", "promise"]);
+const WAITS = new Set(["sleep", "call", "attach", "awakeable", "promise"]);
 
 function field(name, ...value) {
   return [h("dt", {}, name), h("dd", {}, ...value)];
