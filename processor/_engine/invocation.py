@@ -111,7 +111,7 @@ class Host(Protocol):
 
 # The journal entries whose timeline is kept (started_ms, ended_ms): steps and durable waits.
 _TIMED = frozenset({EntryKind.RUN, EntryKind.SLEEP, EntryKind.CALL, EntryKind.AWAKEABLE, EntryKind.PROMISE,
-                    EntryKind.SELECT})
+                    EntryKind.SELECT, EntryKind.ATTACH})
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any) -> Callable[[], None]:
