@@ -29,6 +29,7 @@ from processor._errors import (
     UnknownTopicError,
 )
 from processor._futures import DurableFuture, gather, select
+from processor._limits import Rate
 from processor._retry import OnExhausted, RetryPolicy
 from processor._serde import AvroSerde, BytesSerde, JsonSerde, Serde
 from processor._sync import SyncClient
@@ -53,6 +54,7 @@ __all__ = [
     "ObjectSharedContext",
     "OnExhausted",
     "ProcessorError",
+    "Rate",
     "RetryPolicy",
     "Serde",
     "SerdeError",
