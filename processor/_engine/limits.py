@@ -97,7 +97,8 @@ class Limiter:
             lq = self._limited[slot] = LimitQueue(limit=h.limit, target=h.target, ids=deque())
         lq.ids.append(row.id)
         self._limit_of[row.id] = slot
-        why = self._take_slot(slot, lq) if lq.started == len(lq.ids) - 1 else _behind(lq)
+        ahead = len(lq.ids) - 1 - lq.started
+        why = self._take_slot(slot, lq) if not ahead else f"{self._why(lq)} ({ahead} queued ahead)"
         if why is None:
             lq.started += 1
             self.start(row, fresh=fresh, eager=eager, h=h, decoded=decoded)
@@ -199,16 +200,25 @@ class Limiter:
         if lim is None:
             return None
         if lim.concurrency is not None and lq.started >= lim.concurrency:
-            return (f"waiting for a concurrency slot of {lq.target}: {lim.concurrency} running per "
-                    f"{'key' if lim.per_key else 'partition'}")
+            return self._why(lq)
         if lim.rate is not None:
             due_ms = self._take_token(lq.target, lim.rate)
             if due_ms is not None:
                 self._limit_wake[slot] = due_ms
-                return (f"waiting for the rate of {lq.target}: {lim.rate.per_second:g}/s over the app, "
-                        f"{lim.rate.per_second / self.partitions_total:g}/s on each of {self.partitions_total} "
-                        "partitions")
+                return self._why(lq)
         return None
+
+    def _why(self, lq: LimitQueue) -> str:
+        """What queue `lq` waits for: a concurrency slot if every one is taken, else its rate."""
+        lim = lq.limit
+        if lim is not None and lim.concurrency is not None and lq.started >= lim.concurrency:
+            return (f"waiting for a concurrency slot of {lq.target}: {lim.concurrency} running per "
+                    f"{'key' if lim.per_key else 'partition'}")
+        if lim is not None and lim.rate is not None:
+            return (f"waiting for the rate of {lq.target}: {lim.rate.per_second:g}/s over the app, "
+                    f"{lim.rate.per_second / self.partitions_total:g}/s on each of {self.partitions_total} "
+                    "partitions")
+        return f"waiting for its turn in the queue of {lq.target}"
 
     def _take_token(self, target: str, rate: Rate) -> int | None:
         """Take a token of `target`'s rate on this partition (None), or say when one is due (ms)."""
@@ -231,7 +241,3 @@ class Limiter:
         stored = self._row(invocation_id)
         if stored is not None and stored.status is Status.QUEUED and stored.paused_reason != why:
             self.write(keys.invocation_key(invocation_id), replace(stored, paused_reason=why).encode())
-
-
-def _behind(lq: LimitQueue) -> str:
-    return f"waiting behind {len(lq.ids) - 1 - lq.started} queued invocation(s) of {lq.target}"

@@ -100,7 +100,8 @@ def test_a_shared_handler_runs_at_most_its_concurrency_per_key_and_keys_do_not_w
         b = [rt.submit("docs/render", 10 + n, key="b") for n in range(2)]
         assert [rt.status(i) for i in a] == ["running", "running", "queued", "queued"]
         assert [rt.status(i) for i in b] == ["running", "running"]
-        assert rt.paused_reason(a[3]) == "waiting behind 1 queued invocation(s) of docs/render"
+        assert rt.paused_reason(a[3]) == "waiting for a concurrency slot of docs/render: 2 running per key " \
+            "(1 queued ahead)"
         for _ in range(2):
             rt.advance(10 * SECOND)
         marks = rt.emitted("marks")
