@@ -70,8 +70,8 @@ class EngineCollector:
                                   "durably (suspended)", value=s["suspended_total"])
         yield GaugeMetricFamily("processor_invocations_in_memory", "Invocations with a runtime in memory",
                                 value=s["in_memory"])
-        yield GaugeMetricFamily("processor_invocations_queued", "Exclusive invocations waiting behind another "
-                                "of their key", value=s["queued"])
+        yield GaugeMetricFamily("processor_invocations_queued", "Invocations waiting behind another of their "
+                                "key (exclusive) or for a handler's limit", value=s["queued"])
         yield _histogram("processor_step_attempts", "Attempts a step took to its final outcome",
                          s["step_attempts"])
         bodies = HistogramMetricFamily("processor_step_seconds", "Duration of each attempt of a step body "

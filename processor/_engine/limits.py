@@ -178,9 +178,12 @@ class Limiter:
                 h = self.app.handler(target)
                 lq = self._limited[slot] = LimitQueue(limit=None if h is None else h.limit, target=target,
                                                       ids=deque())
-            self._limit_of[inv] = slot
             row = self._row(inv)
-            if row is not None and row.status is Status.QUEUED:
+            if row is None:  # cannot happen: a slot row is deleted with (or before) its invocation's row
+                log.error("partition %d: queued invocation %s of %s has no row", self.partition, inv, target)
+                continue
+            self._limit_of[inv] = slot
+            if row.status is Status.QUEUED:
                 waiting.setdefault(slot, []).append(inv)
                 continue
             lq.ids.append(inv)  # started: a prefix of the queue in the committed history
