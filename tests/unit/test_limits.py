@@ -181,3 +181,33 @@ def test_limits_are_checked_where_the_handler_is_declared() -> None:
         p.Rate(per_second=1, burst=0)
     assert p.Rate(per_second=20).per_partition(4) == (200_000, 5)
     assert p.Rate(per_second=1, burst=1).per_partition(4) == (4_000_000, 1)
+
+
+def test_a_rate_s_bucket_is_committed_state_so_a_restart_grants_no_second_burst() -> None:
+    with TestRuntime(_rated_app(p.Rate(per_second=4, burst=2), partitions=1)) as rt:
+        t0 = rt.now.timestamp()
+        ids = [rt.submit("jobs/ping", n) for n in range(4)]
+        rt.deploy(_rated_app(p.Rate(per_second=4, burst=2), partitions=1))  # rebuilt from the store
+        assert [rt.status(i) for i in ids] == ["completed", "completed", "queued", "queued"]
+        rt.advance(SECOND)
+        assert [rt.result(i) - t0 for i in ids] == pytest.approx([0, 0, 0.25, 0.5])
+
+
+def test_concurrency_and_rate_together_on_a_shared_handler_across_its_keys() -> None:
+    app = p.App("lim", partitions=1)
+    docs = app.virtual_object("docs")
+
+    @docs.handler(shared=True, concurrency=2, rate=p.Rate(per_second=10, burst=10))
+    async def render(ctx: p.ObjectSharedContext, n: int) -> None:
+        ctx.emit("marks", ["start", n, await ctx.time()])
+        await ctx.sleep(SECOND)
+        ctx.emit("marks", ["end", n])
+
+    with TestRuntime(app) as rt:
+        t0 = rt.now.timestamp()
+        ids = [rt.submit("docs/render", n, key=f"k{n}") for n in range(6)]  # one partition: keys share it
+        assert [rt.status(i) for i in ids].count("queued") == 4
+        rt.advance(5 * SECOND)
+        marks = rt.emitted("marks")
+        assert _overlap(marks) == 2
+        assert [m[2] - t0 for m in marks if m[0] == "start"] == pytest.approx([0, 0, 1, 1, 2, 2])
