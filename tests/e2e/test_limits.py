@@ -68,12 +68,13 @@ def test_a_rate_of_r_per_second_holds_within_ten_percent_over_sixty_seconds(
     assert proc.stop() == 0
 
 
-def _most_overlapping(records: list[Record]) -> tuple[int, dict[str, int]]:
+def _walk(records: list[Record]) -> tuple[int, dict[str, int], dict[str, list[int]]]:
     """Walk each key's markers in output order: the most invocations between their start and end
-    marker at once, over all keys, and how many start/end markers each (key, n) has."""
+    marker at once, over all keys; how many start/end markers each (key, n) has; each key's starts."""
     most = 0
     running: dict[str, set[int]] = {}
     seen: dict[str, int] = {}
+    starts: dict[str, list[int]] = {}
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         v = orjson.loads(r.value or b"")
         if "mark" not in v:
@@ -82,10 +83,11 @@ def _most_overlapping(records: list[Record]) -> tuple[int, dict[str, int]]:
         now = running.setdefault(v["key"], set())
         if v["mark"] == "start":
             now.add(v["n"])
+            starts.setdefault(v["key"], []).append(v["n"])
             most = max(most, len(now))
         else:
             now.discard(v["n"])
-    return most, seen
+    return most, seen, starts
 
 
 def test_a_per_key_concurrency_limit_is_never_exceeded_while_instances_are_sigkilled(
@@ -120,8 +122,10 @@ def test_a_per_key_concurrency_limit_is_never_exceeded_while_instances_are_sigki
     print(f"invocations done at each SIGKILL: {killed_at} of {total}")
     assert all(n < total for n in killed_at), "a kill landed after the work was done"
 
-    most, seen = _most_overlapping(kafka.drain(out))  # read_committed
+    most, seen, starts = _walk(kafka.drain(out))  # read_committed
     assert set(seen.values()) == {1} and len(seen) == 2 * total, "each marker exactly once"
     assert most == per_key, f"at most {per_key} of a key ran at once, and that many did: {most}"
+    out_of_order = {k: v for k, v in starts.items() if v != sorted(v)}
+    assert not out_of_order, f"a key's invocations started out of arrival order: {out_of_order}"
     for p in procs:
         assert p.stop() == 0
