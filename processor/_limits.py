@@ -43,14 +43,6 @@ class Limit:
     per_key: bool
     rate: Rate | None
 
-    def describe(self) -> str:
-        parts = []
-        if self.concurrency is not None:
-            parts.append(f"{self.concurrency} running per {'key' if self.per_key else 'partition'}")
-        if self.rate is not None:
-            parts.append(f"{self.rate.per_second:g}/s over the app")
-        return ", ".join(parts)
-
 
 def checked_limit(where: str, *, concurrency: object, concurrency_per_key: object, rate: object,
                   exclusive: bool) -> Limit | None:

@@ -427,21 +427,19 @@ class PartitionWorker(Intake, Messaging, Limiter):
 
     def _claim_slot(self, row: InvocationRow) -> InvocationRow:
         """Write the slot that makes a load find in-flight `row` again: its place in its key's inbox
-        (exclusive handlers), or its active key. Returns the row with its inbox seq."""
+        (exclusive handlers) or its limited handler's queue, or its active key. Returns the row with
+        its inbox seq."""
         self._durable.add(row.id)
-        slot = self._limit_of.get(row.id)
-        if slot is not None:  # its place in its limited handler's queue
-            self._inbox_seq += 1
-            self.write(keys.meta_key("inbox-seq"), _U64.pack(self._inbox_seq))
-            self.write(keys.inbox_key(slot[0], slot[1], self._inbox_seq), row.id.encode())
-            return replace(row, inbox_seq=self._inbox_seq)
-        h = self.app.handler(row.target)
-        if h is None or not h.kind.exclusive or row.key is None:
-            self.write(keys.active_key(row.id), b"")
-            return row
+        slot = self._limit_of.get(row.id)  # its place in its limited handler's queue, if it has one
+        if slot is None:
+            h = self.app.handler(row.target)
+            if h is None or not h.kind.exclusive or row.key is None:
+                self.write(keys.active_key(row.id), b"")
+                return row
+            slot = (row.service, row.key)
         self._inbox_seq += 1
         self.write(keys.meta_key("inbox-seq"), _U64.pack(self._inbox_seq))
-        self.write(keys.inbox_key(row.service, row.key, self._inbox_seq), row.id.encode())
+        self.write(keys.inbox_key(slot[0], slot[1], self._inbox_seq), row.id.encode())
         return replace(row, inbox_seq=self._inbox_seq)
 
     def _save_journal(self, rt: InvocationRuntime, *, everything: bool = False) -> None:
