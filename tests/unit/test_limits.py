@@ -11,6 +11,7 @@ import pytest
 
 import processor as p
 from processor._engine.limits import take_token
+from processor.state import keys
 from processor.testing import TestRuntime
 
 SECOND = timedelta(seconds=1)
@@ -54,6 +55,7 @@ def test_a_service_handler_runs_at_most_its_concurrency_and_the_rest_wait_queued
         assert _overlap(marks) == 2
         assert [n for what, n, *_ in marks if what == "start"] == [0, 1, 2, 3, 4]  # arrival order
         assert all(rt.status(i) == "completed" for i in ids)
+        assert not [k for k, _ in rt._workers[0].state.scan(keys.INBOX)]  # every slot row went with its invocation
 
 
 def test_limits_hold_when_every_commit_is_followed_by_a_restart_from_the_store() -> None:
@@ -211,3 +213,17 @@ def test_concurrency_and_rate_together_on_a_shared_handler_across_its_keys() -> 
         marks = rt.emitted("marks")
         assert _overlap(marks) == 2
         assert [m[2] - t0 for m in marks if m[0] == "start"] == pytest.approx([0, 0, 1, 1, 2, 2])
+
+
+def test_a_deploy_that_removes_the_limit_starts_what_its_queue_held() -> None:
+    with TestRuntime(_service_app(concurrency=1)) as rt:
+        ids = [rt.submit("jobs/work", n) for n in range(3)]
+        rt.deploy(_service_app())
+        assert [rt.status(i) for i in ids] == ["running"] * 3
+        rt.advance(10 * SECOND)
+        assert [rt.status(i) for i in ids] == ["completed"] * 3
+        rt.submit("jobs/work", 3)  # and new ones start at once
+        assert len(rt.emitted("marks")) == 7
+        rt.deploy(_service_app())  # the old queue's slot rows went with their invocations: nothing resumes
+        assert len(rt.emitted("marks")) == 7
+        assert not [k for k, _ in rt._workers[0].state.scan(keys.INBOX)]
