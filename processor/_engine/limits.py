@@ -168,30 +168,31 @@ class Limiter:
 
     def load_limited(self, slots: list[tuple[str, str, str]]) -> int:
         """Rebuild the queues from their stored slot rows (`slots`: (target, key, invocation id) in
-        arrival order) and resume the started invocations. Returns how many it resumed."""
+        arrival order), resume the started invocations and start who may. Returns how many it resumed."""
         waiting: dict[tuple[str, str], list[str]] = {}
-        resumed = 0
+        started: list[str] = []
         for target, key, inv in slots:
             slot = (target, key)
+            row = self._row(inv)
+            if row is None:  # cannot happen: a slot row is deleted with (or before) its invocation's row
+                log.error("partition %d: queued invocation %s of %s has no row", self.partition, inv, target)
+                continue
             lq = self._limited.get(slot)
             if lq is None:
                 h = self.app.handler(target)
                 lq = self._limited[slot] = LimitQueue(limit=None if h is None else h.limit, target=target,
                                                       ids=deque())
-            row = self._row(inv)
-            if row is None:  # cannot happen: a slot row is deleted with (or before) its invocation's row
-                log.error("partition %d: queued invocation %s of %s has no row", self.partition, inv, target)
-                continue
             self._limit_of[inv] = slot
             if row.status is Status.QUEUED:
                 waiting.setdefault(slot, []).append(inv)
-                continue
-            lq.ids.append(inv)  # started: a prefix of the queue in the committed history
-            lq.started += 1
-            resumed += self._resume(inv)
+            else:  # started: a prefix of its queue in every committed history
+                lq.ids.append(inv)
+                lq.started += 1
+                started.append(inv)
         for slot, invs in waiting.items():
             self._limited[slot].ids.extend(invs)
             self.queued += len(invs)
+        resumed = sum(self._resume(inv) for inv in started)
         for slot in list(self._limited):
             self.limited_admit(slot)
         return resumed

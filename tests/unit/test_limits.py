@@ -227,3 +227,13 @@ def test_a_deploy_that_removes_the_limit_starts_what_its_queue_held() -> None:
         rt.deploy(_service_app())  # the old queue's slot rows went with their invocations: nothing resumes
         assert len(rt.emitted("marks")) == 7
         assert not [k for k, _ in rt._workers[0].state.scan(keys.INBOX)]
+
+
+def test_a_deploy_without_the_handler_fails_what_its_queue_held() -> None:
+    with TestRuntime(_service_app(concurrency=1)) as rt:
+        ids = [rt.submit("jobs/work", n) for n in range(3)]
+        rt.deploy(p.App("lim", partitions=1))
+        assert [rt.status(i) for i in ids] == ["failed"] * 3
+        with pytest.raises(p.TerminalError, match="no handler jobs/work in this deploy"):
+            rt.result(ids[2])
+        assert not [k for k, _ in rt._workers[0].state.scan(keys.INBOX)]
