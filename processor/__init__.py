@@ -29,6 +29,7 @@ from processor._errors import (
     UnknownTopicError,
 )
 from processor._futures import DurableFuture, gather, select
+from processor._limits import Rate
 from processor._retry import OnExhausted, RetryPolicy
 from processor._schedule import CatchUp
 from processor._serde import AvroSerde, BytesSerde, JsonSerde, Serde
@@ -55,6 +56,7 @@ __all__ = [
     "ObjectSharedContext",
     "OnExhausted",
     "ProcessorError",
+    "Rate",
     "RetryPolicy",
     "Serde",
     "SerdeError",

@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from processor._errors import ConfigurationError
 from processor._kafka_config import KafkaConfig, from_code
+from processor._limits import Limit, Rate, checked_limit
 from processor._models import PLAIN, Shape, handler_shapes, shape_of
 from processor._retry import OnExhausted, RetryPolicy
 from processor._schedule import DEFAULT_GRACE, CatchUp, ScheduleDef
@@ -51,6 +52,7 @@ class HandlerDef:
     input_serde: Serde[Any] | None  # None: the app's default serde
     retry: RetryPolicy  # when an attempt that raised runs again, and when that stops (``on_exhausted``)
     on_exhausted: OnExhausted
+    limit: Limit | None = None  # concurrency / rate limits: invocations wait in a queue (decision 014)
     target: str = field(init=False)  # "<service>/<name>"
     keyed: bool = field(init=False)  # every kind but a service's handlers has a key
     input_shape: Shape = field(init=False)  # a dataclass / pydantic input model, from the type hints
@@ -152,16 +154,19 @@ class _Definition(Generic[C]):
         self.name = name
 
     def _register(self, kind: HandlerKind, name: str | None, serde: Serde[Any] | None,
-                  retry: RetryPolicy | None, on_exhausted: OnExhausted | None) -> Callable[[F], F]:
+                  retry: RetryPolicy | None, on_exhausted: OnExhausted | None, *, concurrency: int | None = None,
+                  concurrency_per_key: int | None = None, rate: Rate | None = None) -> Callable[[F], F]:
         cfg = self._app.config
         policy = _checked_retry(retry if retry is not None else cfg.invocation_retry, "retry")
         exhausted = _checked_on_exhausted(on_exhausted if on_exhausted is not None else cfg.on_exhausted)
+        limit = checked_limit(f"handler {self.name}/{name or '...'}", concurrency=concurrency,
+                              concurrency_per_key=concurrency_per_key, rate=rate, exclusive=kind.exclusive)
 
         def decorate(fn: F) -> F:
             if not inspect.iscoroutinefunction(fn):
                 raise ConfigurationError(f"handler {fn.__qualname__} must be an `async def` function")
             h = HandlerDef(service=self.name, name=name or fn.__name__, kind=kind, fn=fn, input_serde=serde,
-                           retry=policy, on_exhausted=exhausted)
+                           retry=policy, on_exhausted=exhausted, limit=limit)
             self._app._add_handler(h)
             with contextlib.suppress(AttributeError):  # one that takes no attributes: by target string only
                 setattr(fn, _DEF_ATTR, h)  # so a Client can call the function itself (target and types)
@@ -186,11 +191,16 @@ class ServiceDefinition(_Definition[Any]):
     """A stateless service; its handlers take a ``Context``."""
 
     def handler(self, *, name: str | None = None, serde: Serde[Any] | None = None, retry: RetryPolicy | None = None,
-                on_exhausted: OnExhausted | None = None) -> Callable[[F], F]:
+                on_exhausted: OnExhausted | None = None, concurrency: int | None = None,
+                rate: Rate | None = None) -> Callable[[F], F]:
         """Register an async ``(ctx: Context, value) -> result`` handler. `retry`: when an attempt that
         raised runs again (default: the app's ``invocation_retry``); `on_exhausted`: what happens once
-        that policy gives up (default: the app's ``on_exhausted``, ``PAUSE``)."""
-        return self._register(HandlerKind.SERVICE, name, serde, retry, on_exhausted)
+        that policy gives up (default: the app's ``on_exhausted``, ``PAUSE``). `concurrency`: at most
+        this many invocations running (started, not finished) per partition; `rate`: starts at most at
+        ``p.Rate(per_second=R)`` over the app (R/P per partition). Others wait, queued in arrival
+        order (docs/decisions/014-limits.md)."""
+        return self._register(HandlerKind.SERVICE, name, serde, retry, on_exhausted, concurrency=concurrency,
+                              rate=rate)
 
 
 class WorkflowDefinition(_Definition[Any]):
@@ -214,12 +224,17 @@ class ObjectDefinition(_Definition[Any]):
     """A virtual object: state per key; exclusive handlers of one key run one at a time."""
 
     def handler(self, *, shared: bool = False, name: str | None = None, serde: Serde[Any] | None = None,
-                retry: RetryPolicy | None = None, on_exhausted: OnExhausted | None = None) -> Callable[[F], F]:
+                retry: RetryPolicy | None = None, on_exhausted: OnExhausted | None = None,
+                concurrency: int | None = None, concurrency_per_key: int | None = None,
+                rate: Rate | None = None) -> Callable[[F], F]:
         """Register an exclusive ``(ctx: ObjectContext, value)`` handler, or with ``shared=True`` a
         concurrent read-only ``(ctx: ObjectSharedContext, value)`` handler; `retry` and `on_exhausted`
-        as for ``ServiceDefinition.handler`` (a paused exclusive invocation keeps holding its key)."""
+        as for ``ServiceDefinition.handler`` (a paused exclusive invocation keeps holding its key).
+        A shared handler takes `concurrency` and `rate` as a service's, or `concurrency_per_key`: at most
+        this many running per key (decision 014)."""
         return self._register(HandlerKind.SHARED if shared else HandlerKind.EXCLUSIVE, name, serde, retry,
-                              on_exhausted)
+                              on_exhausted, concurrency=concurrency, concurrency_per_key=concurrency_per_key,
+                              rate=rate)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -74,8 +74,8 @@ class EngineCollector:
                                 "not in memory: suspended on a timer, call, awakeable or promise, or backing off or "
                                 "paused and evicted (as of the last commit; recounted every 10 s)",
                                 value=s["stored"]["out_of_memory"])
-        yield GaugeMetricFamily("processor_invocations_queued", "Exclusive invocations waiting behind another "
-                                "of their key", value=s["queued"])
+        yield GaugeMetricFamily("processor_invocations_queued", "Invocations waiting behind another of their "
+                                "key (exclusive) or for a handler's limit", value=s["queued"])
         yield _histogram("processor_step_attempts", "Attempts a step took to its final outcome",
                          s["step_attempts"])
         bodies = HistogramMetricFamily("processor_step_seconds", "Duration of each attempt of a step body "

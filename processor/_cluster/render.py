@@ -52,7 +52,7 @@ def last_error(inv: dict[str, Any]) -> str | None:
             f = e["failure"]
             return f"{f['type']}: {f['message']} (step #{e['seq']} {e['name']!r}, attempt {e['attempts']}, " \
                    f"retrying at {e.get('retry_at') or '?'})"
-    if inv.get("paused_reason"):
+    if inv.get("paused_reason") and inv.get("status") != "queued":  # a queued one's says what it waits for
         return str(inv["paused_reason"])
     return None
 
@@ -70,7 +70,7 @@ def journal(inv: dict[str, Any]) -> str:
     error = last_error(inv)
     head.append(f"error       {error or '-'}")
     if inv.get("paused_reason") and inv["paused_reason"] != error:  # retries ran out: why, and the key it holds
-        head.append(f"paused      {inv['paused_reason']}")
+        head.append(f"{'waiting' if inv.get('status') == 'queued' else 'paused':<11} {inv['paused_reason']}")
     if inv.get("retry_at") and inv.get("retry_at") != "-":
         head.append(f"retry at    {inv['retry_at']}")
     head.append(f"input       {value_text(inv.get('input'))}")

@@ -21,6 +21,7 @@ from processor._engine.core import Entry, EntryKind, Failure, encode_chunk
 from processor._engine.intake import Intake
 from processor._engine.invocation import InvocationRuntime
 from processor._engine.kafka import KnownTopics
+from processor._engine.limits import Limiter, LimitQueue
 from processor._engine.memtrim import Trimmer
 from processor._engine.messaging import Messaging
 from processor._engine.records import InRecord, InvocationRow, OutRecord, Status
@@ -67,7 +68,7 @@ class StepSink(Protocol):
               on_acked: Callable[[int | None], None]) -> None: ...
 
 
-class PartitionWorker(Intake, Messaging):
+class PartitionWorker(Intake, Messaging, Limiter):
     stats: PartitionStats = UNCOUNTED  # the engine's counters (metrics), set when it builds the worker
     runtime_class: type[InvocationRuntime] = InvocationRuntime  # the testing kit's replayer stops at a journal's end
     def __init__(self, *, app: App, partition: int, partitions_total: int, store: Store, step_executor: Executor,
@@ -94,6 +95,11 @@ class PartitionWorker(Intake, Messaging):
         self._releases: list[Callable[[], None]] = []
         self.runtimes: dict[str, InvocationRuntime] = {}
         self._queues: dict[tuple[str, str], deque[str]] = {}
+        # Limited handlers' queues (limits.py): by (target, key or ""), each queued id's queue, and
+        # when a queue waiting for its rate may start its next
+        self._limited: dict[tuple[str, str], LimitQueue] = {}
+        self._limit_of: dict[str, tuple[str, str]] = {}
+        self._limit_wake: dict[tuple[str, str], int] = {}
         # Invocations in flight are written to the store only when a cycle they outlive is sealed
         # (docs/architecture.md, "What a cycle writes"): `_durable` holds the ids of those in memory
         # or queued whose row and slot (inbox or active key) the store or a sealed overlay has (one
@@ -231,9 +237,13 @@ class PartitionWorker(Intake, Messaging):
             self._steps_from = meta_int(self.state.get, "steps-from")
             self._on_work()
         self.timers.load(self.now_ms())
+        limited: list[tuple[str, str, str]] = []
         for k, v in self.state.scan(keys.INBOX):
             obj, key, _seq = keys.parse_inbox_key(k)
-            self._queues.setdefault((obj, key), deque()).append(v.decode())
+            if "/" in obj:  # a limited handler's queue (its target), not an object key's
+                limited.append((obj, key, v.decode()))
+            else:
+                self._queues.setdefault((obj, key), deque()).append(v.decode())
             self._durable.add(v.decode())
         self.queued = sum(len(q) - 1 for q in self._queues.values())
         active = [keys.parse_active_key(k) for k, _ in self.state.scan(keys.ACTIVE)]
@@ -243,6 +253,7 @@ class PartitionWorker(Intake, Messaging):
             resumed += self._resume(q[0])
         for inv in active:
             resumed += self._resume(inv)
+        resumed += self.load_limited(limited)
         if resumed:
             log.info("partition %d: resumed %d in-flight invocation(s)", self.partition, resumed)
 
@@ -267,6 +278,9 @@ class PartitionWorker(Intake, Messaging):
         """A new invocation: run it now, or queue it behind the running one of its key. Nothing is
         written yet: a cycle it outlives saves it (``save``). `eager`: see ``start``."""
         self.stats.created(h.target)
+        if h.limit is not None:
+            self.limited_create(row, h, fresh=fresh, eager=eager, decoded=decoded)
+            return
         if h.kind.exclusive:
             assert row.key is not None
             q = self._queues.setdefault((h.service, row.key), deque())
@@ -372,6 +386,9 @@ class PartitionWorker(Intake, Messaging):
         return h is not None and h.kind is HandlerKind.WORKFLOW_RUN
 
     def _release_slot(self, row: InvocationRow, durable: bool) -> None:
+        if row.id in self._limit_of:
+            self.limited_release(row, durable)
+            return
         if durable:
             if row.inbox_seq is not None and row.key is not None:
                 self.write(keys.inbox_key(row.service, row.key, row.inbox_seq), None)
@@ -411,15 +428,19 @@ class PartitionWorker(Intake, Messaging):
 
     def _claim_slot(self, row: InvocationRow) -> InvocationRow:
         """Write the slot that makes a load find in-flight `row` again: its place in its key's inbox
-        (exclusive handlers), or its active key. Returns the row with its inbox seq."""
+        (exclusive handlers) or its limited handler's queue, or its active key. Returns the row with
+        its inbox seq."""
         self._durable.add(row.id)
-        h = self.app.handler(row.target)
-        if h is None or not h.kind.exclusive or row.key is None:
-            self.write(keys.active_key(row.id), b"")
-            return row
+        slot = self._limit_of.get(row.id)  # its place in its limited handler's queue, if it has one
+        if slot is None:
+            h = self.app.handler(row.target)
+            if h is None or not h.kind.exclusive or row.key is None:
+                self.write(keys.active_key(row.id), b"")
+                return row
+            slot = (row.service, row.key)
         self._inbox_seq += 1
         self.write(keys.meta_key("inbox-seq"), _U64.pack(self._inbox_seq))
-        self.write(keys.inbox_key(row.service, row.key, self._inbox_seq), row.id.encode())
+        self.write(keys.inbox_key(slot[0], slot[1], self._inbox_seq), row.id.encode())
         return replace(row, inbox_seq=self._inbox_seq)
 
     def _save_journal(self, rt: InvocationRuntime, *, everything: bool = False) -> None:
@@ -528,6 +549,7 @@ class PartitionWorker(Intake, Messaging):
         self._route_stale_held()
         if fire(self.timers.pop_due(now_ms), self._timer_actions):
             self._on_work()
+        self.limits_due()
         if time.monotonic() >= self._next_suspend_check:
             self._next_suspend_check = time.monotonic() + 0.25
             self.trimmer.evicted(self.suspend_idle(self.app.config.suspend_after.total_seconds()))
@@ -630,6 +652,9 @@ class PartitionWorker(Intake, Messaging):
             rt.drop()
         self.runtimes.clear()
         self._queues.clear()
+        self._limited.clear()
+        self._limit_of.clear()
+        self._limit_wake.clear()
         self._durable.clear()
         self._dirty.clear()
         self._queued_rows.clear()

@@ -45,7 +45,7 @@ class OutRecord:
 
 
 class Status(enum.Enum):
-    QUEUED = "queued"            # waiting behind another exclusive invocation of its key
+    QUEUED = "queued"            # waiting behind another exclusive invocation of its key, or for a limit
     RUNNING = "running"          # has (or will get) a runtime in memory
     BACKING_OFF = "backing_off"  # failed with a retryable error; an invocation_retry timer restarts it
     PAUSED = "paused"            # diverged from its journal, or retries ran out; waits for a new deploy or an operator
@@ -109,8 +109,8 @@ class InvocationRow:
         """This row in `status`; raises IllegalTransition on a move the state machine forbids."""
         if status not in _MOVES[self.status]:
             raise IllegalTransition(f"invocation {self.id}: {self.status.value} -> {status.value}")
-        if self.status is Status.PAUSED and status is not Status.PAUSED:
-            changes.setdefault("paused_reason", None)  # the reason describes the pause, not the row's life
+        if self.status in (Status.PAUSED, Status.QUEUED) and status is not self.status:
+            changes.setdefault("paused_reason", None)  # why it paused or waited, not the row's life
         if self.status in (Status.BACKING_OFF, Status.PAUSED) and status is not self.status:
             changes.setdefault("failure", None)  # the last attempt's error, shown while it backs off or is paused
         return replace(self, status=status, **changes)

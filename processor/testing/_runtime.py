@@ -189,7 +189,8 @@ class TestRuntime:
                 w.suspend_idle(0.0)
         until = self._now + by.total_seconds()
         while True:
-            due = [d for w in self._workers.values() if (d := w.timers.next_due_ms()) is not None]
+            due = [d for w in self._workers.values() for d in (w.timers.next_due_ms(), w.next_limit_wake_ms())
+                   if d is not None]
             if not due or min(due) / 1000 > until:
                 break
             self._now = max(self._now, min(due) / 1000)

@@ -154,6 +154,14 @@ def test_a_journal_of_one_paused_after_its_retries_shows_its_error_and_the_key_i
     assert f"paused      {reason}" in text
 
 
+def test_a_journal_of_a_queued_invocation_says_what_it_waits_for_and_no_error() -> None:
+    reason = "waiting for a concurrency slot of jobs/work: 2 running per partition"
+    inv = _invocation() | {"status": "queued", "journal": [], "paused_reason": reason}
+    text = render.journal(inv)
+    assert "error       -" in text
+    assert f"waiting     {reason}" in text
+
+
 def test_a_multi_line_reason_continues_under_its_row() -> None:
     text = render.invocations_table([_row(0, "inv-0-a") | {"paused_reason": "diverged\njournaled: #0 run('a')",
                                                            "instance": "i1"}], instances=True)

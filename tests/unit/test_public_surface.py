@@ -10,7 +10,8 @@ PUBLIC = sorted([
     "App", "AvroSerde", "BytesSerde", "CatchUp", "Client", "ConfigurationError", "Context", "DurableFuture",
     "DurablePromise", "HandlerRef", "InvocationCancelled", "InvocationKilled", "InvocationNotFound", "JsonSerde",
     "NondeterminismError",
-    "ObjectContext", "ObjectDefinition", "ObjectSharedContext", "OnExhausted", "ProcessorError", "RetryPolicy", "Serde",
+    "ObjectContext", "ObjectDefinition", "ObjectSharedContext", "OnExhausted", "ProcessorError", "Rate", "RetryPolicy",
+    "Serde",
     "SerdeError", "ServiceDefinition", "StepFailedError", "StepInfo", "SyncClient", "TerminalError", "WorkflowContext",
     "UnknownTopicError", "WorkflowDefinition", "WorkflowSharedContext", "current_step", "gather", "ref", "select",
 ])

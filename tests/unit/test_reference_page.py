@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import re
 
-from processor._app import AppConfig
+from processor._app import AppConfig, ObjectDefinition, ServiceDefinition, WorkflowDefinition
 from processor._cli import build_parser
 from tests.kafka_support import REPO
 
@@ -26,6 +27,15 @@ def test_every_app_option_is_listed() -> None:
     options = _section("## App options")
     missing = [f.name for f in dataclasses.fields(AppConfig) if f"`{f.name}`" not in options]
     assert not missing, f"App options missing from docs/reference.md: {missing}"
+
+
+def test_every_handler_option_is_listed() -> None:
+    options = _section("## Handler options")
+    decorators = (ServiceDefinition.handler, ObjectDefinition.handler, WorkflowDefinition.run,
+                  WorkflowDefinition.handler)
+    names = {n for d in decorators for n in inspect.signature(d).parameters if n != "self"}
+    missing = sorted(n for n in names if f"`{n}`" not in options)
+    assert names and not missing, f"handler options missing from docs/reference.md: {missing}"
 
 
 def test_every_flag_of_every_command_is_listed() -> None:
