@@ -43,7 +43,7 @@ from processor._client import InvocationNotFound
 from processor._engine import routing
 from processor._engine.commands import CommandKind
 from processor._errors import ConfigurationError, ProcessorError, SerdeError, TerminalError
-from processor._http import bearer_ok, is_loopback
+from processor._http import bearer_ok, check_listen, is_loopback
 from processor._models import dump
 from processor._serde import BytesSerde, JsonSerde
 from processor._sync import SyncClient
@@ -73,12 +73,7 @@ class IngressConfig:
         return is_loopback(self.host)
 
     def check(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigurationError(f"ingress port {self.port} is not a port number")
-        if not self.loopback and not self.token:
-            raise ConfigurationError(
-                f"the ingress would listen on {self.host}, beyond loopback, without a token: set "
-                "--ingress-token or PROCESSOR_INGRESS_TOKEN (or keep --ingress-host 127.0.0.1)")
+        check_listen("ingress", self.host, self.port, self.token, "--ingress", "PROCESSOR_INGRESS_TOKEN")
         if self.timeout_s <= 0 or self.max_body <= 0 or self.max_requests <= 0:
             raise ConfigurationError("ingress timeout, body limit and request limit must be positive")
 

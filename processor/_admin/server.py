@@ -36,7 +36,7 @@ from processor._admin.registry import RegistryPublisher
 from processor._engine import kafka as kio
 from processor._engine.commands import CommandKind, InboxCommand
 from processor._errors import ConfigurationError
-from processor._http import bearer_ok, is_loopback
+from processor._http import bearer_ok, check_listen, is_loopback
 
 if TYPE_CHECKING:
     from processor._engine.engine import Engine
@@ -71,12 +71,7 @@ class AdminConfig:
         return is_loopback(self.host)
 
     def check(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigurationError(f"admin port {self.port} is not a port number")
-        if not self.loopback and not self.token:
-            raise ConfigurationError(
-                f"the admin endpoint would listen on {self.host}, beyond loopback, without a token: set "
-                "--admin-token or PROCESSOR_ADMIN_TOKEN (or keep --admin-host 127.0.0.1)")
+        check_listen("admin endpoint", self.host, self.port, self.token, "--admin", "PROCESSOR_ADMIN_TOKEN")
         if self.stall_s <= 0 or self.loop_timeout_s <= 0 or self.forward_timeout_s <= 0:
             raise ConfigurationError("admin stall bound, loop timeout and forward timeout must be positive")
 
